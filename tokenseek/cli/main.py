@@ -1,0 +1,61 @@
+"""The ``tokenseek`` command: one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from tokenseek.errors import TokenSeekError
+
+# Subcommand modules register themselves; a missing optional module only hides its command.
+_COMMANDS = ("train", "score", "eval", "bench", "plan", "visualize", "experiment")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokenseek", description="Memory-efficient fine-tuning by instance-aware token ditching.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMANDS:
+        try:
+            module = importlib.import_module(f"tokenseek.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"tokenseek.cli.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tokenseek").setLevel(logging.INFO)
+    if not args.verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        import warnings
+
+        warnings.filterwarnings("ignore")
+    try:
+        return int(args.func(args) or 0)
+    except TokenSeekError as exc:
+        if args.verbose:
+            raise
+        print(f"tokenseek: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tokenseek: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("tokenseek: error: out of memory: lower --ratio or --max-length, or see `tokenseek plan`", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

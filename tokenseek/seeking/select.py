@@ -1,0 +1,117 @@
+"""Turn per-token scores into a keep mask: which tokens of an example are back-propagated.
+
+Every strategy keeps exactly ``ceil(ratio * n)`` of an example's n real tokens
+(padding is never in an example), so strategies differ only in *which* tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tokenseek.errors import TokenSeekError
+
+STRATEGIES = ("full", "random", "tokenseek", "context", "gradient", "mixed", "probe")
+# Strategies that need stored context/gradient scores.
+SCORED = ("tokenseek", "context", "gradient", "mixed", "probe")
+
+
+def keep_count(length: int, ratio: float) -> int:
+    return max(1, min(length, math.ceil(ratio * length - 1e-9)))
+
+
+def check_selection(strategy: str, ratio: float, alpha: float = 1.0, beta: float = 1.0) -> None:
+    if strategy not in STRATEGIES:
+        raise TokenSeekError(f"unknown --selection {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    if not (isinstance(ratio, (int, float)) and 0 < ratio <= 1) or math.isnan(ratio):
+        raise TokenSeekError(f"--ratio must be in (0, 1], got {ratio}")
+    if strategy == "tokenseek" and alpha == 0 and beta == 0:
+        raise TokenSeekError("--alpha and --beta are both 0, so every token scores the same: make one of them positive")
+    if alpha < 0 or beta < 0:
+        raise TokenSeekError(f"--alpha and --beta must be >= 0, got {alpha} and {beta}")
+
+
+def minmax(values: np.ndarray) -> np.ndarray:
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo <= 0:
+        return np.zeros_like(values, dtype=np.float64)
+    return (values - lo) / (hi - lo)
+
+
+def combined_score(context: np.ndarray, gradient: np.ndarray, alpha: float = 1.0, beta: float = 1.0) -> np.ndarray:
+    """Eq. 5: ``alpha * log(context) + beta * minmax(gradient)``.
+
+    Only the ratio alpha:beta matters for which tokens win *within* an example up to the
+    different ranges of the two terms, so (1, 1) here is the paper's (5, 5).
+    """
+    context = np.asarray(context, dtype=np.float64)
+    gradient = np.asarray(gradient, dtype=np.float64)
+    if not (np.isfinite(context).all() and np.isfinite(gradient).all()):
+        raise TokenSeekError("the stored scores contain NaN or infinite values: re-run `tokenseek score` on this data")
+    # Attention received is > 0 for every real token (it attends to itself); the floor guards log(0).
+    return alpha * np.log(np.maximum(context, 1e-12)) + beta * minmax(gradient)
+
+
+def _top(score: np.ndarray, k: int) -> np.ndarray:
+    # Stable: ties go to the earlier position, so selection is deterministic.
+    return np.argsort(-score, kind="stable")[:k]
+
+
+def select_keep(
+    length: int,
+    ratio: float,
+    strategy: str = "random",
+    *,
+    context: np.ndarray | None = None,
+    gradient: np.ndarray | None = None,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    seed: int = 0,
+    index: int = 0,
+    explore: float = 0.5,
+    band: tuple[float, float] = (0.4, 0.5),
+) -> np.ndarray:
+    """A bool keep mask of length ``length`` for one example.
+
+    - ``full``: every token (ordinary training).
+    - ``random``: TokenTune — k random tokens, seeded by (seed, example index).
+    - ``context`` / ``gradient`` / ``tokenseek``: top-k by context score, gradient score, or Eq. 5.
+    - ``mixed``: top (1-explore)·k by Eq. 5 plus a random explore·k of the rest (paper S7 future work).
+    - ``probe``: the misestimation probe of Tab. S11 — the top 10 % by Eq. 5 plus the tokens
+      ranked in the ``band`` (default 40–50 %) quantile, ignoring ``ratio``.
+    """
+    check_selection(strategy, ratio, alpha, beta)
+    keep = np.zeros(length, dtype=bool)
+    k = keep_count(length, ratio)
+    rng = np.random.default_rng([seed, index])
+    if strategy == "full":
+        keep[:] = True
+        return keep
+    if strategy == "random":
+        keep[rng.choice(length, size=k, replace=False)] = True
+        return keep
+    if context is None or gradient is None:
+        raise TokenSeekError(f"--selection {strategy} needs token scores: run `tokenseek score` and pass --scores")
+    if len(context) != length or len(gradient) != length:
+        raise TokenSeekError(f"example {index}: scores cover {len(context)} tokens but the example has {length}; re-score this data")
+    if strategy == "context":
+        score = combined_score(context, gradient, 1.0, 0.0)
+    elif strategy == "gradient":
+        score = combined_score(context, gradient, 0.0, 1.0)
+    else:
+        score = combined_score(context, gradient, alpha, beta)
+    if strategy == "mixed":
+        top = _top(score, k - int(round(explore * k)))
+        keep[top] = True
+        rest = np.flatnonzero(~keep)
+        keep[rng.choice(rest, size=k - len(top), replace=False)] = True
+        return keep
+    if strategy == "probe":
+        order = np.argsort(-score, kind="stable")
+        keep[order[: keep_count(length, 0.1)]] = True
+        lo, hi = (int(math.floor(q * length)) for q in band)
+        keep[order[lo:hi]] = True
+        return keep
+    keep[_top(score, k)] = True
+    return keep

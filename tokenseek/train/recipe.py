@@ -1,0 +1,269 @@
+"""The ``tokenseek train`` job: data -> selection -> (PEFT) model -> Trainer -> saved run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tokenseek.errors import TokenSeekError
+from tokenseek.utils.io import write_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/demo"
+    model: str | None = None  # Hub id, HF dir or .gguf; None = SmolLM2-135M-Instruct
+    data: str | None = None  # file or Hub id; None = the built-in demo dataset
+    fields: str | None = None  # e.g. "instruction=question,output=answer"
+    limit: int | None = None  # use only the first N records
+    template: str = "alpaca"
+    max_length: int = 512
+    train_on_prompt: bool = False
+    heldout: float = 0.0  # fraction (<1) or count (>=1) of records held out for eval
+    selection: str = "random"
+    ratio: float = 0.1
+    alpha: float = 1.0
+    beta: float = 1.0
+    scores: str | None = None  # a `tokenseek score` store; scored strategies need one
+    peft: str = "lora"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: str | None = None  # comma list; default all linear layers
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 1
+    grad_accum: int = 16
+    lr: float = 4e-4
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.01
+    seed: int = 0
+    logging_steps: int = 1
+    save_steps: int = 50
+    save_total_limit: int = 2
+    memory_budget: str | None = None  # e.g. "6GiB": pick the largest ratio that fits
+    overwrite: bool = False
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    def identity(self) -> dict:
+        """What makes two runs "the same run" (resume allowed) — not output or bookkeeping."""
+        ignore = {"output_dir", "overwrite", "logging_steps", "save_steps", "save_total_limit"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ignore}
+
+
+def _validate(cfg: TrainConfig) -> None:
+    from tokenseek.models.adapters import PEFT_METHODS
+    from tokenseek.seeking.select import SCORED, check_selection
+
+    if cfg.peft not in PEFT_METHODS:
+        raise TokenSeekError(f"unknown --peft {cfg.peft!r}: choose one of {', '.join(PEFT_METHODS)}")
+    check_selection(cfg.selection, cfg.ratio, cfg.alpha, cfg.beta)
+    if cfg.scores and cfg.selection not in SCORED:
+        raise TokenSeekError(f"--scores is only used by the scored selections ({', '.join(SCORED)}), not {cfg.selection!r}")
+    if cfg.batch_size < 1 or cfg.grad_accum < 1:
+        raise TokenSeekError("--batch-size and --grad-accum must be at least 1")
+    if cfg.heldout < 0:
+        raise TokenSeekError("--heldout must be a fraction in [0, 1) or a count >= 1")
+
+
+def _prepare_output_dir(cfg: TrainConfig) -> tuple[Path, bool]:
+    """Refuse a directory holding another run; return (path, resuming)."""
+    out = Path(cfg.output_dir)
+    marker = out / "run_config.json"
+    if out.exists() and any(out.iterdir()):
+        if cfg.overwrite:
+            shutil.rmtree(out)
+        elif not marker.is_file():
+            raise TokenSeekError(f"--output-dir {out} is not empty and holds no tokenseek run: choose another directory or pass --overwrite")
+        else:
+            previous = json.loads(marker.read_text())
+            if previous != json.loads(json.dumps(cfg.identity())):
+                changed = sorted(k for k in set(previous) | set(cfg.identity()) if previous.get(k) != cfg.identity().get(k))
+                raise TokenSeekError(
+                    f"--output-dir {out} holds a different run (differs in {', '.join(changed)}): "
+                    "use another directory, or --overwrite to replace it"
+                )
+            return out, True
+    return out, False
+
+
+def _split_heldout(examples: list, heldout: float, seed: int) -> tuple[list, list]:
+    if heldout <= 0:
+        return examples, []
+    count = int(heldout) if heldout >= 1 else int(round(heldout * len(examples)))
+    if count >= len(examples):
+        raise TokenSeekError(f"--heldout {heldout} leaves no training examples out of {len(examples)}")
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = set(order[:count])
+    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
+
+
+def _attach_keep(examples: list, cfg: TrainConfig, scores) -> tuple[int, int]:
+    """Add each example's keep mask; returns (tokens kept, tokens total)."""
+    from tokenseek.seeking.select import select_keep
+
+    kept = total = 0
+    for ex in examples:
+        stored = scores.get(ex["index"]) if scores is not None else {}
+        keep = select_keep(
+            len(ex["input_ids"]),
+            cfg.ratio,
+            cfg.selection,
+            context=stored.get("context"),
+            gradient=stored.get("gradient"),
+            alpha=cfg.alpha,
+            beta=cfg.beta,
+            seed=cfg.seed,
+            index=ex["index"],
+        )
+        ex["keep"] = keep.tolist()
+        kept += int(keep.sum())
+        total += len(keep)
+    return kept, total
+
+
+def peak_memory_bytes() -> int:
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def run_train(cfg: TrainConfig) -> dict:
+    from transformers import TrainingArguments, set_seed
+
+    from tokenseek.data import DitchingCollator, load_records, tokenize_records
+    from tokenseek.models import apply_peft, load_model
+    from tokenseek.seeking.select import SCORED
+    from tokenseek.train.trainer import TokenSeekTrainer
+
+    _validate(cfg)
+    out, resuming = _prepare_output_dir(cfg)
+    set_seed(cfg.seed)
+    started = time.time()
+
+    records = load_records(cfg.data, fields=cfg.fields, limit=cfg.limit)
+    model, tokenizer = load_model(cfg.model, quantize="nf4" if cfg.peft == "qlora" else None)
+    data = tokenize_records(records, tokenizer, template=cfg.template, max_length=cfg.max_length, train_on_prompt=cfg.train_on_prompt)
+    logger.info("data: %s", data.report())
+    train_examples, heldout_examples = _split_heldout(data.examples, cfg.heldout, cfg.seed)
+
+    if cfg.memory_budget:
+        from tokenseek.bench.planner import ratio_for_budget
+
+        cfg.ratio = ratio_for_budget(cfg, max(len(e["input_ids"]) for e in train_examples))
+        logger.info("memory budget %s -> ratio %.3f", cfg.memory_budget, cfg.ratio)
+
+    scores = None
+    if cfg.selection in SCORED:
+        from tokenseek.seeking.store import ScoreStore, score_dataset
+
+        if cfg.scores:
+            scores = ScoreStore.open(cfg.scores, data=data, model=cfg.model)
+        else:
+            scores = score_dataset(model, tokenizer, data, out / "scores", model_id=cfg.model)
+    kept, total = _attach_keep(train_examples, cfg, scores)
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "run_config.json", cfg.identity())
+    if heldout_examples:
+        write_json(out / "heldout.json", [records[e["index"]] for e in heldout_examples])
+
+    model = apply_peft(
+        model,
+        cfg.peft,
+        r=cfg.lora_r,
+        alpha=cfg.lora_alpha,
+        dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules.split(",") if cfg.target_modules else None,
+    )
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio if cfg.warmup_ratio < 1 else int(cfg.warmup_ratio),
+        weight_decay=cfg.weight_decay,
+        optim="adamw_torch",
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=[],
+        remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(),
+        # gloo in a single process crashes; only a torchrun/accelerate launch needs it.
+        ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
+        disable_tqdm=False,
+    )
+    trainer = TokenSeekTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_examples,
+        data_collator=DitchingCollator(tokenizer.pad_token_id),
+    )
+    checkpoint = _last_checkpoint(out / "checkpoints") if resuming else None
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+
+    if trainer.is_world_process_zero():
+        model_dir = out / "model"
+        trainer.save_model(str(model_dir))
+        tokenizer.save_pretrained(str(model_dir))
+        curve = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
+        write_json(out / "loss_curve.json", curve)
+        summary = {
+            "model": cfg.model or "SmolLM2-135M-Instruct (default)",
+            "data": cfg.data or "builtin",
+            "selection": cfg.selection,
+            "ratio": cfg.ratio,
+            "alpha": cfg.alpha,
+            "beta": cfg.beta,
+            "peft": cfg.peft,
+            "examples": len(train_examples),
+            "heldout_examples": len(heldout_examples),
+            "truncated_examples": data.truncated,
+            "dropped_examples": data.dropped,
+            "steps": trainer.state.global_step,
+            "tokens_kept": kept,
+            "tokens_total": total,
+            "kept_fraction": kept / max(total, 1),
+            "first_loss": curve[0]["loss"] if curve else None,
+            "final_loss": curve[-1]["loss"] if curve else None,
+            "train_loss": result.training_loss,
+            "wall_time_s": round(time.time() - started, 2),
+            "peak_memory_bytes": peak_memory_bytes(),
+            "peak_memory_kind": "cuda max_memory_allocated" if torch.cuda.is_available() else "process peak RSS",
+            "resumed_from": checkpoint,
+            "data_fingerprint": data.fingerprint(),
+        }
+        write_json(out / "train_summary.json", summary)
+        return summary
+    return {}
+
+
+def _last_checkpoint(folder: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not folder.is_dir():
+        return None
+    return get_last_checkpoint(str(folder))

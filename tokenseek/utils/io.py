@@ -1,0 +1,65 @@
+"""Atomic file and directory writes, so an interrupted job never leaves half an output."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON through a temporary file and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+@contextlib.contextmanager
+def fresh_output_dir(path: str | Path, *, created_here: bool) -> Iterator[Path]:
+    """Yield ``path``; if the job fails and this job created the directory, remove it.
+
+    A failed first run must not leave a directory that looks like a run; a failed
+    *resumed* run keeps what earlier runs wrote (its checkpoints are the point).
+    """
+    path = Path(path)
+    try:
+        yield path
+    except BaseException:
+        if created_here:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
