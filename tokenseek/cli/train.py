@@ -14,7 +14,7 @@ def register(sub) -> None:
     p.add_argument("--output-dir", default="runs/demo", help="where the model/adapter, loss curve and summary go (default: runs/demo)")
     add_model_args(p)
     add_data_args(p)
-    add_selection_args(p)
+    add_selection_args(p, default="tokenseek")
     p.add_argument("--scores", help="score store from `tokenseek score` (scored selections; default: score first)")
     p.add_argument("--peft", default="lora", help="none, lora, qlora, loha, lokr or ia3 (default: lora)")
     p.add_argument("--lora-r", type=int, default=8)

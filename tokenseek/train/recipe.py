@@ -30,7 +30,7 @@ class TrainConfig:
     max_length: int = 512
     train_on_prompt: bool = False
     heldout: float = 0.0  # fraction (<1) or count (>=1) of records held out for eval
-    selection: str = "random"
+    selection: str = "tokenseek"
     ratio: float = 0.1
     alpha: float = 1.0
     beta: float = 1.0
@@ -174,7 +174,7 @@ def run_train(cfg: TrainConfig) -> dict:
         from tokenseek.seeking.store import ScoreStore, score_dataset
 
         if cfg.scores:
-            scores = ScoreStore.open(cfg.scores, data=data, model=cfg.model)
+            scores = ScoreStore.open(cfg.scores, data=data, model=model, model_id=cfg.model)
         else:
             scores = score_dataset(model, tokenizer, data, out / "scores", model_id=cfg.model)
     kept, total = _attach_keep(train_examples, cfg, scores)

@@ -1,0 +1,212 @@
+"""How one training step's memory is measured.
+
+Three figures, because each answers a different question:
+
+- **live tensor bytes** (peak and time-weighted average over the step): what the
+  paper's "Max. Mem." / "Ave. Mem." measure on a GPU. On CUDA the peak is
+  ``torch.cuda.max_memory_allocated``; on CPU there is no allocator counter, so we
+  replay the profiler's ``[memory]`` events (one per allocation/free) on top of the
+  bytes already live when the step starts. This is exact and identical run to run.
+- **activation bytes saved for backward** (``saved_tensors_hooks``): the part token
+  ditching is meant to shrink, de-duplicated by storage, parameters and buffers
+  excluded. A lower bound of activation memory: gradients and temporaries are not in it.
+- **process peak RSS** (CPU only): what the operating system sees, runtime included.
+  Only meaningful under ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` (set by
+  the orchestrator) with the peak reset through ``/proc/self/clear_refs``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+STEP_RANGE = "tokenseek_bench_step"
+
+# What the worker's environment must hold for RSS to track freed memory (glibc malloc).
+RSS_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+
+
+def _storage_key(t: torch.Tensor) -> tuple[int, int] | None:
+    """(data pointer, bytes) of the storage behind ``t``; None for storage-less tensors."""
+    try:
+        storage = t.untyped_storage()
+    except (RuntimeError, NotImplementedError):
+        return None
+    ptr = storage.data_ptr()
+    return (ptr, storage.nbytes()) if ptr else None
+
+
+def unique_storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (tied/viewed tensors counted once)."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        key = _storage_key(t)
+        if key is not None:
+            seen[key[0]] = max(seen.get(key[0], 0), key[1])
+    return sum(seen.values())
+
+
+def live_tensor_bytes(device: torch.device) -> int:
+    """Bytes of every tensor storage on ``device`` that Python can reach right now.
+
+    The profiler only sees allocations made while it runs; this is the level they
+    start from (parameters, optimizer state, inputs).
+    """
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    gc.collect()
+    with warnings.catch_warnings():
+        # isinstance() on some lazily-imported module objects emits deprecation warnings.
+        warnings.simplefilter("ignore")
+        tensors = [o for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.device.type == device.type]
+    return unique_storage_bytes(tensors)
+
+
+@dataclass
+class StepMemory:
+    baseline_bytes: int  # live before the step
+    peak_bytes: int  # highest live level during the step
+    average_bytes: float  # time-weighted mean live level over the step
+    end_bytes: int  # baseline + net allocations: equals baseline in a steady-state step
+    events: int  # memory events replayed
+
+
+def replay_memory_events(events, baseline: int, start_ns: int, end_ns: int, device_type: str) -> StepMemory:
+    """Running sum of allocation deltas -> peak and time-weighted average live bytes."""
+    mem = sorted(
+        ((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]" and _device_name(e) == device_type),
+        key=lambda x: x[0],
+    )
+    live, peak, area = baseline, baseline, 0.0
+    last_t = start_ns
+    for t, delta in mem:
+        t = min(max(t, start_ns), end_ns)
+        area += live * (t - last_t)
+        last_t = t
+        live += delta
+        peak = max(peak, live)
+    area += live * (end_ns - last_t)
+    duration = max(end_ns - start_ns, 1)
+    return StepMemory(baseline, int(peak), area / duration, int(live), len(mem))
+
+
+def _device_name(event) -> str:
+    return str(event.device_type()).rsplit(".", 1)[-1].lower()
+
+
+@contextlib.contextmanager
+def measure_step_memory(device: torch.device) -> Iterator[dict]:
+    """Profile the enclosed step; on exit the yielded dict holds ``"memory": StepMemory``."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    holder: dict = {}
+    baseline = live_tensor_bytes(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    with profile(activities=activities, profile_memory=True) as prof:
+        with record_function(STEP_RANGE):
+            yield holder
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+    events = prof.profiler.kineto_results.events()
+    span = [e for e in events if e.name() == STEP_RANGE]
+    start_ns, end_ns = (span[0].start_ns(), span[0].end_ns()) if span else (0, 0)
+    memory = replay_memory_events(events, baseline, start_ns, end_ns, device.type)
+    if device.type == "cuda":
+        # The allocator's own counter is the authority for the peak on CUDA.
+        memory.peak_bytes = int(torch.cuda.max_memory_allocated(device))
+    holder["memory"] = memory
+
+
+@dataclass
+class SavedTensors:
+    """Tensors autograd saved for backward, by storage (a storage saved twice counts once)."""
+
+    activation: dict[int, tuple[int, tuple, str]] = field(default_factory=dict)  # ptr -> (bytes, shape, dtype)
+    parameter_bytes: int = 0
+
+    @property
+    def activation_bytes(self) -> int:
+        return sum(v[0] for v in self.activation.values())
+
+    def largest(self, n: int = 8) -> list[dict]:
+        """The biggest saved storages grouped by shape: where activation memory goes."""
+        groups: dict[tuple, list[int]] = {}
+        for nbytes, shape, dtype in self.activation.values():
+            g = groups.setdefault((shape, dtype), [0, 0])
+            g[0] += nbytes
+            g[1] += 1
+        top = sorted(groups.items(), key=lambda kv: -kv[1][0])[:n]
+        return [{"shape": list(k[0]), "dtype": k[1], "count": v[1], "bytes": v[0]} for k, v in top]
+
+
+@contextlib.contextmanager
+def count_saved_tensors(model: torch.nn.Module) -> Iterator[SavedTensors]:
+    """Record what the enclosed forward saves for backward (parameters and buffers excluded)."""
+    weights = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        key = _storage_key(t)
+        if key is not None:
+            weights[key[0]] = key[1]
+    saved = SavedTensors()
+    weight_seen: set[int] = set()
+
+    def pack(t: torch.Tensor):
+        key = _storage_key(t)
+        if key is not None:
+            ptr, nbytes = key
+            if ptr in weights:
+                if ptr not in weight_seen:
+                    weight_seen.add(ptr)
+                    saved.parameter_bytes += weights[ptr]
+            elif ptr not in saved.activation or saved.activation[ptr][0] < nbytes:
+                saved.activation[ptr] = (nbytes, tuple(t.shape), str(t.dtype).replace("torch.", ""))
+        # Returning the tensor itself: the hook observes, it never copies.
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield saved
+
+
+# --- process RSS (Linux) -----------------------------------------------------------
+
+
+def _status_kib(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def malloc_trim() -> None:
+    """Give freed heap memory back to the OS so the next peak starts from what is live."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def reset_peak_rss() -> int | None:
+    """Collect garbage, trim the heap and reset VmHWM; returns the RSS the step starts from."""
+    gc.collect()
+    malloc_trim()
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # 5 = reset the peak resident set size
+    rss = _status_kib("VmRSS")
+    return rss * 1024 if rss is not None else None
+
+
+def peak_rss_bytes() -> int | None:
+    hwm = _status_kib("VmHWM")
+    return hwm * 1024 if hwm is not None else None

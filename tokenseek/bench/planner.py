@@ -1,0 +1,182 @@
+"""Memory-budget planner: predict peak training memory per ratio, pick the largest ratio that fits.
+
+Peak memory is close to linear in the ratio: parameters, gradients, optimizer state
+and the no-grad context pass do not depend on it, and saved activations grow with
+the number of kept tokens. So two measured points (by default ratio 1.0, i.e.
+full-token training, and 0.1) give ``peak = a + b * ratio``; a third point the
+fit did not use (0.5) tells how far to trust it.
+
+"Peak" is peak live tensor memory (CUDA: ``max_memory_allocated``; CPU: profiler
+replay), so a budget is for tensors: the runtime (CUDA context, or ~0.4 GiB of
+libraries on CPU) comes on top.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+
+from tokenseek.errors import TokenSeekError
+
+logger = logging.getLogger(__name__)
+
+UNITS = {"gib": 2**30, "gb": 10**9, "mib": 2**20, "mb": 10**6}
+FIT_RATIOS = (1.0, 0.1)
+CHECK_RATIO = 0.5
+GRID_STEP = 0.01  # picked ratios are multiples of this
+TABLE_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05)
+
+
+def parse_budget(text: str) -> int:
+    """``"6GiB"`` -> bytes. Accepts GiB, GB, MiB, MB (any case, optional space, decimals)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]+)\s*", str(text))
+    if not match or match.group(2).lower() not in UNITS:
+        raise TokenSeekError(f"memory budget {text!r} not understood: write a number and a unit, e.g. 6GiB, 6GB, 800MiB or 800MB")
+    value = float(match.group(1)) * UNITS[match.group(2).lower()]
+    if value <= 0:
+        raise TokenSeekError(f"memory budget {text!r} must be positive")
+    return int(value)
+
+
+def format_bytes(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if abs(n) >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def fit_line(points: dict[float, float]) -> tuple[float, float]:
+    """Least-squares ``peak = a + b * ratio`` (exact through two points)."""
+    if len(points) < 2:
+        raise TokenSeekError("the planner needs peak memory measured at two or more different ratios")
+    xs, ys = list(points), list(points.values())
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    return my - b * mx, b
+
+
+@dataclass
+class Plan:
+    budget: int
+    a: float
+    b: float
+    fit_points: dict[float, float]
+    checks: list[dict] = field(default_factory=list)  # {"ratio", "predicted", "measured", "error"}
+    context: str = ""
+
+    def predict(self, ratio: float) -> float:
+        return self.a + self.b * ratio
+
+    def best_ratio(self) -> float | None:
+        """The largest multiple of GRID_STEP in (0, 1] whose predicted peak fits the budget."""
+        if self.predict(1.0) <= self.budget:
+            return 1.0
+        if self.b <= 0:
+            return None
+        r = math.floor((self.budget - self.a) / self.b / GRID_STEP + 1e-9) * GRID_STEP
+        r = round(min(r, 1.0), 10)
+        return r if r >= GRID_STEP else None
+
+    def table(self) -> str:
+        rows = ["| Ratio | Predicted peak | Measured | Fits |", "|---:|---:|---:|:---:|"]
+        measured = {**self.fit_points, **{c["ratio"]: c["measured"] for c in self.checks}}
+        for r in sorted(set(TABLE_RATIOS) | set(measured), reverse=True):
+            m = measured.get(r)
+            seen = "–" if m is None else format_bytes(m) + (" (fit)" if r in self.fit_points else " (check)")
+            rows.append(f"| {100 * r:g}% | {format_bytes(self.predict(r))} | {seen} | {'yes' if self.predict(r) <= self.budget else 'no'} |")
+        return "\n".join(rows)
+
+    def report(self) -> str:
+        lines = [self.context, "", self.table(), ""] if self.context else [self.table(), ""]
+        lines.append(f"fit: peak = {format_bytes(self.a)} + {format_bytes(self.b)} x ratio (from ratios {', '.join(f'{r:g}' for r in self.fit_points)})")
+        for c in self.checks:
+            lines.append(
+                f"check at ratio {c['ratio']:g} (not used for the fit): predicted {format_bytes(c['predicted'])}, "
+                f"measured {format_bytes(c['measured'])}, error {100 * c['error']:+.1f}%"
+            )
+        best = self.best_ratio()
+        if best is None:
+            lines.append(f"no ratio fits {format_bytes(self.budget)}: the smallest predicted peak is {format_bytes(self.predict(GRID_STEP))}")
+        else:
+            lines.append(f"largest ratio that fits {format_bytes(self.budget)}: {best:g} (predicted peak {format_bytes(self.predict(best))})")
+        return "\n".join(lines)
+
+
+def make_plan(measured: dict[float, float], budget: int, fit_ratios=FIT_RATIOS, context: str = "") -> Plan:
+    """Fit on ``fit_ratios`` (those measured; else the two extremes), check on every other measured point."""
+    fit = {r: measured[r] for r in fit_ratios if r in measured}
+    if len(fit) < 2:
+        ordered = sorted(measured)
+        fit = {ordered[0]: measured[ordered[0]], ordered[-1]: measured[ordered[-1]]} if len(ordered) >= 2 else fit
+    a, b = fit_line(fit)
+    plan = Plan(budget=budget, a=a, b=b, fit_points=fit, context=context)
+    for r in sorted(set(measured) - set(fit), reverse=True):
+        predicted = plan.predict(r)
+        plan.checks.append({"ratio": r, "predicted": predicted, "measured": measured[r], "error": predicted / measured[r] - 1})
+    return plan
+
+
+def measure_peaks(model, peft: str, seq_len: int, batch_size: int, ratios, lora: dict | None = None, progress=None) -> dict[float, float]:
+    """Peak live tensor bytes per ratio, each from one fresh worker (1 warm-up + 1 profiled step, no timing)."""
+    from tokenseek.bench.run import resolve, run_worker
+
+    resolved = resolve(model)
+    peaks = {}
+    for ratio in ratios:
+        spec = {
+            "model": resolved,
+            "peft": peft,
+            "lora": lora or {},
+            "seq_len": seq_len,
+            "batch_size": batch_size,
+            "mode": "train",
+            "ratio": ratio,
+            "steps": 0,
+            "warmup": 1,
+        }
+        result = run_worker(spec)
+        if "error" in result:
+            raise TokenSeekError(f"measuring ratio {ratio:g} for the memory plan failed: {result['error']}")
+        peaks[ratio] = float(result["memory"]["peak_bytes"])
+        if progress:
+            progress(f"  ratio {ratio:g}: peak {format_bytes(peaks[ratio])}")
+    return peaks
+
+
+def plan_from_bench(doc: dict, budget: int, peft: str | None = None, seq_len: int | None = None) -> Plan:
+    """A plan from an existing ``bench.json`` (no new measurements)."""
+    groups = [g for g in doc["groups"] if (peft is None or g["peft"] == peft) and (seq_len is None or g["seq_len"] == seq_len)]
+    if len(groups) != 1:
+        have = ", ".join(f"--peft {g['peft']} --seq-len {g['seq_len']}" for g in doc["groups"])
+        raise TokenSeekError(f"the bench file has {len(groups)} matching groups; pick one with {have}")
+    g = groups[0]
+    measured = {r["spec"]["ratio"]: float(r["memory"]["peak_bytes"]) for r in g["rows"] if "memory" in r}
+    context = f"{g['peft']}, seq {g['seq_len']}, batch {doc['config']['batch_size']} (from bench results)"
+    return make_plan(measured, budget, context=context)
+
+
+def ratio_for_budget(cfg, max_seq_len: int) -> float:
+    """The largest ratio whose predicted peak fits ``cfg.memory_budget`` for training ``cfg`` on ``max_seq_len`` tokens.
+
+    ``cfg`` is a :class:`tokenseek.train.recipe.TrainConfig`. Raises :class:`TokenSeekError`
+    naming the smallest predicted peak when no ratio fits.
+    """
+    budget = parse_budget(cfg.memory_budget)
+    lora = {
+        "r": getattr(cfg, "lora_r", 8),
+        "alpha": getattr(cfg, "lora_alpha", 16),
+        "dropout": getattr(cfg, "lora_dropout", 0.05),
+    }
+    if getattr(cfg, "target_modules", None):
+        lora["target_modules"] = cfg.target_modules
+    peaks = measure_peaks(cfg.model, cfg.peft, max_seq_len, cfg.batch_size, FIT_RATIOS, lora, progress=logger.info)
+    plan = make_plan(peaks, budget, context=f"{cfg.peft}, {max_seq_len} tokens, batch {cfg.batch_size}")
+    logger.info("memory plan:\n%s", plan.report())
+    best = plan.best_ratio()
+    if best is None:
+        raise TokenSeekError(
+            f"no ratio fits the memory budget {cfg.memory_budget}: the smallest predicted peak is "
+            f"{format_bytes(plan.predict(GRID_STEP))} (ratio {GRID_STEP:g}, {max_seq_len} tokens x batch {cfg.batch_size}, "
+            f"--peft {cfg.peft}); raise --memory-budget, lower --max-length or --batch-size, or use --peft qlora"
+        )
+    return best

@@ -1,0 +1,376 @@
+"""Measure one benchmark configuration in a fresh process.
+
+Usage: ``python -m tokenseek.bench.worker SPEC.json RESULT.json``.
+
+A fresh process per configuration matters: peak RSS never goes down within a
+process, allocator caches carry over, and an out-of-memory configuration must not
+take the whole benchmark with it.
+
+The spec (a JSON object, see :func:`default_spec`) names the model, PEFT method,
+sequence length, batch size, mode (``train`` or ``score``) and ratio. The input is
+synthetic: ``seq_len`` random token ids per example with labels on every token, so
+every configuration trains on exactly ``seq_len`` tokens.
+
+Order of work (train mode):
+  1. warm-up steps — AdamW creates its state here, kernels and allocator warm up;
+  2. ``steps`` timed steps without any instrumentation (median/min/max time, peak RSS);
+  3. one profiled step with saved-tensor hooks: peak/average live tensor bytes and
+     activation bytes (profiling slows a step down, so it is never timed).
+A step is forward + backward + ``AdamW.step()`` + ``zero_grad(set_to_none=True)``,
+so every step starts from the same live memory (parameters, optimizer state, input).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from tokenseek.bench import memory
+from tokenseek.errors import TokenSeekError
+
+MODES = ("train", "score")
+
+
+def default_spec() -> dict:
+    return {
+        "model": None,  # resolved path or Hub id (the orchestrator resolves GGUF files first)
+        "peft": "lora",
+        "lora": {},  # r / alpha / dropout / target_modules for apply_peft
+        "seq_len": 1024,
+        "batch_size": 1,
+        "mode": "train",
+        "ratio": 1.0,
+        "steps": 3,
+        "warmup": 1,
+        "seed": 0,
+        "score_ratio": 0.1,
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a PEFT wrapper."""
+    while hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def _decoder(model: torch.nn.Module) -> torch.nn.Module:
+    # PEFT calls the causal LM's .forward directly (no hooks fire there); the inner
+    # decoder is always called through __call__, so hooks on it see every pass.
+    base = _unwrap(model)
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    return decoder if isinstance(decoder, torch.nn.Module) else base
+
+
+class PassTimer:
+    """Wall time of each decoder call: for ditching, call 1 is the no-grad context pass."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device):
+        self.device, self.calls, self._t0 = device, [], 0.0
+        decoder = _decoder(model)
+        self._handles = [
+            decoder.register_forward_pre_hook(self._start),
+            decoder.register_forward_hook(self._stop),
+        ]
+
+    def _start(self, *_):
+        _sync(self.device)
+        self._t0 = time.perf_counter()
+
+    def _stop(self, *_):
+        _sync(self.device)
+        self.calls.append(time.perf_counter() - self._t0)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def synthetic_batch(vocab_size: int, seq_len: int, batch_size: int, ratio: float, seed: int, device) -> dict:
+    """Random tokens, labels on every token, a random keep mask (TokenTune) per example.
+
+    The keep mask is built exactly like training builds it (``select_keep``); scored
+    selections keep the same number of tokens, so they cost the same in training.
+    """
+    from tokenseek.ditching.loss import kept_targets
+    from tokenseek.seeking.select import select_keep
+
+    gen = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=gen)
+    keep = torch.stack(
+        [torch.from_numpy(select_keep(seq_len, ratio, "random", seed=seed, index=i)) for i in range(batch_size)]
+    )
+    labels = input_ids.clone()
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "labels": labels,
+        "keep": keep,
+        "shift_labels": kept_targets(labels, keep),
+    }
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def training_loss(model, batch: dict) -> torch.Tensor:
+    """The loss exactly as ``TokenSeekTrainer.compute_loss`` computes it (no accumulation)."""
+    from tokenseek.ditching.loss import IGNORE_INDEX, ditched_loss_sum
+
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+    keep, shift_labels = batch["keep"], batch["shift_labels"]
+    if bool((keep == attention_mask.bool()).all()):
+        # Full-token baseline: one ordinary forward, as the trainer does at ratio 1.0.
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        total = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        count = (shift_labels != IGNORE_INDEX).sum()
+    else:
+        total, count = ditched_loss_sum(model, input_ids, shift_labels, keep, attention_mask)
+    return total / count.clamp(min=1)
+
+
+def load_seek() -> Callable | None:
+    """The scoring stage (``tokenseek.seeking.seek``), or None while it does not exist."""
+    try:
+        import tokenseek.seeking as seeking
+        from tokenseek.seeking import seek  # noqa: F401  (function, or a module holding it)
+    except ImportError:
+        return None
+    fn = getattr(seeking, "seek", None)
+    if fn is not None and not callable(fn):  # the name is a module: tokenseek/seeking/seek.py
+        fn = getattr(fn, "seek", None)
+    return fn if callable(fn) else None
+
+
+def _load(spec: dict, device: torch.device):
+    from tokenseek.models import apply_peft, load_model
+
+    model, _ = load_model(spec["model"], quantize="nf4" if spec["peft"] == "qlora" else None, device=str(device))
+    # safetensors weights are memory-mapped: copy them into ordinary memory so RSS
+    # counts them from the start instead of faulting them in during a measured step.
+    # (Parameters are deduplicated by model.parameters(), so tied weights stay tied.)
+    with torch.no_grad():
+        for p in model.parameters():
+            if type(p) is torch.nn.Parameter and p.device.type == "cpu":
+                p.data = p.data.clone()
+    if spec["mode"] == "train":
+        lora = dict(spec.get("lora") or {})
+        if lora.get("target_modules") and isinstance(lora["target_modules"], str):
+            lora["target_modules"] = lora["target_modules"].split(",")
+        model = apply_peft(model, spec["peft"], **lora)
+        model.train()
+    return model
+
+
+def _param_summary(model, optimizer) -> dict:
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    opt_tensors = []
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            opt_tensors += [v for v in state.values() if torch.is_tensor(v)]
+    return {
+        "param_bytes": memory.unique_storage_bytes(params + list(model.buffers())),
+        "params": sum(p.numel() for p in params),
+        "trainable_params": sum(p.numel() for p in trainable),
+        "grad_bytes": sum(p.numel() * p.element_size() for p in trainable),
+        "optimizer_bytes": memory.unique_storage_bytes(opt_tensors),
+    }
+
+
+def _step_fn(spec: dict, model, batch: dict, optimizer) -> Callable[[dict], None]:
+    """One step; ``phases`` receives the wall time of each part."""
+    device = batch["input_ids"].device
+    if spec["mode"] == "score":
+        seek = load_seek()
+
+        def score(phases: dict) -> None:
+            t0 = time.perf_counter()
+            seek(model, batch["input_ids"], batch["labels"], attention_mask=batch["attention_mask"], ratio=spec["score_ratio"])
+            model.zero_grad(set_to_none=True)  # the partial backward leaves head/last-block grads
+            _sync(device)
+            phases["score"] = time.perf_counter() - t0
+
+        return score
+
+    def train(phases: dict) -> None:
+        t0 = time.perf_counter()
+        loss = training_loss(model, batch)
+        _sync(device)
+        t1 = time.perf_counter()
+        loss.backward()
+        _sync(device)
+        t2 = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        t3 = time.perf_counter()
+        phases.update(forward=t1 - t0, backward=t2 - t1, optimizer=t3 - t2, loss=float(loss.detach()))
+
+    return train
+
+
+def _summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "all": values}
+
+
+def run(spec: dict) -> dict:
+    spec = {**default_spec(), **spec}
+    if spec["mode"] not in MODES:
+        raise TokenSeekError(f"unknown worker mode {spec['mode']!r}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(spec["seed"])
+    # Other processes on the machine skew timings (never memory): record the load around the run.
+    result = {"spec": spec, "environment": environment(device), "loadavg": {"start": os.getloadavg()[0]}}
+    if spec["mode"] == "score" and load_seek() is None:
+        result["skipped"] = "tokenseek.seeking.seek is not available in this tree yet"
+        return result
+
+    model = _load(spec, device)
+    vocab = _unwrap(model).get_input_embeddings().weight.shape[0]
+    ratio = 1.0 if spec["mode"] == "score" else spec["ratio"]
+    batch = synthetic_batch(vocab, spec["seq_len"], spec["batch_size"], ratio, spec["seed"], device)
+    result["tokens"] = {"total": int(batch["keep"].numel()), "kept": int(batch["keep"].sum())}
+    optimizer = None
+    if spec["mode"] == "train":
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        # adamw_torch, as the trainer uses; a tiny lr keeps random-data steps finite.
+        optimizer = torch.optim.AdamW(trainable, lr=1e-6, weight_decay=0.01)
+    step = _step_fn(spec, model, batch, optimizer)
+
+    for _ in range(spec["warmup"]):
+        step({})
+    result["params"] = _param_summary(model, optimizer)
+
+    timer = PassTimer(model, device)
+    times, phases_all, rss_peaks, rss_starts = [], [], [], []
+    for _ in range(spec["steps"]):
+        rss_starts.append(memory.reset_peak_rss() if device.type == "cpu" else None)
+        timer.calls.clear()
+        phases: dict = {}
+        _sync(device)
+        t0 = time.perf_counter()
+        step(phases)
+        times.append(time.perf_counter() - t0)
+        rss_peaks.append(memory.peak_rss_bytes() if device.type == "cpu" else None)
+        phases["decoder_calls"] = list(timer.calls)
+        phases_all.append(phases)
+    timer.remove()
+    if times:
+        result["time"] = {"step_s": _summary(times), "phases": _phase_medians(phases_all)}
+    if device.type == "cpu" and rss_peaks:
+        result["rss"] = {"peak_bytes": max(rss_peaks), "start_bytes": min(rss_starts)}
+
+    with memory.measure_step_memory(device) as measured, memory.count_saved_tensors(model) as saved:
+        step({})
+    m = measured["memory"]
+    result["memory"] = {
+        "peak_bytes": m.peak_bytes,
+        "average_bytes": m.average_bytes,
+        "baseline_bytes": m.baseline_bytes,
+        "end_bytes": m.end_bytes,
+        "events": m.events,
+        "method": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "profiler peak live tensor bytes",
+    }
+    result["loadavg"]["end"] = os.getloadavg()[0]
+    result["activations"] = {
+        "saved_bytes": saved.activation_bytes,
+        "saved_parameter_bytes": saved.parameter_bytes,
+        "storages": len(saved.activation),
+        "largest": saved.largest(),
+    }
+    return result
+
+
+def _phase_medians(phases_all: list[dict]) -> dict:
+    out = {}
+    for key in ("forward", "backward", "optimizer", "score"):
+        values = [p[key] for p in phases_all if key in p]
+        if values:
+            out[key] = statistics.median(values)
+    calls = [p["decoder_calls"] for p in phases_all if p.get("decoder_calls")]
+    if calls and all(len(c) == len(calls[0]) for c in calls):
+        # Ditching: [context pass (no grad), kept-token pass]; full-token: [forward].
+        out["decoder_calls"] = [statistics.median(c[i] for c in calls) for i in range(len(calls[0]))]
+    losses = [p["loss"] for p in phases_all if "loss" in p]
+    if losses:
+        out["loss"] = losses[-1]
+    return out
+
+
+def environment(device: torch.device) -> dict:
+    import transformers
+
+    env = {
+        "device": device.type,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+    }
+    try:
+        import peft
+
+        env["peft"] = peft.__version__
+    except ImportError:
+        pass
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m tokenseek.bench.worker SPEC.json RESULT.json", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    with open(argv[0]) as f:
+        spec = json.load(f)
+    code = 0
+    try:
+        result = run(spec)
+    except TokenSeekError as exc:
+        result, code = {"spec": spec, "error": str(exc), "user_error": True}, 2
+    except MemoryError:
+        result, code = {"spec": spec, "error": "out of memory"}, 3
+    except Exception as exc:  # recorded, so one broken configuration does not end the benchmark
+        traceback.print_exc()
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        result, code = {"spec": spec, "error": f"{type(exc).__name__}: {first}"}, 1
+    with open(argv[1], "w") as f:
+        json.dump(result, f, indent=2)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

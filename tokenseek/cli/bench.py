@@ -1,0 +1,76 @@
+"""``tokenseek bench``: memory and speed of full-token training vs. token ditching per ratio."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tokenseek.cli.common import add_model_args
+
+
+def add_lora_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--lora-alpha", type=int, default=16)
+    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--target-modules", help="comma-separated module names for adapters (default: all linear layers)")
+
+
+def lora_kwargs(args: argparse.Namespace) -> dict:
+    kwargs = {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout}
+    if args.target_modules:
+        kwargs["target_modules"] = args.target_modules
+    return kwargs
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure memory and step time per ratio",
+        description=(
+            "Measure full-token training (ratio 1.0), token ditching at each ratio and the scoring stage, "
+            "each in a fresh process, on synthetic input of exactly --seq-len tokens with labels on every token. "
+            "Writes bench.json, bench.md (tables), bench.png (Fig. 6-style) and breakdown.png (Fig. 1(a)-style)."
+        ),
+    )
+    add_model_args(p)
+    p.add_argument("--peft", default="lora", help="comma list of none, lora, qlora, loha, lokr, ia3 (default: lora)")
+    p.add_argument("--seq-len", default="1024", help="tokens per example; a comma list runs several (default: 1024)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--ratios", default="1.0,0.5,0.3,0.1,0.05", help="ratios to measure; 1.0 is always added (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per configuration (default: 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first; AdamW state is created here (default: 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-score", action="store_true", help="skip the scoring stage (tokenseek.seeking.seek)")
+    p.add_argument("--score-ratio", type=float, default=0.1, help="ratio passed to seek in the scoring stage (default: 0.1)")
+    p.add_argument("--jobs", type=int, default=1, help="workers at a time; timings are only meaningful with 1 (default: 1)")
+    p.add_argument("--timeout", type=float, help="seconds before a configuration is recorded as failed")
+    p.add_argument("--output", default="bench", help="output directory (default: bench)")
+    add_lora_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tokenseek.bench.run import BenchConfig, parse_list, run_bench
+
+    cfg = BenchConfig(
+        model=args.model,
+        pefts=parse_list(args.peft, str, "--peft"),
+        seq_lens=parse_list(args.seq_len, int, "--seq-len"),
+        batch_size=args.batch_size,
+        ratios=parse_list(args.ratios, float, "--ratios"),
+        steps=args.steps,
+        warmup=args.warmup,
+        seed=args.seed,
+        score=not args.no_score,
+        score_ratio=args.score_ratio,
+        lora=lora_kwargs(args),
+        output=args.output,
+        jobs=args.jobs,
+        timeout=args.timeout,
+    )
+    run_bench(cfg, progress=lambda message: print(message, file=sys.stderr, flush=True))
+    out = Path(cfg.output)
+    print((out / "bench.md").read_text())
+    print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}, {out / 'breakdown.png'}")
+    return 0

@@ -1,0 +1,61 @@
+"""``tokenseek score``: score a dataset once and store the per-token scores."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+
+def register(sub) -> None:
+    from tokenseek.cli.common import add_data_args, add_model_args, add_selection_args
+
+    p = sub.add_parser("score", help="score every token of a dataset (token seeking)", description="Score every token with the model's own attention and gradients; resumable.")
+    add_model_args(p)
+    add_data_args(p)
+    add_selection_args(p, default="tokenseek")
+    p.add_argument("--out", required=True, help="score store directory (rerun the same command to resume)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--grad-layer", type=int, default=1, choices=[1, 2, 3], help="score the gradient at the input of layer N-1 (1, default), N-2 or N-3")
+    p.add_argument("--grad-mode", choices=["abs", "signed"], default="abs", help="sum |gradient| (default) or the signed gradient over the hidden dimension")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run, parser=p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tokenseek.data import load_records, tokenize_records
+    from tokenseek.models import load_model
+    from tokenseek.seeking.select import check_selection
+    from tokenseek.seeking.store import score_dataset
+
+    check_selection(args.selection, args.ratio, args.alpha, args.beta)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+    records = load_records(args.data, fields=args.fields, limit=args.limit)
+    model, tokenizer = load_model(args.model)
+    data = tokenize_records(records, tokenizer, template=args.template, max_length=args.max_length, train_on_prompt=args.train_on_prompt)
+    started = time.time()
+    store = score_dataset(
+        model,
+        tokenizer,
+        data,
+        args.out,
+        model_id=args.model,
+        batch_size=args.batch_size,
+        layers_back=args.grad_layer,
+        grad_mode=args.grad_mode,
+        ratio=args.ratio,
+        alpha=args.alpha,
+        beta=args.beta,
+        seed=args.seed,
+        rank=rank,
+        world_size=world,
+    )
+    if rank == 0:
+        elapsed = time.time() - started
+        print(f"{data.report()}")
+        print(f"scored {len(store)} examples into {args.out} ({elapsed:.1f} s, {len(store) / max(elapsed, 1e-9):.2f} examples/s this run)")
+    return 0

@@ -1,0 +1,233 @@
+"""Run benchmarks in-process with lm-evaluation-harness and summarise what was measured.
+
+All scoring is lm-eval's (``HFLM`` + ``simple_evaluate``); this module only picks
+the tasks, limits the items, sets the shots and collects a small result record
+per task: the paper's metric, its stderr, items scored, shots used, requests sent
+and where the few-shot examples came from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from pathlib import Path
+
+from tokenseek.errors import TokenSeekError
+from tokenseek.eval.catalog import TASKS_DIR, LocalTask, check_files, expand_task_list, local_names, lookup, resolve_data_dir
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_tasks(
+    model,
+    tokenizer,
+    tasks: str | list[str] | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    num_fewshot: int | dict[str, int] | None = None,
+    batch_size: int = 8,
+    include_path: list[str] | None = None,
+    hub: bool = False,
+    verbose: bool = False,
+) -> dict:
+    """Evaluate ``model`` on ``tasks`` and return ``{"tasks": {name: record}, ...}``.
+
+    ``limit`` caps the items per requested task; a group (ETHICS, MMLU) spreads it
+    over its subtasks, ``ceil(limit / subtasks)`` each, so every subtask counts.
+    ``num_fewshot``: an int applies to every task that is not 0-shot by design
+    (lm-eval's rule); a ``{task: shots}`` dict sets exactly the tasks named.
+    ``hub=True`` sends the paper names to lm-eval's own (Hub) task definitions.
+    """
+    names = expand_task_list(tasks)
+    if limit is not None and limit < 1:
+        raise TokenSeekError(f"--limit must be at least 1, got {limit}")
+    shots_by_name = _shots_by_name(names, num_fewshot)
+
+    local = {n: (None if hub else lookup(n)) for n in names}
+    meta = {}
+    if any(local.values()):
+        root = resolve_data_dir(data_dir)
+        for task in filter(None, local.values()):
+            check_files(task, root)
+        meta["tokenseek_data_dir"] = str(root)
+
+    with _quiet_lm_eval(verbose):
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+
+        paths = [str(TASKS_DIR)] + [str(p) for p in include_path or []]
+        for p in include_path or []:
+            if not Path(p).exists():
+                raise TokenSeekError(f"--include-path {p} does not exist: give a folder of lm-eval task YAMLs")
+        # Indexing lm-eval's ~14k built-in YAMLs takes ~10 s: only do it when a
+        # name has to be passed through to lm-eval.
+        builtin = hub or not all(local.values())
+        manager = TaskManager(include_path=paths, include_defaults=builtin, metadata=meta)
+
+        plans = [_plan(name, local[name], manager, shots_by_name.get(name), num_fewshot, limit) for name in names]
+        samples = {t: list(range(k)) for plan in plans for t, k in plan["items"].items()} if limit else None
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+        started = time.time()
+        try:
+            out = simple_evaluate(
+                model=lm,
+                tasks=[plan["object"] for plan in plans],
+                task_manager=manager,
+                samples=samples,
+                log_samples=False,
+            )
+        except TokenSeekError:
+            raise
+        except Exception as exc:  # lm-eval raises many types; keep its first line
+            raise TokenSeekError(f"lm-eval failed: {_first_line(exc)} (rerun with -v for the traceback)") from exc
+        wall = time.time() - started
+
+    records = {plan["name"]: _record(plan, out) for plan in plans}
+    return {
+        "tasks": records,
+        "data_dir": meta.get("tokenseek_data_dir"),
+        "limit": limit,
+        "batch_size": batch_size,
+        "lm_eval_version": _lm_eval_version(),
+        "eval_wall_time_s": round(wall, 2),
+    }
+
+
+# ----------------------------------------------------------------------------- planning
+def _shots_by_name(names: list[str], num_fewshot) -> dict[str, int]:
+    if not isinstance(num_fewshot, dict):
+        return {}
+    unknown = sorted(set(num_fewshot) - set(names))
+    if unknown:
+        raise TokenSeekError(f"--num-fewshot names {', '.join(unknown)}, which is not in --tasks ({', '.join(names)})")
+    return dict(num_fewshot)
+
+
+def _plan(name: str, local: LocalTask | None, manager, exact_shots: int | None, num_fewshot, limit: int | None) -> dict:
+    """Load one requested task (or group) and fix its shots and item counts."""
+    lm_name = local.lm_eval_name if local else name
+    if not local and lm_name not in manager.all_tasks:
+        raise TokenSeekError(
+            f"unknown task {name!r}: available here are {', '.join(local_names())} "
+            "(or any lm-eval task name when the Hugging Face Hub is reachable; see `lm_eval ls tasks`)"
+        )
+    try:
+        loaded = manager.load([lm_name])
+    except TokenSeekError:
+        raise
+    except Exception as exc:  # a Hub task without network, a broken user YAML, ...
+        hint = "" if local else ": the Hugging Face Hub may be unreachable, use the local tasks instead"
+        raise TokenSeekError(f"could not load task {name!r} ({_first_line(exc)}){hint}") from exc
+    groups, leaves = loaded["groups"], loaded["tasks"]
+    obj = groups.get(lm_name) or (leaves[lm_name] if lm_name in leaves else None)
+    if obj is None:  # a tag: several tasks, no aggregate
+        obj = list(leaves.values())
+
+    shots = {}
+    for leaf_name, task in leaves.items():
+        default = task.get_config("num_fewshot") or 0
+        if exact_shots is not None:
+            n = exact_shots
+        elif isinstance(num_fewshot, int) and default != 0:
+            n = num_fewshot  # lm-eval's rule: a global value leaves 0-shot-by-design tasks alone
+        else:
+            n = default
+        if n < 0:
+            raise TokenSeekError(f"--num-fewshot for {name} must be >= 0, got {n}")
+        if local and local.max_shots is not None and n > local.max_shots:
+            raise TokenSeekError(f"{name} has only {local.max_shots} few-shot examples per subject (its dev split): use --num-fewshot {name}={local.max_shots} or fewer")
+        task.set_config(key="num_fewshot", value=n)
+        shots[leaf_name] = n
+
+    items = {}
+    if limit:
+        per_leaf = math.ceil(limit / len(leaves))
+        items = {leaf_name: min(per_leaf, len(task.eval_docs)) for leaf_name, task in leaves.items()}
+    return {"name": name, "lm_eval_name": lm_name, "local": local, "object": obj, "leaves": leaves, "is_group": lm_name in groups, "shots": shots, "items": items}
+
+
+# ----------------------------------------------------------------------------- results
+def _record(plan: dict, out: dict) -> dict:
+    local: LocalTask | None = plan["local"]
+    results = out["results"]
+    lm_name = plan["lm_eval_name"]
+    leaves = plan["leaves"]
+    metric = local.metric if local else _first_metric(results.get(lm_name) or results[next(iter(leaves))])
+    head = results.get(lm_name, {})
+    value, stderr = head.get(f"{metric},none"), head.get(f"{metric}_stderr,none")
+    n_samples = out.get("n-samples", {})
+    items = sum(n_samples.get(leaf, {}).get("effective", 0) for leaf in leaves)
+    record = {
+        "task": plan["name"],
+        "lm_eval_task": lm_name,
+        "metric": metric,
+        "value": _num(value),
+        "stderr": _num(stderr),
+        "items": items,
+        "requests": sum(len(t.instances) for t in leaves.values()),
+        "shots": _collapse(plan["shots"]),
+        "fewshot_source": (local.fewshot_source if local else "lm-eval task default") if any(plan["shots"].values()) else "none (0-shot)",
+        "split": local.split if local else None,
+        "source": "local files" if local else "lm-eval (Hugging Face Hub)",
+    }
+    if plan["is_group"] or len(leaves) > 1:
+        record["subtasks"] = {
+            leaf: {
+                "value": _num(results.get(leaf, {}).get(f"{metric},none")),
+                "stderr": _num(results.get(leaf, {}).get(f"{metric}_stderr,none")),
+                "items": n_samples.get(leaf, {}).get("effective", 0),
+                "shots": plan["shots"][leaf],
+            }
+            for leaf in leaves
+        }
+        if value is None and not plan["is_group"]:  # a tag: no aggregate from lm-eval
+            vals = [s["value"] for s in record["subtasks"].values() if s["value"] is not None]
+            record["value"] = sum(vals) / len(vals) if vals else None
+    return record
+
+
+def _first_metric(row: dict) -> str:
+    for key in row:
+        if key.endswith(",none") and "_stderr" not in key:
+            return key.split(",")[0]
+    raise TokenSeekError(f"lm-eval returned no metric in {sorted(row)}")
+
+
+def _collapse(shots: dict[str, int]):
+    values = set(shots.values())
+    return values.pop() if len(values) == 1 else shots
+
+
+def _num(value):
+    """lm-eval writes "N/A" where a stderr cannot be computed (one item)."""
+    if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
+        return float(value)
+    return None
+
+
+def _lm_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm_eval")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _quiet_lm_eval(verbose: bool):
+    """lm-eval logs a warning per task (custom datasets, model passed as object); hide them unless -v."""
+    log = logging.getLogger("lm_eval")
+    old = log.level
+    if not verbose:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(old)

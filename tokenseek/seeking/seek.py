@@ -1,0 +1,87 @@
+"""Score a batch: context and gradient scores from one forward and one partial backward."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tokenseek.ditching.loss import IGNORE_INDEX
+from tokenseek.seeking.context import capture_context_scores
+from tokenseek.seeking.gradient import final_hidden, frozen, leaf_at_layer, per_example_loss_grad, reduce_gradient
+from tokenseek.seeking.select import combined_score, select_keep
+
+
+@dataclass
+class SeekResult:
+    context: torch.Tensor  # [B, n] attention received in the last layer (0 at padding)
+    gradient: torch.Tensor  # [B, n] gradient score at the scored layer (0 at padding)
+    combined: torch.Tensor  # [B, n] Eq. 5 (-inf at padding)
+    keep: torch.Tensor  # [B, n] bool
+
+
+def score_batch(
+    model,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    layers_back: int = 1,
+    grad_mode: str = "abs",
+    return_grad_map: bool = False,
+):
+    """Context and gradient scores for a padded batch: ``(context [B,n], gradient [B,n][, grad map [B,n,d]])``."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    labels = labels.masked_fill(attention_mask == 0, IGNORE_INDEX)
+    with frozen(model), capture_context_scores(model, attention_mask) as ctx, leaf_at_layer(model, layers_back) as leaf, final_hidden(model) as final:
+        with torch.enable_grad():
+            kwargs = {"logits_to_keep": torch.zeros(0, dtype=torch.long, device=input_ids.device)}
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+            grad_final = per_example_loss_grad(model, final["hidden"], labels)
+            (grad,) = torch.autograd.grad(final["hidden"], leaf["hidden"], grad_outputs=grad_final)
+    real = attention_mask.bool()
+    context = ctx.scores.masked_fill(~real, 0.0)
+    gradient = reduce_gradient(grad.float(), grad_mode).masked_fill(~real, 0.0)
+    if return_grad_map:
+        return context, gradient, grad.float().masked_fill(~real[..., None], 0.0)
+    return context, gradient
+
+
+def seek(
+    model,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    ratio: float = 0.1,
+    strategy: str = "tokenseek",
+    *,
+    layers_back: int = 1,
+    grad_mode: str = "abs",
+    seed: int = 0,
+) -> SeekResult:
+    """Score every token and choose the kept ones (keep mask feeds :func:`tokenseek.ditched_loss`)."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    was_training = model.training
+    model.eval()  # scoring is a measurement: no dropout
+    try:
+        context, gradient = score_batch(model, input_ids, labels, attention_mask, layers_back=layers_back, grad_mode=grad_mode)
+    finally:
+        model.train(was_training)
+    keep = torch.zeros_like(attention_mask, dtype=torch.bool)
+    combined = torch.full(context.shape, float("-inf"))
+    for b in range(input_ids.shape[0]):
+        n = int(attention_mask[b].sum())
+        ctx_b, grad_b = context[b, :n].cpu().numpy(), gradient[b, :n].cpu().numpy()
+        keep[b, :n] = torch.from_numpy(
+            select_keep(n, ratio, strategy, context=ctx_b, gradient=grad_b, alpha=alpha, beta=beta, seed=seed, index=b)
+        )
+        if n:
+            combined[b, :n] = torch.from_numpy(combined_score(ctx_b, grad_b, alpha, beta)).float()
+    return SeekResult(context=context, gradient=gradient, combined=combined, keep=keep)
+
+
+__all__ = ["SeekResult", "score_batch", "seek"]

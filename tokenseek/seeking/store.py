@@ -1,0 +1,228 @@
+"""Persisted token scores: ``tokenseek score`` writes them once, training re-selects from them.
+
+Layout of a store directory::
+
+    meta.json             what was scored (fingerprint of model, tokenizer, template,
+                          max-length and data) and how (layer, gradient mode)
+    shards/b000012.parquet  one file per scored batch, written atomically (resume unit)
+    scores.parquet        all examples (written when scoring completes; shards removed)
+
+Columns: ``index`` (record index), ``context`` and ``gradient`` (per-token float32),
+``keep`` (kept positions at the scoring-time ratio/alpha/beta, for reference).
+Changing ratio, alpha or beta later needs no re-scoring: selection reads the scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tokenseek.errors import TokenSeekError
+from tokenseek.utils.io import publish, write_json
+
+STORE_VERSION = 1
+
+
+def model_fingerprint(model, model_id: str | None) -> dict:
+    from tokenseek.ditching.attention import _unwrap
+
+    base = _unwrap(model)
+    config = base.config.to_dict()
+    for volatile in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "_attn_implementation_autoset"):
+        config.pop(volatile, None)
+    # A few weight values tell a fine-tuned copy from its base even when ids/configs match.
+    probe = float(base.get_input_embeddings().weight.detach().float()[:4].sum())
+    return {
+        "model": str(model_id) if model_id else "default",
+        "config_sha": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16],
+        "weights_probe": round(probe, 4),
+    }
+
+
+class ScoreStore:
+    """Read access to a completed store, keyed by record index."""
+
+    def __init__(self, path: Path, meta: dict, rows: dict[int, dict]):
+        self.path, self.meta, self.rows = path, meta, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def get(self, index: int) -> dict:
+        if index not in self.rows:
+            raise TokenSeekError(f"the score store {self.path} has no scores for example {index}: re-run `tokenseek score` on this data")
+        return self.rows[index]
+
+    @classmethod
+    def open(cls, path: str | Path, *, data=None, model=None, model_id: str | None = None) -> "ScoreStore":
+        path = Path(path)
+        meta_file = path / "meta.json"
+        if not meta_file.is_file():
+            raise TokenSeekError(f"{path} is not a score store (no meta.json): create one with `tokenseek score --out {path}`")
+        meta = json.loads(meta_file.read_text())
+        if not meta.get("complete"):
+            raise TokenSeekError(f"the score store {path} is incomplete: rerun the same `tokenseek score` command to finish it")
+        if data is not None and meta["data"]["fingerprint"] != data.fingerprint():
+            raise TokenSeekError(
+                f"the score store {path} was made for other data or settings ({_describe(meta['data'])}); "
+                "re-score with the same --data/--template/--max-length, or drop --scores"
+            )
+        if model is not None and meta["model"] != model_fingerprint(model, model_id):
+            raise TokenSeekError(f"the score store {path} was made with another model ({meta['model']['model']}): re-score with this model")
+        return cls(path, meta, _read_rows([path / "scores.parquet"]))
+
+
+def _describe(data_meta: dict) -> str:
+    settings = data_meta.get("settings", {})
+    return f"{data_meta.get('examples')} examples, template {settings.get('template')}, max-length {settings.get('max_length')}"
+
+
+def _write_parquet(path: Path, rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "index": pa.array([r["index"] for r in rows], pa.int64()),
+            "context": pa.array([np.asarray(r["context"], np.float32) for r in rows], pa.list_(pa.float32())),
+            "gradient": pa.array([np.asarray(r["gradient"], np.float32) for r in rows], pa.list_(pa.float32())),
+            "keep": pa.array([np.flatnonzero(r["keep"]).astype(np.int32) for r in rows], pa.list_(pa.int32())),
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        publish(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _read_rows(files) -> dict[int, dict]:
+    import pyarrow.parquet as pq
+
+    rows = {}
+    for file in files:
+        table = pq.read_table(file).to_pydict()
+        for i, index in enumerate(table["index"]):
+            rows[index] = {
+                "context": np.asarray(table["context"][i], np.float32),
+                "gradient": np.asarray(table["gradient"][i], np.float32),
+                "keep": np.asarray(table["keep"][i], np.int64),
+            }
+    return rows
+
+
+def score_dataset(
+    model,
+    tokenizer,
+    data,
+    out: str | Path,
+    *,
+    model_id: str | None = None,
+    batch_size: int = 4,
+    layers_back: int = 1,
+    grad_mode: str = "abs",
+    ratio: float = 0.1,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+) -> ScoreStore:
+    """Score every example of ``data`` into the store at ``out``, resuming a partial store.
+
+    Batches are fixed slices of the example list, so a resumed run scores exactly the
+    batches that have no shard yet. With ``world_size > 1`` each rank scores every
+    ``world_size``-th batch; rank 0 merges once all shards exist.
+    """
+    from tqdm.auto import tqdm
+
+    from tokenseek.data.collate import DitchingCollator
+    from tokenseek.seeking.seek import score_batch
+    from tokenseek.seeking.select import select_keep
+
+    out = Path(out)
+    meta = {
+        "version": STORE_VERSION,
+        "model": model_fingerprint(model, model_id),
+        "data": {"fingerprint": data.fingerprint(), "examples": len(data), "settings": data.settings},
+        "scoring": {"layers_back": layers_back, "grad_mode": grad_mode, "batch_size": batch_size},
+        "selection": {"ratio": ratio, "alpha": alpha, "beta": beta, "seed": seed},
+        "complete": False,
+    }
+    if (out / "meta.json").is_file():
+        previous = json.loads((out / "meta.json").read_text())
+        if previous.get("complete"):
+            return ScoreStore.open(out, data=data, model=model, model_id=model_id)
+        same = {k: previous.get(k) for k in ("model", "data", "scoring")} == {k: meta[k] for k in ("model", "data", "scoring")}
+        if not same:
+            raise TokenSeekError(f"{out} holds an unfinished store for another model, data or scoring setting: choose another --out or delete it")
+    elif out.exists() and any(out.iterdir()):
+        raise TokenSeekError(f"--out {out} exists and is not a score store: choose another directory")
+    if rank == 0:
+        write_json(out / "meta.json", meta)
+
+    collate = DitchingCollator(tokenizer.pad_token_id)
+    batches = [data.examples[i : i + batch_size] for i in range(0, len(data.examples), batch_size)]
+    shard = lambda b: out / "shards" / f"b{b:06d}.parquet"  # noqa: E731
+    todo = [b for b in range(rank, len(batches), world_size) if not shard(b).is_file()]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for b in tqdm(todo, desc="scoring", unit="batch", disable=not progress or rank != 0):
+            batch = collate(batches[b])
+            context, gradient = score_batch(
+                model,
+                batch["input_ids"].to(device),
+                batch["labels"].to(device),
+                batch["attention_mask"].to(device),
+                layers_back=layers_back,
+                grad_mode=grad_mode,
+            )
+            rows = []
+            for j, ex in enumerate(batches[b]):
+                n = len(ex["input_ids"])
+                ctx, grad = context[j, :n].cpu().numpy(), gradient[j, :n].cpu().numpy()
+                if not (np.isfinite(ctx).all() and np.isfinite(grad).all()):
+                    raise TokenSeekError(f"example {ex['index']} got NaN/inf scores (model weights or inputs overflow): check the model in float32")
+                keep = select_keep(n, ratio, "tokenseek", context=ctx, gradient=grad, alpha=alpha, beta=beta, seed=seed, index=ex["index"])
+                rows.append({"index": ex["index"], "context": ctx, "gradient": grad, "keep": keep})
+            _write_parquet(shard(b), rows)
+    finally:
+        model.train(was_training)
+
+    if world_size > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    if rank == 0:
+        shards = sorted((out / "shards").glob("b*.parquet"))
+        rows = _read_rows(shards)
+        merged = [
+            {"index": i, "context": r["context"], "gradient": r["gradient"], "keep": _mask(r["keep"], len(r["context"]))}
+            for i, r in sorted(rows.items())
+        ]
+        _write_parquet(out / "scores.parquet", merged)
+        meta["complete"] = True
+        write_json(out / "meta.json", meta)
+        for file in shards:
+            file.unlink()
+        (out / "shards").rmdir()
+    if world_size > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return ScoreStore.open(out, data=data, model=model, model_id=model_id)
+
+
+def _mask(positions: np.ndarray, length: int) -> np.ndarray:
+    mask = np.zeros(length, dtype=bool)
+    mask[positions] = True
+    return mask
