@@ -11,3 +11,9 @@ class TokenSeekError(Exception):
 
 class UnsupportedModelError(TokenSeekError):
     """The model lacks something token ditching needs (named in the message)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name if it has none."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -12,7 +12,10 @@ def _pct(x) -> str:
 
 
 def _mib(x) -> str:
-    return "–" if x is None else f"{x / MIB:,.0f}"
+    if x is None:
+        return "–"
+    # Tiny test models live in the sub-MiB range: keep a decimal there.
+    return f"{x / MIB:,.0f}" if abs(x) >= 10 * MIB else f"{x / MIB:.2f}"
 
 
 def _g(r: dict, *path):
@@ -46,24 +49,25 @@ def breakdown(r: dict) -> dict | None:
 def group_table(g: dict) -> str:
     head = (
         "| Ratio | Ave. Mem. | Max. Mem. | Ave. Mem. (MiB) | Max. Mem. (MiB) | Peak RSS (MiB) | "
-        "Activations (MiB) | Activations | Step time (s) | Step time |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "Activations (MiB) | Activations | Step time (s) | Step time | CPU time |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     lines = []
     for r in g["rows"] + ([g["score"]] if g["score"] else []):
         label = f"scoring (seek, {100 * r['spec']['score_ratio']:g}%)" if r["spec"]["mode"] == "score" else _ratio_label(r)
         if "error" in r or "skipped" in r:
-            lines.append(f"| {label} | {r.get('error') or r.get('skipped')} |||||||||")
+            lines.append(f"| {label} | {r.get('error') or r.get('skipped')} ||||||||||")
             continue
         rel, t = r["relative"], _g(r, "time", "step_s")
         rss = _g(r, "rss", "peak_bytes")
         rss_text = "–" if rss is None else f"{_mib(rss)} ({_pct(rel['peak_rss_bytes'])})"
         time_text = "–" if t is None else f"{t['median']:.2f} [{t['min']:.2f}–{t['max']:.2f}]"
         speed = "–" if rel["step_s"] is None else f"{rel['step_s']:.2f}×"
+        cpu = "–" if rel.get("step_cpu_s") is None else f"{rel['step_cpu_s']:.2f}×"
         lines.append(
             f"| {label} | {_pct(rel['average_bytes'])} | {_pct(rel['peak_bytes'])} | {_mib(_g(r, 'memory', 'average_bytes'))} | "
             f"{_mib(_g(r, 'memory', 'peak_bytes'))} | {rss_text} | {_mib(_g(r, 'activations', 'saved_bytes'))} | "
-            f"{_pct(rel['activation_bytes'])} | {time_text} | {speed} |"
+            f"{_pct(rel['activation_bytes'])} | {time_text} | {speed} | {cpu} |"
         )
     return head + "\n".join(lines) + "\n"
 
@@ -106,12 +110,14 @@ def markdown(doc: dict) -> str:
         f"{doc['input']}.",
         f"Device: {env.get('device', '?')} ({env.get('gpu') or env.get('cpu', '?')}, {env.get('threads', '?')} threads); "
         f"torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}, peft {env.get('peft', '?')}.",
+        _load_line(doc),
         "",
         "Percentages are relative to full-token training (ratio 100%) of the same table. "
         "Ave./Max. Mem.: time-weighted mean / peak of live tensor bytes over one step "
         "(CPU: profiler memory events; CUDA: max_memory_allocated). Peak RSS: process resident set, runtime included. "
         "Activations: bytes autograd saved for backward (parameters excluded). "
-        "Step time: forward + backward + AdamW step, median [min–max].",
+        "Step time: wall time of forward + backward + AdamW step, median [min–max], and its ratio to full-token; "
+        "CPU time: the same ratio for the process's CPU seconds (steadier when other processes share the cores).",
         "",
     ]
     for g in doc["groups"]:
@@ -123,6 +129,14 @@ def markdown(doc: dict) -> str:
         if parts:
             out += ["Memory breakdown (MiB; Fig. 1(a) components):", "", parts]
     return "\n".join(out)
+
+
+def _load_line(doc: dict) -> str:
+    """Other processes on the same cores inflate wall times (never memory): say how busy the machine was."""
+    loads = [v for g in doc["groups"] for r in g["rows"] + ([g["score"]] if g["score"] else []) for v in (_g(r, "loadavg") or {}).values()]
+    if not loads:
+        return ""
+    return f"1-minute load average during the runs: {min(loads):.1f}–{max(loads):.1f} (on {doc.get('environment', {}).get('threads', '?')} threads)."
 
 
 def plot_memory(doc: dict, path: str | Path) -> None:

@@ -211,6 +211,7 @@ FIGURES = {
     "activation_bytes": ("activations", "saved_bytes"),
     "peak_rss_bytes": ("rss", "peak_bytes"),
     "step_s": ("time", "step_s", "median"),
+    "step_cpu_s": ("time", "cpu_s", "median"),
 }
 
 

@@ -178,7 +178,8 @@ def _load(spec: dict, device: torch.device):
 
 def _param_summary(model, optimizer) -> dict:
     params = list(model.parameters())
-    trainable = [p for p in params if p.requires_grad]
+    # Only a training step has an optimizer; scoring's partial backward keeps no gradients.
+    trainable = [p for p in params if p.requires_grad] if optimizer is not None else []
     opt_tensors = []
     if optimizer is not None:
         for state in optimizer.state.values():
@@ -257,21 +258,24 @@ def run(spec: dict) -> dict:
     result["params"] = _param_summary(model, optimizer)
 
     timer = PassTimer(model, device)
-    times, phases_all, rss_peaks, rss_starts = [], [], [], []
+    times, cpu_times, phases_all, rss_peaks, rss_starts = [], [], [], [], []
     for _ in range(spec["steps"]):
         rss_starts.append(memory.reset_peak_rss() if device.type == "cpu" else None)
         timer.calls.clear()
         phases: dict = {}
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step(phases)
         times.append(time.perf_counter() - t0)
+        # CPU seconds of this process (all threads): less sensitive than wall time to
+        # other processes competing for the same cores.
+        cpu_times.append(time.process_time() - c0)
         rss_peaks.append(memory.peak_rss_bytes() if device.type == "cpu" else None)
         phases["decoder_calls"] = list(timer.calls)
         phases_all.append(phases)
     timer.remove()
     if times:
-        result["time"] = {"step_s": _summary(times), "phases": _phase_medians(phases_all)}
+        result["time"] = {"step_s": _summary(times), "cpu_s": _summary(cpu_times), "phases": _phase_medians(phases_all)}
     if device.type == "cpu" and rss_peaks:
         result["rss"] = {"peak_bytes": max(rss_peaks), "start_bytes": min(rss_starts)}
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -56,6 +58,11 @@ def parse_num_fewshot(text: str | None) -> int | dict[str, int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    with _quiet_loading(args.verbose):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from tokenseek.eval.model import load_for_eval
     from tokenseek.eval.report import render
     from tokenseek.utils.io import write_json, write_text
@@ -69,6 +76,20 @@ def run(args: argparse.Namespace) -> int:
         raise TokenSeekError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise TokenSeekError(f"--limit must be at least 1, got {args.limit}")
+    selection = None
+    if tasks != "":
+        from tokenseek.eval.harness import select_tasks
+
+        # Names, data files and shots are checked before the (slow) model load.
+        selection = select_tasks(
+            tasks,
+            data_dir=args.data_dir,
+            limit=args.limit,
+            num_fewshot=num_fewshot,
+            include_path=args.include_path,
+            hub=args.hub,
+            verbose=args.verbose,
+        )
     records = None
     if args.heldout:
         from tokenseek.data import load_records
@@ -77,23 +98,10 @@ def run(args: argparse.Namespace) -> int:
 
     model, tokenizer, info = load_for_eval(args.model, args.adapter, args.quantize)
     results: dict = {**info}
-    if tasks != "":
+    if selection is not None:
         from tokenseek.eval.harness import evaluate_tasks
 
-        results.update(
-            evaluate_tasks(
-                model,
-                tokenizer,
-                tasks,
-                data_dir=args.data_dir,
-                limit=args.limit,
-                num_fewshot=num_fewshot,
-                batch_size=args.batch_size,
-                include_path=args.include_path,
-                hub=args.hub,
-                verbose=args.verbose,
-            )
-        )
+        results.update(evaluate_tasks(model, tokenizer, selection, batch_size=args.batch_size, verbose=args.verbose))
     if records is not None:
         from tokenseek.eval.heldout import heldout_loss
 
@@ -101,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         results["heldout"] = {"data": args.heldout, **held}
     results["wall_time_s"] = round(time.time() - started, 2)
 
-    label = Path(info["adapter"]).name if info["adapter"] else Path(str(info["model"])).name
+    label = _label(info)
     text = render(results, label=label)
     results["table_markdown"] = text
     print(text)
@@ -112,3 +120,35 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(json.dumps({k: v for k, v in results.items() if k not in ("tasks", "table_markdown")}))
     return 0
+
+
+def _label(info: dict) -> str:
+    """Row label: the run folder for RUN/model, else the adapter's or model's folder name."""
+    path = Path(str(info["adapter"] or info["model"]))
+    return path.parent.name if path.name == "model" and path.parent.name else path.name
+
+
+@contextlib.contextmanager
+def _quiet_loading(verbose: bool):
+    """Keep stderr for errors and lm-eval's progress: no weight-loading bars, no
+    harmless bitsandbytes "kernels-community" warning and no per-retry Hub
+    connection warnings (a failed Hub task still ends in one error line) unless -v.
+    Restores everything afterwards (``main`` may run in-process, e.g. in tests)."""
+    if verbose:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    loggers = [logging.getLogger(name) for name in ("bitsandbytes", "huggingface_hub", "datasets")]
+    levels = [log.level for log in loggers]
+    hf_logging.disable_progress_bar()
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)

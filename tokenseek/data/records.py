@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from tokenseek.errors import TokenSeekError
+from tokenseek.errors import TokenSeekError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -56,23 +56,27 @@ def _check_json_file(path: Path) -> None:
 def _load_table(source: str, split: str):
     import datasets
 
+    datasets.disable_progress_bars()  # "Generating train split" noise for a local file
+
     path = Path(source).expanduser()
     if path.suffix in _FORMATS or path.exists():
         if not path.is_file():
             raise TokenSeekError(f"data file not found: {source}")
         if path.suffix not in _FORMATS:
             raise TokenSeekError(f"unsupported data file {source}: use .json, .jsonl, .csv or .parquet")
+        if not path.read_bytes().strip():
+            raise TokenSeekError(f"the data file {source} is empty: it has no records")
         if _FORMATS[path.suffix] == "json":
             _check_json_file(path)
         try:
             return datasets.load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train")
         except Exception as exc:  # datasets raises many types for unreadable files
-            raise TokenSeekError(f"could not read {source}: {str(exc).splitlines()[0]}") from None
+            raise TokenSeekError(f"could not read {source}: {first_line(exc)}") from None
     try:
         return datasets.load_dataset(source, split=split)
     except Exception as exc:
         raise TokenSeekError(
-            f"could not load dataset {source!r} ({str(exc).splitlines()[0]}): give an existing "
+            f"could not load dataset {source!r} ({first_line(exc)}): give an existing "
             ".json/.jsonl/.csv/.parquet file, or a Hub dataset id when the Hub is reachable"
         ) from None
 

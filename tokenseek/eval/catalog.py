@@ -49,6 +49,11 @@ class LocalTask:
     files: tuple[str, ...]  # data files, relative to the data directory
     column: str | None = None  # column in the paper's table
     max_shots: int | None = None  # few-shot pool size when it is small (MMLU dev: 5)
+    hub_name: str | None = None  # lm-eval's own task for --hub (default: same as name)
+
+    @property
+    def hub_task(self) -> str:
+        return self.hub_name or self.name
 
 
 def _catalog() -> dict[str, LocalTask]:
@@ -58,6 +63,7 @@ def _catalog() -> dict[str, LocalTask]:
         LocalTask("hellaswag", "tokenseek_hellaswag", "acc_norm", 10, "validation", _SAME_SPLIT, ("hellaswag/hellaswag_val.jsonl",), "HellaSwag"),
         LocalTask(
             "ethics", "tokenseek_ethics", "acc", 5, "test", _SAME_SPLIT, tuple(ETHICS_SUBSETS.values()), "ETHICS",
+            hub_name="hendrycks_ethics",  # a tag in lm-eval: no aggregate, we average the five
         ),
         LocalTask("truthfulqa_mc2", "tokenseek_truthfulqa_mc2", "acc", 0, "validation", "none (fixed 6-QA prompt, as lm-eval)", ("truthfulqa/mc_task.json",), "TruthfulQA"),
         LocalTask("truthfulqa_mc1", "tokenseek_truthfulqa_mc1", "acc", 0, "validation", "none (fixed 6-QA prompt, as lm-eval)", ("truthfulqa/mc_task.json",)),

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenseek.errors import TokenSeekError
@@ -20,20 +21,43 @@ from tokenseek.eval.catalog import TASKS_DIR, LocalTask, check_files, expand_tas
 logger = logging.getLogger(__name__)
 
 
-def evaluate_tasks(
-    model,
-    tokenizer,
+@dataclass
+class TaskSelection:
+    """Tasks checked and loaded before any model is: bad names or files fail fast."""
+
+    plans: list[dict]
+    manager: object  # lm_eval TaskManager
+    data_dir: str | None
+    limit: int | None
+
+    @property
+    def objects(self) -> list:
+        """What ``simple_evaluate`` gets: each task or group, a tag's tasks one by one."""
+        out = []
+        for plan in self.plans:
+            obj = plan["object"]
+            out.extend(obj if isinstance(obj, list) else [obj])
+        return out
+
+    @property
+    def samples(self) -> dict[str, list[int]] | None:
+        """lm-eval's ``samples``: the first k items of each limited (sub)task."""
+        if not self.limit:
+            return None
+        return {t: list(range(k)) for plan in self.plans for t, k in plan["items"].items()}
+
+
+def select_tasks(
     tasks: str | list[str] | None = None,
     *,
     data_dir: str | Path | None = None,
     limit: int | None = None,
     num_fewshot: int | dict[str, int] | None = None,
-    batch_size: int = 8,
     include_path: list[str] | None = None,
     hub: bool = False,
     verbose: bool = False,
-) -> dict:
-    """Evaluate ``model`` on ``tasks`` and return ``{"tasks": {name: record}, ...}``.
+) -> TaskSelection:
+    """Resolve names, check the data files, load the lm-eval tasks and fix shots and item counts.
 
     ``limit`` caps the items per requested task; a group (ETHICS, MMLU) spreads it
     over its subtasks, ``ceil(limit / subtasks)`` each, so every subtask counts.
@@ -45,8 +69,12 @@ def evaluate_tasks(
     if limit is not None and limit < 1:
         raise TokenSeekError(f"--limit must be at least 1, got {limit}")
     shots_by_name = _shots_by_name(names, num_fewshot)
+    for p in include_path or []:
+        if not Path(p).is_dir():
+            raise TokenSeekError(f"--include-path {p} is not a folder: give a folder of lm-eval task YAMLs")
 
-    local = {n: (None if hub else lookup(n)) for n in names}
+    paper = {n: lookup(n) for n in names}  # the paper's settings, whichever data is used
+    local = {n: (None if hub else paper[n]) for n in names}
     meta = {}
     if any(local.values()):
         root = resolve_data_dir(data_dir)
@@ -55,29 +83,44 @@ def evaluate_tasks(
         meta["tokenseek_data_dir"] = str(root)
 
     with _quiet_lm_eval(verbose):
-        from lm_eval import simple_evaluate
-        from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
 
         paths = [str(TASKS_DIR)] + [str(p) for p in include_path or []]
-        for p in include_path or []:
-            if not Path(p).exists():
-                raise TokenSeekError(f"--include-path {p} does not exist: give a folder of lm-eval task YAMLs")
         # Indexing lm-eval's ~14k built-in YAMLs takes ~10 s: only do it when a
         # name has to be passed through to lm-eval.
         builtin = hub or not all(local.values())
         manager = TaskManager(include_path=paths, include_defaults=builtin, metadata=meta)
+        plans = [_plan(name, paper[name], hub, manager, shots_by_name.get(name), num_fewshot, limit) for name in names]
+    return TaskSelection(plans, manager, meta.get("tokenseek_data_dir"), limit)
 
-        plans = [_plan(name, local[name], manager, shots_by_name.get(name), num_fewshot, limit) for name in names]
-        samples = {t: list(range(k)) for plan in plans for t, k in plan["items"].items()} if limit else None
+
+def evaluate_tasks(
+    model,
+    tokenizer,
+    tasks: str | list[str] | TaskSelection | None = None,
+    *,
+    batch_size: int = 8,
+    verbose: bool = False,
+    **select_kwargs,
+) -> dict:
+    """Evaluate ``model`` on ``tasks`` and return ``{"tasks": {name: record}, ...}``.
+
+    ``tasks`` is a name list (``select_kwargs`` as for :func:`select_tasks`) or a
+    :class:`TaskSelection` made earlier.
+    """
+    selection = tasks if isinstance(tasks, TaskSelection) else select_tasks(tasks, verbose=verbose, **select_kwargs)
+    with _quiet_lm_eval(verbose):
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
         started = time.time()
         try:
             out = simple_evaluate(
                 model=lm,
-                tasks=[plan["object"] for plan in plans],
-                task_manager=manager,
-                samples=samples,
+                tasks=selection.objects,
+                task_manager=selection.manager,
+                samples=selection.samples,
                 log_samples=False,
             )
         except TokenSeekError:
@@ -86,11 +129,10 @@ def evaluate_tasks(
             raise TokenSeekError(f"lm-eval failed: {_first_line(exc)} (rerun with -v for the traceback)") from exc
         wall = time.time() - started
 
-    records = {plan["name"]: _record(plan, out) for plan in plans}
     return {
-        "tasks": records,
-        "data_dir": meta.get("tokenseek_data_dir"),
-        "limit": limit,
+        "tasks": {plan["name"]: _record(plan, out) for plan in selection.plans},
+        "data_dir": selection.data_dir,
+        "limit": selection.limit,
         "batch_size": batch_size,
         "lm_eval_version": _lm_eval_version(),
         "eval_wall_time_s": round(wall, 2),
@@ -107,9 +149,14 @@ def _shots_by_name(names: list[str], num_fewshot) -> dict[str, int]:
     return dict(num_fewshot)
 
 
-def _plan(name: str, local: LocalTask | None, manager, exact_shots: int | None, num_fewshot, limit: int | None) -> dict:
-    """Load one requested task (or group) and fix its shots and item counts."""
-    lm_name = local.lm_eval_name if local else name
+def _plan(name: str, paper: LocalTask | None, hub: bool, manager, exact_shots: int | None, num_fewshot, limit: int | None) -> dict:
+    """Load one requested task (or group) and fix its shots and item counts.
+
+    ``paper`` is the catalog entry for a paper task: its metric and default shots
+    apply to our local task and, with ``hub``, to lm-eval's own one.
+    """
+    local = None if hub else paper
+    lm_name = local.lm_eval_name if local else (paper.hub_task if paper else name)
     if not local and lm_name not in manager.all_tasks:
         raise TokenSeekError(
             f"unknown task {name!r}: available here are {', '.join(local_names())} "
@@ -129,7 +176,7 @@ def _plan(name: str, local: LocalTask | None, manager, exact_shots: int | None, 
 
     shots = {}
     for leaf_name, task in leaves.items():
-        default = task.get_config("num_fewshot") or 0
+        default = paper.shots if paper else (task.get_config("num_fewshot") or 0)
         if exact_shots is not None:
             n = exact_shots
         elif isinstance(num_fewshot, int) and default != 0:
@@ -138,8 +185,8 @@ def _plan(name: str, local: LocalTask | None, manager, exact_shots: int | None, 
             n = default
         if n < 0:
             raise TokenSeekError(f"--num-fewshot for {name} must be >= 0, got {n}")
-        if local and local.max_shots is not None and n > local.max_shots:
-            raise TokenSeekError(f"{name} has only {local.max_shots} few-shot examples per subject (its dev split): use --num-fewshot {name}={local.max_shots} or fewer")
+        if paper and paper.max_shots is not None and n > paper.max_shots:
+            raise TokenSeekError(f"{name} has only {paper.max_shots} few-shot examples per subject (its dev split): use --num-fewshot {name}={paper.max_shots} or fewer")
         task.set_config(key="num_fewshot", value=n)
         shots[leaf_name] = n
 
@@ -147,7 +194,7 @@ def _plan(name: str, local: LocalTask | None, manager, exact_shots: int | None, 
     if limit:
         per_leaf = math.ceil(limit / len(leaves))
         items = {leaf_name: min(per_leaf, len(task.eval_docs)) for leaf_name, task in leaves.items()}
-    return {"name": name, "lm_eval_name": lm_name, "local": local, "object": obj, "leaves": leaves, "is_group": lm_name in groups, "shots": shots, "items": items}
+    return {"name": name, "lm_eval_name": lm_name, "local": local, "paper": paper, "object": obj, "leaves": leaves, "is_group": lm_name in groups, "shots": shots, "items": items}
 
 
 # ----------------------------------------------------------------------------- results
@@ -156,7 +203,8 @@ def _record(plan: dict, out: dict) -> dict:
     results = out["results"]
     lm_name = plan["lm_eval_name"]
     leaves = plan["leaves"]
-    metric = local.metric if local else _first_metric(results.get(lm_name) or results[next(iter(leaves))])
+    paper: LocalTask | None = plan["paper"]
+    metric = paper.metric if paper else _first_metric(results.get(lm_name) or results[next(iter(leaves))])
     head = results.get(lm_name, {})
     value, stderr = head.get(f"{metric},none"), head.get(f"{metric}_stderr,none")
     n_samples = out.get("n-samples", {})
@@ -170,13 +218,13 @@ def _record(plan: dict, out: dict) -> dict:
         "items": items,
         "requests": sum(len(t.instances) for t in leaves.values()),
         "shots": _collapse(plan["shots"]),
-        "fewshot_source": (local.fewshot_source if local else "lm-eval task default") if any(plan["shots"].values()) else "none (0-shot)",
+        "fewshot_source": (local.fewshot_source if local else "lm-eval's fewshot split for the task") if any(plan["shots"].values()) else "none (0-shot)",
         "split": local.split if local else None,
         "source": "local files" if local else "lm-eval (Hugging Face Hub)",
     }
     if plan["is_group"] or len(leaves) > 1:
         record["subtasks"] = {
-            leaf: {
+            leaf.removeprefix("tokenseek_"): {
                 "value": _num(results.get(leaf, {}).get(f"{metric},none")),
                 "stderr": _num(results.get(leaf, {}).get(f"{metric}_stderr,none")),
                 "items": n_samples.get(leaf, {}).get("effective", 0),

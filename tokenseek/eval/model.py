@@ -91,8 +91,10 @@ def _attach_adapter(lm, adapter_dir: Path, *, quantized: bool):
     try:
         wrapped = peft.PeftModel.from_pretrained(lm, str(adapter_dir), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as exc:  # shape mismatch, missing target modules
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TokenSeekError(f"the adapter in {adapter_dir} does not fit this base model ({first[:200]}): pass the --model it was trained on") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        # torch's load_state_dict error starts with a bare header; the first "size mismatch" line says more.
+        detail = next((line for line in lines if "size mismatch" in line), lines[0])
+        raise TokenSeekError(f"the adapter in {adapter_dir} does not fit this base model ({detail[:160]}): pass the --model it was trained on") from None
     if quantized:
         return wrapped  # merging into 4-bit weights would round the adapter away
     # Merging is exact up to float rounding and makes every forward cheaper.

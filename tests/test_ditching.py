@@ -1,0 +1,170 @@
+"""Token ditching gradients are exact: ratio 1.0 equals plain HF training, and any keep mask
+equals an independent detach-based reference (tests/reference.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import ARCHITECTURES, padded_batch, random_keep, tiny_model
+from reference import grads, max_relative_error, reference_loss
+from tokenseek import ditched_loss
+from tokenseek.errors import UnsupportedModelError
+from tokenseek.seeking.layers import decoder_layers
+
+
+def _plain_grads(model, input_ids, attention_mask, labels):
+    loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    loss.backward()
+    return loss.detach(), grads(model)
+
+
+def _ditched_grads(model, input_ids, attention_mask, labels, keep):
+    loss = ditched_loss(model, input_ids, labels, keep, attention_mask)
+    loss.backward()
+    return loss.detach(), grads(model)
+
+
+def _reference_grads(model, input_ids, attention_mask, labels, keep):
+    loss = reference_loss(model, input_ids, attention_mask, labels, keep, decoder_layers(model))
+    loss.backward()
+    return loss.detach(), grads(model)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_full_ratio_equals_plain_training(arch):
+    model = tiny_model(arch).eval()
+    input_ids, attention_mask, labels = padded_batch()
+    loss, g = _ditched_grads(model, input_ids, attention_mask, labels, attention_mask.bool())
+    ref_loss, ref_g = _plain_grads(model, input_ids, attention_mask, labels)
+    assert torch.allclose(loss, ref_loss, rtol=1e-5)
+    assert max_relative_error(g, ref_g) <= 1e-5
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("ratio", [0.1, 0.3, 0.5])
+def test_random_keep_equals_detached_reference(arch, ratio):
+    model = tiny_model(arch).eval()
+    input_ids, attention_mask, _ = padded_batch(seed=1, lengths=(31, 12, 20))
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    keep = random_keep(attention_mask, ratio, seed=2)
+    loss, g = _ditched_grads(model, input_ids, attention_mask, labels, keep)
+    ref_loss, ref_g = _reference_grads(model, input_ids, attention_mask, labels, keep)
+    assert torch.allclose(loss, ref_loss, rtol=1e-5)
+    assert max_relative_error(g, ref_g) <= 1e-4
+    # The reference differs from plain training, so this is not a vacuous match.
+    _, plain = _plain_grads(model, input_ids, attention_mask, labels)
+    assert max_relative_error(g, plain) > 1e-3
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_lora_gradients_match_reference(arch):
+    import peft
+
+    model = peft.get_peft_model(tiny_model(arch), peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
+    with torch.no_grad():  # LoRA B starts at zero; make the adapter non-trivial
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    model.eval()
+    input_ids, attention_mask, labels = padded_batch(seed=3)
+    keep = random_keep(attention_mask, 0.3, seed=4)
+    _, g = _ditched_grads(model, input_ids, attention_mask, labels, keep)
+    _, ref_g = _reference_grads(model, input_ids, attention_mask, labels, keep)
+    assert g and all("lora_" in k for k in g)
+    assert max_relative_error(g, ref_g) <= 1e-4
+    _, full = _ditched_grads(model, input_ids, attention_mask, labels, attention_mask.bool())
+    _, plain = _plain_grads(model, input_ids, attention_mask, labels)
+    assert max_relative_error(full, plain) <= 1e-5
+
+
+def test_eager_attention_model_is_supported():
+    model = tiny_model("llama", attn="eager").eval()
+    input_ids, attention_mask, labels = padded_batch()
+    keep = random_keep(attention_mask, 0.3)
+    _, g = _ditched_grads(model, input_ids, attention_mask, labels, keep)
+    _, ref_g = _reference_grads(model, input_ids, attention_mask, labels, keep)
+    assert max_relative_error(g, ref_g) <= 1e-4
+
+
+def test_unkept_tokens_get_no_embedding_gradient():
+    model = tiny_model("llama").eval()
+    input_ids, attention_mask, labels = padded_batch(lengths=(20,))
+    input_ids[0] = torch.arange(20)  # distinct tokens, so embedding rows map to positions
+    keep = random_keep(attention_mask, 0.2, seed=5)
+    ditched_loss(model, input_ids, input_ids.clone(), keep, attention_mask).backward()
+    row_has_grad = model.get_input_embeddings().weight.grad[:20].abs().sum(-1) > 0
+    # Kept tokens' embeddings get gradient; unkept ones only through ... nothing.
+    assert torch.equal(row_has_grad, keep[0])
+
+
+def test_unsupported_model_named():
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    config = AutoConfig.for_model("t5", vocab_size=50, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8)
+    model = AutoModelForSeq2SeqLM.from_config(config)
+    ids = torch.randint(0, 50, (1, 8))
+    with pytest.raises(UnsupportedModelError, match="encoder-decoder"):
+        ditched_loss(model, ids, ids, torch.ones_like(ids, dtype=torch.bool))
+
+
+def _saved_activation_bytes(model, fn) -> int:
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def test_activation_bytes_shrink_with_ratio():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        "llama", vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2
+    )
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").float()
+    ids = torch.randint(0, 1000, (1, 256))
+    full = _saved_activation_bytes(model, lambda: ditched_loss(model, ids, ids, torch.ones_like(ids, dtype=torch.bool)))
+    keep = random_keep(torch.ones_like(ids), 0.1)
+    tenth = _saved_activation_bytes(model, lambda: ditched_loss(model, ids, ids, keep))
+    assert tenth <= 0.30 * full, (tenth, full)
+
+
+@pytest.mark.slow
+def test_smollm2_gradients(smollm2):
+    # float64 copy: over 30 layers float32 rounding alone reaches ~3e-5 relative (two
+    # passes sum in a different order), which would hide nothing but fail the 1e-5 bound.
+    import copy
+
+    model, tokenizer = smollm2
+    model = copy.deepcopy(model).double().eval()
+    texts = ["The capital of France is Paris, and it is known for the Eiffel Tower and fine food.", "Two plus two equals four."]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    # Only the last two layers train, to keep the reference cheap; the rest are frozen.
+    trainable = [p for n, p in model.named_parameters() if ".layers.28." in n or ".layers.29." in n]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in trainable:
+            p.requires_grad_(True)
+        _, full = _ditched_grads(model, input_ids, attention_mask, labels, attention_mask.bool())
+        _, plain = _plain_grads(model, input_ids, attention_mask, labels)
+        assert max_relative_error(full, plain) <= 1e-5
+        keep = random_keep(attention_mask, 0.3, seed=7)
+        _, g = _ditched_grads(model, input_ids, attention_mask, labels, keep)
+        _, ref_g = _reference_grads(model, input_ids, attention_mask, labels, keep)
+        assert max_relative_error(g, ref_g) <= 1e-4
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

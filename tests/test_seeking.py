@@ -1,0 +1,215 @@
+"""Token seeking: scores equal brute-force references; selection and the score store behave."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import padded_batch, tiny_model
+from tokenseek import seek
+from tokenseek.cli.main import main
+from tokenseek.errors import TokenSeekError
+from tokenseek.seeking.seek import score_batch
+from tokenseek.seeking.select import STRATEGIES, keep_count, select_keep
+
+
+def brute_force_context(model, input_ids, attention_mask):
+    """Eager attention with output_attentions: last layer, head-averaged column sums over real queries."""
+    impl = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            attn = model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True).attentions[-1]
+    finally:
+        model.set_attn_implementation(impl)
+    attn = attn.float() * attention_mask[:, None, :, None]
+    return attn.sum(dim=2).mean(dim=1) * attention_mask
+
+
+def brute_force_gradient(model, input_ids, attention_mask, labels, layers_back=1):
+    """Per example, d(mean loss)/d(hidden entering layer N-layers_back), full autograd, nothing frozen."""
+    n_layers = model.config.num_hidden_layers
+    out = torch.zeros(input_ids.shape, dtype=torch.float32)
+    for b in range(input_ids.shape[0]):
+        n = int(attention_mask[b].sum())
+        result = model(input_ids=input_ids[b : b + 1, :n], output_hidden_states=True)
+        hidden = result.hidden_states[n_layers - layers_back]
+        hidden.retain_grad()
+        loss = torch.nn.functional.cross_entropy(result.logits[0, :-1].float(), labels[b, 1:n], ignore_index=-100)
+        loss.backward()
+        out[b, :n] = hidden.grad[0].abs().sum(-1)
+        model.zero_grad(set_to_none=True)
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3_text", "gpt_neox"])
+def test_context_score_matches_eager_attention(arch):
+    model = tiny_model(arch).eval()
+    input_ids, attention_mask, labels = padded_batch(seed=2, lengths=(26, 14, 7))
+    context, _ = score_batch(model, input_ids, labels, attention_mask)
+    expected = brute_force_context(model, input_ids, attention_mask)
+    assert torch.allclose(context, expected, atol=1e-5), (context - expected).abs().max()
+    assert torch.all(context[attention_mask == 0] == 0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("layers_back", [1, 2])
+def test_gradient_score_matches_full_autograd(arch, layers_back):
+    model = tiny_model(arch).eval()
+    input_ids, attention_mask, labels = padded_batch(seed=3, lengths=(22, 16, 10))
+    _, gradient = score_batch(model, input_ids, labels, attention_mask, layers_back=layers_back)
+    expected = brute_force_gradient(model, input_ids, attention_mask, labels, layers_back)
+    scale = expected.abs().max()
+    assert scale > 0
+    assert (gradient - expected).abs().max() / scale <= 1e-5
+
+
+def test_scoring_leaves_parameters_untouched():
+    model = tiny_model("llama")
+    model.train()
+    input_ids, attention_mask, labels = padded_batch()
+    seek(model, input_ids, labels, attention_mask)
+    assert model.training
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_smollm2_scores(smollm2):
+    model, tokenizer = smollm2
+    model.eval()
+    texts = ["Below is an instruction. Name three colours.\n### Response:\nRed, green and blue.", "Say hi.\n### Response:\nHi!"]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    context, gradient = score_batch(model, batch["input_ids"], labels, batch["attention_mask"])
+    expected = brute_force_context(model, batch["input_ids"], batch["attention_mask"])
+    assert torch.allclose(context, expected, atol=1e-5)
+    expected_grad = brute_force_gradient(model, batch["input_ids"], batch["attention_mask"], labels)
+    assert (gradient - expected_grad).abs().max() / expected_grad.abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s not in ("full", "probe")])
+@pytest.mark.parametrize("length, ratio", [(1, 0.1), (10, 0.1), (37, 0.25), (200, 0.05), (64, 1.0)])
+def test_selection_keeps_exactly_ceil_ratio(strategy, length, ratio):
+    rng = np.random.default_rng(length)
+    context, gradient = rng.random(length) + 1e-3, rng.random(length)
+    keep = select_keep(length, ratio, strategy, context=context, gradient=gradient, seed=1, index=4)
+    assert keep.dtype == bool and keep.shape == (length,)
+    assert keep.sum() == keep_count(length, ratio) == max(1, int(np.ceil(ratio * length - 1e-9)))
+    again = select_keep(length, ratio, strategy, context=context, gradient=gradient, seed=1, index=4)
+    assert np.array_equal(keep, again)
+
+
+def test_selection_semantics():
+    context = np.array([5.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0])
+    gradient = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 9.0, 0.0])
+    pick = lambda s, **kw: set(np.flatnonzero(select_keep(10, 0.2, s, context=context, gradient=gradient, **kw)))  # noqa: E731
+    assert pick("context") == {0, 9}
+    assert pick("gradient") == {8, 0}  # ties in gradient go to the earliest position
+    assert pick("tokenseek", alpha=1, beta=1) == {0, 8}  # log 5 + 0 and log 1 + 1 beat log 2
+    assert select_keep(10, 0.2, "full").all()
+    probe = select_keep(10, 0.1, "probe", context=context, gradient=gradient)
+    assert probe.sum() == 2  # top 10 % + the 40–50 % band
+    assert select_keep(10, 0.2, "random", seed=0, index=0).sum() == 2
+    assert not np.array_equal(select_keep(50, 0.2, "random", seed=0, index=0), select_keep(50, 0.2, "random", seed=1, index=0))
+
+
+def test_seek_never_keeps_padding():
+    model = tiny_model("llama")
+    input_ids, attention_mask, labels = padded_batch(lengths=(30, 5))
+    result = seek(model, input_ids, labels, attention_mask, ratio=0.5)
+    assert not result.keep[attention_mask == 0].any()
+    assert result.keep.sum(1).tolist() == [15, 3]
+    assert torch.isinf(result.combined[attention_mask == 0]).all()
+
+
+@pytest.mark.parametrize("bad", [dict(ratio=0), dict(ratio=1.01), dict(ratio=float("nan")), dict(alpha=0, beta=0)])
+def test_selection_rejects_bad_settings(bad):
+    with pytest.raises(TokenSeekError):
+        select_keep(10, bad.get("ratio", 0.1), "tokenseek", context=np.ones(10), gradient=np.ones(10), alpha=bad.get("alpha", 1), beta=bad.get("beta", 1))
+
+
+def test_nan_scores_are_refused():
+    with pytest.raises(TokenSeekError, match="NaN"):
+        select_keep(3, 0.5, "tokenseek", context=np.array([1.0, np.nan, 1.0]), gradient=np.ones(3))
+
+
+def _score_argv(model_dir, data, out, *extra):
+    return ["score", "--model", str(model_dir), "--data", str(data), "--out", str(out), "--max-length", "64", "--batch-size", "2", *extra]
+
+
+def test_store_resume_equals_uninterrupted(tmp_path, tiny_model_dir, data_file, monkeypatch):
+    import tokenseek.seeking.store as store
+
+    assert main(_score_argv(tiny_model_dir, data_file, tmp_path / "whole")) == 0
+    written = []
+    real_write = store._write_parquet
+
+    def dying_write(path, rows):
+        if len(written) == 3:
+            raise KeyboardInterrupt  # stands in for a kill between two batches
+        written.append(path)
+        real_write(path, rows)
+
+    monkeypatch.setattr(store, "_write_parquet", dying_write)
+    assert main(_score_argv(tiny_model_dir, data_file, tmp_path / "part")) == 130
+    assert len(list((tmp_path / "part" / "shards").glob("*.parquet"))) == 3
+    monkeypatch.setattr(store, "_write_parquet", real_write)
+    rescored = []
+    monkeypatch.setattr(store, "_write_parquet", lambda p, r: (rescored.append(p), real_write(p, r)))
+    assert main(_score_argv(tiny_model_dir, data_file, tmp_path / "part")) == 0
+    assert len(rescored) == 12 - 3 + 1  # the 9 missing batches, then the merged file
+    import pyarrow.parquet as pq
+
+    whole = pq.read_table(tmp_path / "whole" / "scores.parquet").to_pydict()
+    part = pq.read_table(tmp_path / "part" / "scores.parquet").to_pydict()
+    assert whole == part and len(whole["index"]) == 24
+
+
+def test_store_refuses_other_data(tmp_path, tiny_model_dir, data_file, capsys):
+    out = tmp_path / "scores"
+    assert main(_score_argv(tiny_model_dir, data_file, out)) == 0
+    capsys.readouterr()
+    run = tmp_path / "run"
+    code = main(["train", "--model", str(tiny_model_dir), "--data", str(data_file), "--max-length", "32", "--scores", str(out),
+                 "--output-dir", str(run), "--max-steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "made for other data" in err
+    code = main(["train", "--model", str(tiny_model_dir), "--data", str(data_file), "--max-length", "64", "--scores", str(out),
+                 "--output-dir", str(run), "--max-steps", "1", "--grad-accum", "1"])
+    assert code == 0, capsys.readouterr().err
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["complete"] and meta["data"]["examples"] == 24
+
+
+@pytest.mark.slow
+def test_score_survives_kill_9(tmp_path):
+    """A real SIGKILL in the middle of `tokenseek score`, then the same command finishes the store."""
+    out = tmp_path / "scores"
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([{"instruction": f"Write a sentence about the number {i}.", "input": "", "output": f"{i} is a number. " * 5} for i in range(40)]))
+    cmd = [sys.executable, "-m", "tokenseek", "score", "--data", str(data), "--out", str(out), "--batch-size", "1", "--max-length", "96"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def shards() -> int:
+        return len(list((out / "shards").glob("*.parquet"))) if (out / "shards").exists() else 0
+
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and shards() < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list((out / "shards").glob("*.parquet")))
+    assert 0 < done_before < 40, "the kill did not land mid-run"
+    assert not (out / "scores.parquet").exists()
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out / "scores.parquet").to_pydict()
+    assert sorted(table["index"]) == list(range(40))

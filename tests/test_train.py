@@ -1,0 +1,177 @@
+"""The Trainer integration: accumulation and DDP-style normalisation, QLoRA safety, the train CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import padded_batch, random_keep, tiny_model
+from tokenseek.cli.main import main
+from tokenseek.data import DitchingCollator
+
+
+def _one_sgd_step(model, features, batch_size, grad_accum, tmp_path):
+    from transformers import TrainingArguments
+
+    from tokenseek.train import TokenSeekTrainer
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=batch_size, gradient_accumulation_steps=grad_accum,
+        max_steps=1, learning_rate=1.0, optim="sgd", max_grad_norm=0.0, lr_scheduler_type="constant", report_to=[], use_cpu=True,
+        remove_unused_columns=False, save_strategy="no", logging_steps=1, disable_tqdm=True, dataloader_drop_last=False,
+    )
+    before = {k: p.detach().clone() for k, p in model.named_parameters()}
+    trainer = TokenSeekTrainer(model=model, args=args, train_dataset=features, data_collator=DitchingCollator(0))
+    trainer.train()
+    return {k: p.detach() - before[k] for k, p in model.named_parameters()}
+
+
+def _features(n=4):
+    input_ids, attention_mask, labels = padded_batch(seed=5, lengths=(19, 11, 16, 8)[:n])
+    keep = random_keep(attention_mask, 0.4, seed=3)
+    out = []
+    for b in range(n):
+        length = int(attention_mask[b].sum())
+        out.append({"input_ids": input_ids[b, :length].tolist(), "labels": labels[b, :length].tolist(), "keep": keep[b, :length].tolist()})
+    return out
+
+
+def test_accumulation_equals_big_batch(tmp_path):
+    features = _features(2)
+    small = _one_sgd_step(tiny_model("llama"), features, 1, 2, tmp_path / "a")
+    big = _one_sgd_step(tiny_model("llama"), features, 2, 1, tmp_path / "b")
+    worst = max(float((small[k] - big[k]).abs().max() / big[k].abs().max().clamp(min=1e-12)) for k in big)
+    assert any(big[k].abs().max() > 0 for k in big)
+    assert worst <= 1e-5
+
+
+def test_trainer_loss_matches_ditched_loss(tmp_path):
+    from tokenseek import ditched_loss
+
+    features = _features(2)
+    batch = DitchingCollator(0)(features)
+    model = tiny_model("llama")
+    expected = ditched_loss(model, batch["input_ids"], batch["labels"], batch["keep"], batch["attention_mask"])
+    model.zero_grad()
+    update = _one_sgd_step(model, features, 2, 1, tmp_path)
+    fresh = tiny_model("llama")
+    ditched_loss(fresh, batch["input_ids"], batch["labels"], batch["keep"], batch["attention_mask"]).backward()
+    for name, p in fresh.named_parameters():
+        assert torch.allclose(update[name], -p.grad, rtol=1e-4, atol=1e-7), name
+    assert expected.item() > 0
+
+
+def test_qlora_gradients_survive_an_eval_pass(tiny_model_dir):
+    pytest.importorskip("bitsandbytes")
+    from tokenseek import ditched_loss
+    from tokenseek.models import apply_peft, load_model
+
+    model, _ = load_model(str(tiny_model_dir), quantize="nf4")
+    model = apply_peft(model, "qlora", dropout=0.0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    ids = torch.randint(0, 1000, (2, 24))
+    keep = random_keep(torch.ones_like(ids), 0.5, seed=1)
+
+    def lora_grads():
+        model.train()
+        ditched_loss(model, ids, ids, keep).backward()
+        out = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return out
+
+    before = lora_grads()
+    model.eval()
+    with torch.no_grad():  # what generate() / lm-eval do; repacks 4-bit weights unless disabled
+        model(input_ids=ids)
+    after = lora_grads()
+    assert before and before.keys() == after.keys()
+    for k in before:
+        assert torch.allclose(before[k], after[k], rtol=1e-5, atol=1e-8), k
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.err.strip()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model", "/nonexistent/model"], "model path not found"),
+        (["--data", "/nonexistent.json"], "data file not found"),
+        (["--peft", "adapterx"], "unknown --peft"),
+        (["--selection", "best"], "unknown --selection"),
+        (["--ratio", "0"], "--ratio must be in (0, 1]"),
+        (["--ratio", "1.5"], "--ratio must be in (0, 1]"),
+    ],
+)
+def test_train_bad_input(tmp_path, capsys, data_file, extra, message):
+    out = tmp_path / "run"
+    argv = ["train", "--output-dir", str(out), "--data", str(data_file), "--selection", "random", *extra]
+    code, err = _run(argv, capsys)
+    assert code == 2
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_train_bad_records(tmp_path, capsys, tiny_model_dir):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n')
+    for path, message in [(empty, "is empty"), (missing, "no 'output' field")]:
+        out = tmp_path / f"run-{path.stem}"
+        code, err = _run(["train", "--model", str(tiny_model_dir), "--output-dir", str(out), "--data", str(path), "--selection", "random"], capsys)
+        assert code == 2 and message in err, err
+        assert not out.exists()
+
+
+def test_train_cli_writes_a_run_and_refuses_another(tmp_path, capsys, tiny_model_dir, data_file):
+    out = tmp_path / "run"
+    base = ["train", "--model", str(tiny_model_dir), "--data", str(data_file), "--output-dir", str(out), "--max-steps", "3",
+            "--grad-accum", "2", "--max-length", "64", "--save-steps", "2"]
+    assert main(base + ["--selection", "tokenseek", "--ratio", "0.3", "--peft", "lora"]) == 0
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 3 and summary["selection"] == "tokenseek"
+    assert 0.25 < summary["kept_fraction"] < 0.45
+    assert (out / "model" / "adapter_config.json").is_file()
+    assert json.loads((out / "loss_curve.json").read_text())
+    capsys.readouterr()
+    code, err = _run(base + ["--selection", "random"], capsys)
+    assert code == 2 and "holds a different run" in err
+
+
+@pytest.mark.parametrize("peft_method", ["none", "loha", "lokr", "ia3"])
+def test_train_cli_peft_methods(tmp_path, tiny_model_dir, data_file, peft_method):
+    out = tmp_path / peft_method
+    argv = ["train", "--model", str(tiny_model_dir), "--data", str(data_file), "--output-dir", str(out), "--max-steps", "2",
+            "--grad-accum", "1", "--max-length", "48", "--selection", "random", "--ratio", "0.5", "--peft", peft_method]
+    assert main(argv) == 0
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["peft"] == peft_method and summary["final_loss"] is not None
+
+
+def test_yaml_config(tmp_path, tiny_model_dir, data_file):
+    config = tmp_path / "train.yaml"
+    config.write_text(f"model: {tiny_model_dir}\ndata: {data_file}\nmax_steps: 1\ngrad_accum: 1\nselection: random\nratio: 0.5\nmax_length: 48\n")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--output-dir", str(out)]) == 0
+    assert json.loads((out / "train_summary.json").read_text())["ratio"] == 0.5
+
+
+@pytest.mark.slow
+def test_default_training_loss_falls(tmp_path):
+    """`tokenseek train` on the built-in data with the default model: the loss goes down."""
+    out = tmp_path / "run"
+    argv = ["train", "--output-dir", str(out), "--limit", "96", "--max-steps", "12", "--grad-accum", "4",
+            "--ratio", "0.3", "--lr", "1e-3", "--logging-steps", "1", "--max-length", "96"]
+    assert main(argv) == 0
+    curve = [p["loss"] for p in json.loads((out / "loss_curve.json").read_text())]
+    assert len(curve) == 12
+    assert sum(curve[-3:]) / 3 < 0.8 * sum(curve[:3]) / 3, curve

@@ -1,0 +1,209 @@
+"""Dataset-level view of a score store: where kept tokens fall, which tokens are kept, overlaps."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from tokenseek.errors import TokenSeekError
+from tokenseek.visualize.example import keep_masks, token_texts
+
+NAMES = ("context", "gradient", "combined")
+
+
+def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    union = int((a | b).sum())
+    return int((a & b).sum()) / union if union else 1.0
+
+
+def compute_summary(data, store, tokenizer, *, ratio: float = 0.1, alpha: float = 1.0, beta: float = 1.0, bins: int = 20, top: int = 20) -> dict:
+    """Statistics over every example of ``data`` with the selections recomputed from the stored scores."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    relative = {name: [] for name in (*NAMES, "all tokens")}
+    kept_prompt = dict.fromkeys(NAMES, 0)
+    kept_total = dict.fromkeys(NAMES, 0)
+    first_kept = dict.fromkeys(NAMES, 0)
+    response_kept_fraction = {name: [] for name in NAMES}
+    counters = {name: Counter() for name in NAMES}
+    occurrences: Counter = Counter()
+    pairs = {"context_vs_gradient": ("context", "gradient"), "combined_vs_context": ("combined", "context"), "combined_vs_gradient": ("combined", "gradient")}
+    jaccards = {key: [] for key in pairs}
+    pooled = {key: [0, 0] for key in pairs}  # intersection, union
+    text_of: dict[int, str] = {}
+    total_tokens = prompt_tokens = 0
+    prompt_fractions = []
+
+    for ex in data.examples:
+        row = store.get(ex["index"])
+        n = len(ex["input_ids"])
+        if len(row["context"]) != n:
+            raise TokenSeekError(
+                f"the score store {store.path} has {len(row['context'])} scores for example {ex['index']}, which has {n} tokens: "
+                "re-score with the same --data/--template/--max-length"
+            )
+        _, masks = keep_masks(row["context"], row["gradient"], ratio, alpha, beta)
+        p = min(int(ex["prompt_length"]), n)
+        total_tokens += n
+        prompt_tokens += p
+        prompt_fractions.append(p / n)
+        rel = np.arange(n) / max(n - 1, 1)
+        relative["all tokens"].append(rel)
+        ids = np.asarray(ex["input_ids"])
+        occurrences.update(ids.tolist())
+        for name in NAMES:
+            mask = masks[name]
+            positions = np.flatnonzero(mask)
+            relative[name].append(rel[positions])
+            kept_total[name] += len(positions)
+            kept_prompt[name] += int((positions < p).sum())
+            first_kept[name] += int(mask[0])
+            if n > p:
+                response_kept_fraction[name].append(float(mask[p:].mean()))
+            counters[name].update(ids[positions].tolist())
+        for key, (a, b) in pairs.items():
+            jaccards[key].append(_jaccard(masks[a], masks[b]))
+            pooled[key][0] += int((masks[a] & masks[b]).sum())
+            pooled[key][1] += int((masks[a] | masks[b]).sum())
+
+    def text(token_id: int) -> str:
+        if token_id not in text_of:
+            text_of[token_id] = token_texts(tokenizer, [token_id])[0]
+        return text_of[token_id]
+
+    examples = len(data.examples)
+    all_rel = np.concatenate(relative["all tokens"])
+    share = {}
+    for name in NAMES:
+        rel = np.concatenate(relative[name]) if relative[name] else np.zeros(0)
+        share[name] = {
+            "prompt": kept_prompt[name] / max(kept_total[name], 1),
+            "response": 1 - kept_prompt[name] / max(kept_total[name], 1),
+            "kept": kept_total[name],
+            "kept_in_prompt": kept_prompt[name],
+            "kept_in_response": kept_total[name] - kept_prompt[name],
+            "mean_relative_position": float(rel.mean()) if rel.size else None,
+            "median_relative_position": float(np.median(rel)) if rel.size else None,
+            "first_token_kept": first_kept[name] / max(examples, 1),
+            "response_tokens_kept_fraction": float(np.mean(response_kept_fraction[name])) if response_kept_fraction[name] else None,
+        }
+    share["all tokens"] = {
+        "prompt": prompt_tokens / max(total_tokens, 1),
+        "response": 1 - prompt_tokens / max(total_tokens, 1),
+        "kept": total_tokens,
+        "kept_in_prompt": prompt_tokens,
+        "kept_in_response": total_tokens - prompt_tokens,
+        "mean_relative_position": float(all_rel.mean()),
+        "median_relative_position": float(np.median(all_rel)),
+        "first_token_kept": 1.0,
+        "response_tokens_kept_fraction": 1.0,
+    }
+    density, counts = {}, {}
+    for name in (*NAMES, "all tokens"):
+        rel = np.concatenate(relative[name]) if relative[name] else np.zeros(0)
+        c, _ = np.histogram(rel, bins=edges)
+        counts[name] = c.tolist()
+        density[name] = (c / max(c.sum(), 1) / (edges[1] - edges[0])).tolist()
+    top_tokens = {
+        name: [
+            {
+                "token": text(token_id),
+                "id": int(token_id),
+                "kept": count,
+                "share_of_kept": count / max(kept_total[name], 1),
+                "occurrences": occurrences[token_id],
+                "kept_rate": count / max(occurrences[token_id], 1),
+            }
+            for token_id, count in counters[name].most_common(top)
+        ]
+        for name in NAMES
+    }
+    overlap = {
+        key: {
+            "mean_jaccard": float(np.mean(values)),
+            "median_jaccard": float(np.median(values)),
+            "pooled_jaccard": pooled[key][0] / max(pooled[key][1], 1),
+        }
+        for key, values in jaccards.items()
+    }
+    return {
+        "examples": examples,
+        "store": str(store.path),
+        "store_model": store.meta.get("model", {}).get("model"),
+        "store_scoring": store.meta.get("scoring"),
+        "data_settings": data.settings,
+        "selection": {"ratio": ratio, "alpha": alpha, "beta": beta},
+        "tokens": {
+            "total": total_tokens,
+            "prompt": prompt_tokens,
+            "response": total_tokens - prompt_tokens,
+            "mean_length": total_tokens / max(examples, 1),
+            "mean_prompt_fraction": float(np.mean(prompt_fractions)),
+        },
+        "share": share,
+        "positions": {"bin_edges": edges.tolist(), "density": density, "counts": counts},
+        "overlap": overlap,
+        "top_tokens": top_tokens,
+    }
+
+
+def _code(text: str) -> str:
+    shown = repr(text)[1:-1].replace("|", "\\|")
+    return f"`` {shown} ``" if "`" in shown else f"`{shown}`"
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def summary_markdown(summary: dict) -> str:
+    sel = summary["selection"]
+    tokens = summary["tokens"]
+    lines = [
+        "# Token seeking summary",
+        "",
+        f"{summary['examples']} examples from the score store `{summary['store']}` (model {summary['store_model']}); "
+        f"{tokens['total']} tokens, mean length {tokens['mean_length']:.1f}, "
+        f"{_pct(tokens['prompt'] / max(tokens['total'], 1))} of them in prompts.",
+        f"Selections recomputed from the stored scores at ratio {sel['ratio']:g}, alpha {sel['alpha']:g}, beta {sel['beta']:g}: "
+        "*context* = top-k by attention received (Eq. 3), *gradient* = top-k by gradient score (Eq. 4), "
+        "*combined* = top-k by Eq. 5.",
+        "",
+        "## Where kept tokens fall",
+        "",
+        "| selection | kept | in prompt | in response | mean rel. position | median rel. position | first token kept | response tokens kept |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in summary["share"].items():
+        lines.append(
+            f"| {name} | {row['kept']} | {row['kept_in_prompt']} ({_pct(row['prompt'])}) | {row['kept_in_response']} ({_pct(row['response'])}) "
+            f"| {row['mean_relative_position']:.3f} | {row['median_relative_position']:.3f} | {_pct(row['first_token_kept'])} "
+            f"| {_pct(row['response_tokens_kept_fraction'])} |"
+        )
+    lines += [
+        "",
+        "Relative position: 0 = first token, 1 = last token of the example. *all tokens* is the baseline "
+        "(what a uniform random choice would give). *response tokens kept*: mean over examples of the "
+        "fraction of the response's tokens that the selection keeps.",
+        "",
+        "Histogram of relative positions (share of kept tokens per bin):",
+        "",
+    ]
+    edges = summary["positions"]["bin_edges"]
+    names = list(summary["positions"]["counts"].keys())
+    lines.append("| bin | " + " | ".join(names) + " |")
+    lines.append("|---|" + "---:|" * len(names))
+    totals = {name: max(sum(summary["positions"]["counts"][name]), 1) for name in names}
+    for b in range(len(edges) - 1):
+        cells = " | ".join(f"{100 * summary['positions']['counts'][name][b] / totals[name]:.1f} %" for name in names)
+        lines.append(f"| {edges[b]:.2f}-{edges[b + 1]:.2f} | {cells} |")
+    lines += ["", "## Overlap (Jaccard index of the kept sets)", "", "| pair | mean per example | median | pooled |", "|---|---:|---:|---:|"]
+    for key, row in summary["overlap"].items():
+        lines.append(f"| {key.replace('_vs_', ' vs ')} | {row['mean_jaccard']:.3f} | {row['median_jaccard']:.3f} | {row['pooled_jaccard']:.3f} |")
+    lines += ["", "## Most frequently kept tokens", ""]
+    for name, rows in summary["top_tokens"].items():
+        lines += [f"### {name}", "", "| token | kept | share of kept | occurrences | kept rate |", "|---|---:|---:|---:|---:|"]
+        for row in rows:
+            lines.append(f"| {_code(row['token'])} | {row['kept']} | {_pct(row['share_of_kept'])} | {row['occurrences']} | {_pct(row['kept_rate'])} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
