@@ -29,20 +29,21 @@ def brute_force_context(model, input_ids, attention_mask):
             attn = model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True).attentions[-1]
     finally:
         model.set_attn_implementation(impl)
-    attn = attn.float() * attention_mask[:, None, :, None]
+    attn = attn * attention_mask[:, None, :, None]
     return attn.sum(dim=2).mean(dim=1) * attention_mask
 
 
 def brute_force_gradient(model, input_ids, attention_mask, labels, layers_back=1):
     """Per example, d(mean loss)/d(hidden entering layer N-layers_back), full autograd, nothing frozen."""
     n_layers = model.config.num_hidden_layers
-    out = torch.zeros(input_ids.shape, dtype=torch.float32)
+    out = torch.zeros(input_ids.shape, dtype=torch.float64)
     for b in range(input_ids.shape[0]):
         n = int(attention_mask[b].sum())
         result = model(input_ids=input_ids[b : b + 1, :n], output_hidden_states=True)
         hidden = result.hidden_states[n_layers - layers_back]
         hidden.retain_grad()
-        loss = torch.nn.functional.cross_entropy(result.logits[0, :-1].float(), labels[b, 1:n], ignore_index=-100)
+        logits = result.logits[0, :-1]
+        loss = torch.nn.functional.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels[b, 1:n], ignore_index=-100)
         loss.backward()
         out[b, :n] = hidden.grad[0].abs().sum(-1)
         model.zero_grad(set_to_none=True)
@@ -82,8 +83,11 @@ def test_scoring_leaves_parameters_untouched():
 
 @pytest.mark.slow
 def test_smollm2_scores(smollm2):
+    # float64 copy: float32 rounding over 30 layers alone is ~2e-5 relative (see test_ditching).
+    import copy
+
     model, tokenizer = smollm2
-    model.eval()
+    model = copy.deepcopy(model).double().eval()
     texts = ["Below is an instruction. Name three colours.\n### Response:\nRed, green and blue.", "Say hi.\n### Response:\nHi!"]
     batch = tokenizer(texts, return_tensors="pt", padding=True)
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
@@ -177,7 +181,7 @@ def test_store_refuses_other_data(tmp_path, tiny_model_dir, data_file, capsys):
     assert main(_score_argv(tiny_model_dir, data_file, out)) == 0
     capsys.readouterr()
     run = tmp_path / "run"
-    code = main(["train", "--model", str(tiny_model_dir), "--data", str(data_file), "--max-length", "32", "--scores", str(out),
+    code = main(["train", "--model", str(tiny_model_dir), "--data", str(data_file), "--template", "chat", "--scores", str(out),
                  "--output-dir", str(run), "--max-steps", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "made for other data" in err
@@ -188,13 +192,14 @@ def test_store_refuses_other_data(tmp_path, tiny_model_dir, data_file, capsys):
     assert meta["complete"] and meta["data"]["examples"] == 24
 
 
-@pytest.mark.slow
-def test_score_survives_kill_9(tmp_path):
+def test_score_survives_kill_9(tmp_path, tiny_model_dir):
     """A real SIGKILL in the middle of `tokenseek score`, then the same command finishes the store."""
     out = tmp_path / "scores"
     data = tmp_path / "data.json"
-    data.write_text(json.dumps([{"instruction": f"Write a sentence about the number {i}.", "input": "", "output": f"{i} is a number. " * 5} for i in range(40)]))
-    cmd = [sys.executable, "-m", "tokenseek", "score", "--data", str(data), "--out", str(out), "--batch-size", "1", "--max-length", "96"]
+    count = 400
+    data.write_text(json.dumps([{"instruction": f"Write a sentence about the number {i}.", "input": "", "output": f"{i} is a number. " * 5} for i in range(count)]))
+    cmd = [sys.executable, "-m", "tokenseek", "score", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
+           "--batch-size", "1", "--max-length", "96"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def shards() -> int:
@@ -206,10 +211,10 @@ def test_score_survives_kill_9(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = len(list((out / "shards").glob("*.parquet")))
-    assert 0 < done_before < 40, "the kill did not land mid-run"
+    assert 0 < done_before < count, "the kill did not land mid-run"
     assert not (out / "scores.parquet").exists()
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     import pyarrow.parquet as pq
 
     table = pq.read_table(out / "scores.parquet").to_pydict()
-    assert sorted(table["index"]) == list(range(40))
+    assert sorted(table["index"]) == list(range(count))

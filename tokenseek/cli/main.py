@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 
 from tokenseek.errors import TokenSeekError
@@ -38,9 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("tokenseek").setLevel(logging.INFO)
     if not args.verbose:
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         import warnings
 
+        import transformers
+
+        # Library chatter ("Loading weights" bars, deprecation notes) would bury our own
+        # progress bars and one-line errors; -v brings it back.
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore")
     try:
         return int(args.func(args) or 0)

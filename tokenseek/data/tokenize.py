@@ -73,7 +73,8 @@ def tokenize_records(
         "template": template,
         "max_length": max_length,
         "train_on_prompt": train_on_prompt,
-        "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
+        # The vocabulary itself, not the tokenizer's path: a copy elsewhere is the same tokenizer.
+        "tokenizer_sha": hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()[:16],
         "vocab_size": len(tokenizer),
     }
     return TokenizedData(examples, truncated, dropped, settings)

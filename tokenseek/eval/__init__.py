@@ -1,1 +1,22 @@
-"""Evaluation: the paper's few-shot benchmarks through lm-eval, held-out loss, result tables."""
+"""Evaluation: the paper's few-shot benchmarks through lm-eval (local data), held-out loss, result tables.
+
+Exports are imported lazily: the CLI parser and lm-eval (which imports
+``tokenseek.eval.tasks.utils`` for the task YAMLs) should not pay for torch here.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "TaskSelection": "tokenseek.eval.harness",
+    "evaluate_tasks": "tokenseek.eval.harness",
+    "select_tasks": "tokenseek.eval.harness",
+    "heldout_loss": "tokenseek.eval.heldout",
+    "paper_table": "tokenseek.eval.report",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'tokenseek.eval' has no attribute {name!r}")

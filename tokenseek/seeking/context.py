@@ -39,15 +39,17 @@ def _column_sums(module, query, key, attention_mask, scaling, softcap) -> torch.
     key = key.repeat_interleave(groups, dim=1) if groups > 1 else key
     scale = scaling if scaling is not None else dim**-0.5
     capture = _active[-1]
-    sums = torch.zeros(batch, key.shape[2], dtype=torch.float32, device=query.device)
+    # At least float32 for the softmax, but keep float64 when the model runs in it.
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    sums = torch.zeros(batch, key.shape[2], dtype=dtype, device=query.device)
     for start in range(0, q_len, QUERY_CHUNK):
-        q = query[:, :, start : start + QUERY_CHUNK].float()
-        logits = torch.matmul(q, key.float().transpose(-1, -2)) * scale
+        q = query[:, :, start : start + QUERY_CHUNK].to(dtype)
+        logits = torch.matmul(q, key.to(dtype).transpose(-1, -2)) * scale
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
         if attention_mask is not None:
             mask = attention_mask[:, :, start : start + QUERY_CHUNK]
-            logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask.float()
+            logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask.to(dtype)
         else:  # transformers drops the mask when plain causal attention suffices
             rows = torch.arange(start, start + q.shape[2], device=q.device)[:, None]
             logits = logits.masked_fill(torch.arange(key.shape[2], device=q.device)[None, :] > rows, float("-inf"))

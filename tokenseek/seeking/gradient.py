@@ -80,7 +80,7 @@ def per_example_loss_grad(model, final: torch.Tensor, labels: torch.Tensor) -> t
     """
     shifted = torch.full_like(labels, IGNORE_INDEX)
     shifted[:, :-1] = labels[:, 1:]
-    counts = (shifted != IGNORE_INDEX).sum(dim=1).clamp(min=1).float()
+    counts = (shifted != IGNORE_INDEX).sum(dim=1).clamp(min=1).to(final.dtype)
     weights = (1.0 / counts)[:, None].expand_as(shifted)
     grad = torch.zeros_like(final)
     for start in range(0, final.shape[1], LOGIT_CHUNK):
@@ -88,7 +88,8 @@ def per_example_loss_grad(model, final: torch.Tensor, labels: torch.Tensor) -> t
         if not (target != IGNORE_INDEX).any():
             continue
         h = final[:, start : start + LOGIT_CHUNK].detach().requires_grad_(True)
-        logits = logits_from_hidden(model, h).float()
+        logits = logits_from_hidden(model, h)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         loss = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none")
         (chunk_grad,) = torch.autograd.grad((loss * weights[:, start : start + LOGIT_CHUNK]).sum(), h)
         grad[:, start : start + LOGIT_CHUNK] = chunk_grad

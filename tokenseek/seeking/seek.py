@@ -42,9 +42,10 @@ def score_batch(
             (grad,) = torch.autograd.grad(final["hidden"], leaf["hidden"], grad_outputs=grad_final)
     real = attention_mask.bool()
     context = ctx.scores.masked_fill(~real, 0.0)
-    gradient = reduce_gradient(grad.float(), grad_mode).masked_fill(~real, 0.0)
+    grad = grad.to(torch.promote_types(grad.dtype, torch.float32))
+    gradient = reduce_gradient(grad, grad_mode).masked_fill(~real, 0.0)
     if return_grad_map:
-        return context, gradient, grad.float().masked_fill(~real[..., None], 0.0)
+        return context, gradient, grad.masked_fill(~real[..., None], 0.0)
     return context, gradient
 
 
