@@ -196,7 +196,7 @@ def test_score_survives_kill_9(tmp_path, tiny_model_dir):
     """A real SIGKILL in the middle of `tokenseek score`, then the same command finishes the store."""
     out = tmp_path / "scores"
     data = tmp_path / "data.json"
-    count = 400
+    count = 150
     data.write_text(json.dumps([{"instruction": f"Write a sentence about the number {i}.", "input": "", "output": f"{i} is a number. " * 5} for i in range(count)]))
     cmd = [sys.executable, "-m", "tokenseek", "score", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
            "--batch-size", "1", "--max-length", "96"]
