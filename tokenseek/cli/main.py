@@ -7,6 +7,8 @@ import importlib
 import logging
 import sys
 
+import torch
+
 from tokenseek.errors import TokenSeekError
 
 # Subcommand modules register themselves; a missing optional module only hides its command.
@@ -57,8 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tokenseek: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
-    except MemoryError:
-        print("tokenseek: error: out of memory: lower --ratio or --max-length, or see `tokenseek plan`", file=sys.stderr)
+    except (MemoryError, torch.OutOfMemoryError):
+        print(
+            "tokenseek: error: out of memory: lower --ratio (`tokenseek plan --budget SIZE` finds the largest that fits), "
+            "--max-length or --batch-size",
+            file=sys.stderr,
+        )
         return 3
 
 

@@ -27,6 +27,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--grad-accum", type=int, default=16)
     p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--optim", default="adamw_torch", help="any transformers optimizer name (default: adamw_torch)")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 disables)")
     p.add_argument("--scheduler", default="cosine")
     p.add_argument("--warmup-ratio", type=float, default=0.03, help="warm-up steps: a fraction (<1) of training or a count")
     p.add_argument("--weight-decay", type=float, default=0.01)

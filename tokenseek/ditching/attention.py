@@ -131,11 +131,11 @@ def kept_pass_mask(
 
 def check_supports_ditching(model: torch.nn.Module) -> None:
     """Raise :class:`UnsupportedModelError` naming what the model lacks."""
-    config = getattr(model, "config", None)
+    config = getattr(_unwrap(model), "config", None)
     if config is None:
         raise UnsupportedModelError("token ditching needs a Hugging Face PreTrainedModel (no .config found)")
     if getattr(config, "is_encoder_decoder", False):
-        raise UnsupportedModelError(f"{type(model).__name__} is an encoder-decoder model; token ditching needs a decoder-only causal LM")
+        raise UnsupportedModelError(f"{type(_unwrap(model)).__name__} is an encoder-decoder model; token ditching needs a decoder-only causal LM")
     forward = inspect.signature(_unwrap(model).forward).parameters
     for needed in ("past_key_values", "position_ids", "attention_mask"):
         if needed not in forward:

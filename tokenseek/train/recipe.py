@@ -45,6 +45,8 @@ class TrainConfig:
     batch_size: int = 1
     grad_accum: int = 16
     lr: float = 4e-4
+    optim: str = "adamw_torch"
+    max_grad_norm: float = 1.0
     scheduler: str = "cosine"
     warmup_ratio: float = 0.03
     weight_decay: float = 0.01
@@ -205,7 +207,8 @@ def run_train(cfg: TrainConfig) -> dict:
         lr_scheduler_type=cfg.scheduler,
         warmup_steps=cfg.warmup_ratio if cfg.warmup_ratio < 1 else int(cfg.warmup_ratio),
         weight_decay=cfg.weight_decay,
-        optim="adamw_torch",
+        optim=cfg.optim,
+        max_grad_norm=cfg.max_grad_norm,
         logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
@@ -264,8 +267,24 @@ def run_train(cfg: TrainConfig) -> dict:
 
 
 def _last_checkpoint(folder: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest *complete* checkpoint; newer half-written ones (a kill mid-save) are removed.
 
+    The Trainer writes trainer_state.json last, so a checkpoint whose state file parses
+    has its weights, optimizer, scheduler and RNG state too.
+    """
     if not folder.is_dir():
         return None
-    return get_last_checkpoint(str(folder))
+    candidates = sorted(
+        (p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for checkpoint in candidates:
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            logger.warning("removing incomplete checkpoint %s", checkpoint)
+            shutil.rmtree(checkpoint, ignore_errors=True)
+            continue
+        return str(checkpoint)
+    return None

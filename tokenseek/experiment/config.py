@@ -1,0 +1,371 @@
+"""Study configs: parse and validate one YAML file, expand its grid into named cells.
+
+A study file looks like this (every key but ``study``, ``data`` and ``cells`` is optional)::
+
+    study: main                    # results go to experiments/results/<study>/
+    title: Main table (Tab. 1 analogue)
+    description: free text, copied into the report
+    data:
+      path: ../shared/data/train/alpaca_5000.json
+      sample: 1000                 # training records, drawn at random (seed) from path
+      heldout: 300                 # further records, disjoint from the training sample
+      seed: 0                      # the sampling seed
+    defaults: {max_length: 384, grad_accum: 16, lr: 4.0e-4}   # TrainConfig fields for every cell
+    scoring: {grad_layer: 1}       # defaults of the scoring keys for every cell
+    eval: {heldout: true, tasks: [arc_challenge], limit: 20}
+    report: {path: docs/RESULTS.md, reference: "LoRA, full-token", comparisons: [...]}
+    cells:
+      - name: base                 # a cell that is not trained: the base model is evaluated
+        label: Base model
+        train: false
+      - name: "lora-{selection}{pct}-s{seed}"   # a template over the cell's parameters
+        label: "LoRA, {selection} {pct}%"       # cells with one label are one table row (seeds)
+        peft: lora
+        selection: random
+        grid: {ratio: [0.05, 0.1], seed: [0, 1, 2]}   # lists here expand to a cross product
+        # "alpha,beta": [[1, 0], [1, 1]]  -> one axis of paired values
+
+Cell names and labels are ``str.format`` templates over the cell's parameters plus
+``pct`` (the ratio in percent) and ``ab`` ("1,0" for alpha 1, beta 0). Names must come
+out unique: they are the cell's identity (its result file and run directory).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tokenseek.errors import TokenSeekError
+
+# Set by the runner for every cell, never by a config.
+RUNNER_KEYS = {"output_dir", "data", "fields", "limit", "heldout", "scores", "overwrite", "memory_budget"}
+# Per-cell keys that are not TrainConfig fields.
+SCORING_KEYS = {"grad_layer": 1, "grad_mode": "abs", "score_batch_size": 4}
+CELL_META_KEYS = {"name", "label", "grid", "train"}
+EVAL_KEYS = {
+    "heldout": True,  # held-out loss on the study's held-out records
+    "heldout_limit": None,  # only the first N held-out records
+    "batch_size": 8,
+    "tasks": [],  # lm-eval tasks (names as `tokenseek eval --tasks`)
+    "limit": None,  # lm-eval items per task
+    "num_fewshot": None,
+    "data_dir": None,  # benchmark files (default: $TOKENSEEK_EVAL_DATA or ../shared/data/eval)
+}
+REPORT_KEYS = {"path": "docs/RESULTS.md", "reference": None, "comparisons": [], "spreads": [], "figure": True, "notes": None}
+TOP_KEYS = {"study", "title", "description", "data", "defaults", "scoring", "eval", "report", "cells", "runs_dir", "results_dir"}
+DATA_KEYS = {"path", "sample", "heldout", "seed", "fields"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+COMPARISON_KINDS = ("matches", "beats", "lower_seed_variance")
+
+
+def train_defaults() -> dict:
+    """TrainConfig's defaults for the fields a config may set."""
+    import dataclasses
+
+    from tokenseek.train.recipe import TrainConfig
+
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name not in RUNNER_KEYS}
+
+
+def effective(params: dict) -> dict:
+    """A cell's parameters with TrainConfig's defaults filled in (for display, not identity)."""
+    return {**train_defaults(), **params}
+
+
+def train_fields() -> set[str]:
+    from tokenseek.train.recipe import TrainConfig
+
+    return TrainConfig.field_names() - RUNNER_KEYS
+
+
+@dataclass
+class Cell:
+    name: str
+    label: str
+    params: dict  # TrainConfig fields (without runner keys) + scoring keys
+    train: bool = True
+    group: int = 0  # index of the `cells:` entry it came from
+
+    @property
+    def seed(self) -> int:
+        return int(self.params.get("seed", 0))
+
+    def scoring(self) -> dict | None:
+        """The scoring setting this cell needs a store for, or None (unscored selection / not trained)."""
+        from tokenseek.seeking.select import SCORED
+
+        if not self.train or self.params.get("selection") not in SCORED:
+            return None
+        return {
+            "model": self.params.get("model"),
+            "template": self.params.get("template", "alpaca"),
+            "max_length": self.params.get("max_length", 512),
+            "train_on_prompt": bool(self.params.get("train_on_prompt", False)),
+            "quantize": "nf4" if self.params.get("peft") == "qlora" else None,
+            "grad_layer": int(self.params["grad_layer"]),
+            "grad_mode": self.params["grad_mode"],
+            "batch_size": int(self.params["score_batch_size"]),
+        }
+
+    def identity(self) -> dict:
+        """What the result file records as this cell's configuration (compared on skip)."""
+        return {"name": self.name, "label": self.label, "train": self.train, "params": self.params}
+
+
+@dataclass
+class Study:
+    path: Path
+    study: str
+    title: str
+    description: str
+    data: dict
+    defaults: dict
+    eval: dict
+    report: dict
+    runs_dir: Path
+    results_dir: Path
+    cells: list[Cell] = field(default_factory=list)
+    raw: dict = field(default_factory=dict)
+
+    def cell(self, name: str) -> Cell:
+        for c in self.cells:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def labels(self) -> list[str]:
+        """Row labels in config order."""
+        seen: list[str] = []
+        for c in self.cells:
+            if c.label not in seen:
+                seen.append(c.label)
+        return seen
+
+    def select(self, patterns: list[str] | None) -> list[Cell]:
+        """Cells matching any of ``patterns`` (exact names or shell globs), in config order."""
+        import fnmatch
+
+        if not patterns:
+            return list(self.cells)
+        chosen = []
+        for pattern in patterns:
+            hits = [c for c in self.cells if fnmatch.fnmatchcase(c.name, pattern)]
+            if not hits:
+                names = ", ".join(c.name for c in self.cells)
+                raise TokenSeekError(f"--only {pattern!r} matches no cell of study {self.study!r}; its cells are: {names}")
+            chosen.extend(h for h in hits if h not in chosen)
+        return [c for c in self.cells if c in chosen]
+
+    def data_spec(self) -> dict:
+        return dict(self.data)
+
+
+def _fail(path: Path, message: str) -> TokenSeekError:
+    return TokenSeekError(f"{path}: {message}")
+
+
+def load_study(path: str | Path) -> Study:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise TokenSeekError(f"experiment config not found: {path} (give a study YAML, e.g. experiments/main.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise TokenSeekError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise _fail(path, "must be a mapping with at least study, data and cells")
+    return parse_study(raw, path)
+
+
+def parse_study(raw: dict, path: Path = Path("<config>")) -> Study:
+    raw = copy.deepcopy(raw)
+    unknown = sorted(set(raw) - TOP_KEYS)
+    if unknown:
+        raise _fail(path, f"unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(TOP_KEYS))})")
+    for key in ("study", "data", "cells"):
+        if key not in raw:
+            raise _fail(path, f"missing required key {key!r}")
+    study = str(raw["study"])
+    if not _NAME.match(study):
+        raise _fail(path, f"study name {study!r} must be letters, digits, '.', '_' or '-'")
+
+    data = _section(path, "data", raw["data"], {k: None for k in DATA_KEYS})
+    if not data["path"]:
+        raise _fail(path, "data.path is required (a .json/.jsonl/.csv/.parquet file)")
+    data["seed"] = int(data["seed"] or 0)
+    for key in ("sample", "heldout"):
+        value = data[key]
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise _fail(path, f"data.{key} must be a whole number >= 0, got {value!r}")
+    data["heldout"] = data["heldout"] or 0
+
+    fields = train_fields()
+    allowed_params = fields | set(SCORING_KEYS)
+    defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise _fail(path, "defaults must be a mapping of TrainConfig field: value")
+    scoring = raw.get("scoring") or {}
+    if not isinstance(scoring, dict) or set(scoring) - set(SCORING_KEYS):
+        raise _fail(path, f"scoring may only set {', '.join(SCORING_KEYS)}")
+    _check_params(path, "defaults", defaults, allowed_params)
+    base_params = {**SCORING_KEYS, **scoring, **defaults}
+
+    eval_cfg = _section(path, "eval", raw.get("eval") or {}, EVAL_KEYS)
+    if isinstance(eval_cfg["tasks"], str):
+        eval_cfg["tasks"] = [t for t in eval_cfg["tasks"].split(",") if t.strip()]
+    if eval_cfg["heldout"] and not data["heldout"]:
+        raise _fail(path, "eval.heldout is on but data.heldout is 0: hold out some records, or set eval.heldout: false")
+    if not eval_cfg["heldout"] and not eval_cfg["tasks"]:
+        raise _fail(path, "nothing to evaluate: set eval.heldout: true and/or eval.tasks")
+    report = _section(path, "report", raw.get("report") or {}, REPORT_KEYS)
+
+    cells_raw = raw["cells"]
+    if not isinstance(cells_raw, list) or not cells_raw:
+        raise _fail(path, "cells must be a non-empty list")
+    cells: list[Cell] = []
+    for group, entry in enumerate(cells_raw):
+        cells.extend(_expand(path, group, entry, base_params, allowed_params))
+    names = [c.name for c in cells]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise _fail(path, f"cell names must be unique, these repeat: {', '.join(dupes)} (add the varying keys to the name template)")
+    for c in cells:
+        _validate_cell(path, c)
+    labels = {c.label for c in cells}
+    for ref in [report["reference"]] + [x for comp in report["comparisons"] for x in (comp.get("a"), comp.get("b"))] + [
+        lab for s in report["spreads"] for lab in s.get("labels", [])
+    ]:
+        if ref is not None and ref not in labels:
+            raise _fail(path, f"report names the row {ref!r}, but no cell has that label (labels: {'; '.join(sorted(labels))})")
+    for comp in report["comparisons"]:
+        if comp.get("kind", "matches") not in COMPARISON_KINDS:
+            raise _fail(path, f"report.comparisons kind must be one of {', '.join(COMPARISON_KINDS)}, got {comp.get('kind')!r}")
+        if not comp.get("a") or not comp.get("b"):
+            raise _fail(path, "each report.comparisons entry needs a and b (row labels)")
+
+    runs_dir = Path(raw.get("runs_dir") or f"runs/experiments/{study}")
+    results_dir = Path(raw.get("results_dir") or f"experiments/results/{study}")
+    return Study(
+        path=path,
+        study=study,
+        title=str(raw.get("title") or study),
+        description=str(raw.get("description") or "").strip(),
+        data=data,
+        defaults=base_params,
+        eval=eval_cfg,
+        report=report,
+        runs_dir=runs_dir,
+        results_dir=results_dir,
+        cells=cells,
+        raw=raw,
+    )
+
+
+def _section(path: Path, name: str, value, defaults: dict) -> dict:
+    if not isinstance(value, dict):
+        raise _fail(path, f"{name} must be a mapping")
+    unknown = sorted(set(value) - set(defaults))
+    if unknown:
+        raise _fail(path, f"unknown {name} key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(defaults))})")
+    return {**copy.deepcopy(defaults), **value}
+
+
+def _check_params(path: Path, where: str, params: dict, allowed: set[str]) -> None:
+    runner = sorted(set(params) & RUNNER_KEYS)
+    if runner:
+        raise _fail(path, f"{where}: {', '.join(runner)} are set by the experiment runner (use data: for the data)")
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise _fail(path, f"{where}: unknown key(s) {', '.join(unknown)} (TrainConfig fields or {', '.join(SCORING_KEYS)})")
+    for key, value in params.items():
+        if isinstance(value, (list, dict)):
+            raise _fail(path, f"{where}: {key} is a list/mapping; put values to sweep under grid:")
+
+
+def _expand(path: Path, group: int, entry, base: dict, allowed: set[str]) -> list[Cell]:
+    if not isinstance(entry, dict):
+        raise _fail(path, f"cells[{group}] must be a mapping")
+    where = f"cells[{group}]"
+    if "name" not in entry:
+        raise _fail(path, f"{where} needs a name (a template such as 'lora-{{selection}}-s{{seed}}')")
+    fixed = {k: v for k, v in entry.items() if k not in CELL_META_KEYS}
+    _check_params(path, where, fixed, allowed)
+    grid = entry.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise _fail(path, f"{where}.grid must be a mapping of key: [values]")
+    axes = []
+    for axis, values in grid.items():
+        keys = [k.strip() for k in str(axis).split(",")]
+        bad = sorted(set(keys) - allowed)
+        if bad:
+            raise _fail(path, f"{where}.grid: unknown key(s) {', '.join(bad)}")
+        if set(keys) & set(fixed):
+            raise _fail(path, f"{where}: {', '.join(sorted(set(keys) & set(fixed)))} is both fixed and in grid")
+        if not isinstance(values, list) or not values:
+            raise _fail(path, f"{where}.grid.{axis} must be a non-empty list")
+        points = []
+        for v in values:
+            if len(keys) > 1:
+                if not isinstance(v, (list, tuple)) or len(v) != len(keys):
+                    raise _fail(path, f"{where}.grid.{axis}: each value must be a list of {len(keys)} ({', '.join(keys)})")
+                points.append(dict(zip(keys, v)))
+            else:
+                points.append({keys[0]: v})
+        axes.append(points)
+    train = entry.get("train", True)
+    if not isinstance(train, bool):
+        raise _fail(path, f"{where}.train must be true or false")
+    cells = []
+    for combo in itertools.product(*axes) if axes else [()]:
+        params = {**base, **fixed}
+        for point in combo:
+            params.update(point)
+        if not train:
+            # A base-model cell: only what loading/evaluating it needs.
+            params = {k: params[k] for k in ("model", "template", "max_length") if k in params}
+        fmt = _format_values(params)
+        try:
+            name = str(entry["name"]).format(**fmt)
+            label = str(entry.get("label") or entry["name"]).format(**fmt)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise _fail(path, f"{where}: the name/label template {entry['name']!r} uses an unknown field {exc}") from None
+        if not _NAME.match(name):
+            raise _fail(path, f"{where}: cell name {name!r} must be letters, digits, '.', '_' or '-'")
+        cells.append(Cell(name=name, label=label, params=params, train=train, group=group))
+    return cells
+
+
+def _format_values(params: dict) -> dict:
+    out = dict(params)
+    ratio = params.get("ratio")
+    out["pct"] = f"{100 * ratio:g}" if isinstance(ratio, (int, float)) else ratio
+    out["ab"] = f"{params.get('alpha', 1):g},{params.get('beta', 1):g}" if "alpha" in params else ""
+    return out
+
+
+def _validate_cell(path: Path, cell: Cell) -> None:
+    if not cell.train:
+        return
+    from tokenseek.train.recipe import TrainConfig, _validate
+
+    if cell.params["grad_layer"] not in (1, 2, 3):
+        raise _fail(path, f"cell {cell.name}: grad_layer must be 1, 2 or 3 (gradient at the input of layer N-1, N-2, N-3)")
+    if cell.params["grad_mode"] not in ("abs", "signed"):
+        raise _fail(path, f"cell {cell.name}: grad_mode must be abs or signed")
+    try:
+        _validate(TrainConfig(**{k: v for k, v in cell.params.items() if k not in SCORING_KEYS}))
+    except TypeError as exc:
+        raise _fail(path, f"cell {cell.name}: {exc}") from None
+    except TokenSeekError as exc:
+        raise _fail(path, f"cell {cell.name}: {exc}") from None
+
+
+def short_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]

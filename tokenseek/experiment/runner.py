@@ -1,0 +1,384 @@
+"""Execute a study: sample the data, score once per scoring setting, train and evaluate each cell.
+
+Everything is resumable, at three levels:
+
+- a cell is *finished* when ``<results_dir>/<cell>.json`` exists; finished cells are skipped;
+- a score store (``<runs_dir>/scores/<setting>``) resumes from its written shards;
+- training resumes from its last checkpoint (``run_train`` does that), a finished training
+  (``train_summary.json`` for the same run config) is not redone, and a finished held-out /
+  benchmark evaluation is kept in the cell's run directory until the result file is written.
+
+So the job can be stopped at any point (Ctrl-C, kill, a power cut) and rerun with the same
+command. Large outputs (models, checkpoints, scores, sampled data) go to ``runs_dir``
+(git-ignored); only the small result JSONs go to ``results_dir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+from tokenseek.errors import TokenSeekError
+from tokenseek.experiment.config import SCORING_KEYS, Cell, Study, short_hash
+from tokenseek.train.recipe import TrainConfig, run_train
+from tokenseek.utils.io import write_json
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- paths
+def result_path(study: Study, cell: Cell) -> Path:
+    return study.results_dir / f"{cell.name}.json"
+
+
+def run_dir(study: Study, cell: Cell) -> Path:
+    """The cell's bookkeeping (timings, finished evaluations); training writes to ``train/`` in it."""
+    return study.runs_dir / "cells" / cell.name
+
+
+def train_dir(study: Study, cell: Cell) -> Path:
+    return run_dir(study, cell) / "train"
+
+
+def data_dir(study: Study) -> Path:
+    return study.runs_dir / "data" / short_hash(study.data_spec())
+
+
+def store_dir(study: Study, scoring: dict) -> Path:
+    q = scoring["quantize"] or "fp32"
+    tag = f"L{scoring['grad_layer']}-{scoring['grad_mode']}-{q}-len{scoring['max_length']}"
+    return study.runs_dir / "scores" / f"{tag}-{short_hash({'scoring': scoring, 'data': study.data_spec()})}"
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------- data
+def sample_data(study: Study) -> dict:
+    """Draw the training and held-out samples (seeded) and write them once; returns their paths."""
+    import numpy as np
+
+    from tokenseek.data import load_records
+
+    folder = data_dir(study)
+    meta_file = folder / "sample.json"
+    meta = read_json(meta_file)
+    if meta and meta.get("spec") == study.data_spec() and (folder / "train.json").is_file():
+        return meta
+    spec = study.data_spec()
+    records = load_records(spec["path"], fields=spec["fields"])
+    n_train = spec["sample"] if spec["sample"] is not None else len(records) - spec["heldout"]
+    if n_train < 1 or n_train + spec["heldout"] > len(records):
+        raise TokenSeekError(
+            f"{spec['path']} has {len(records)} usable records, too few for data.sample {spec['sample']} + data.heldout {spec['heldout']}"
+        )
+    order = np.random.default_rng(spec["seed"]).permutation(len(records)).tolist()
+    train_idx, held_idx = order[:n_train], order[n_train : n_train + spec["heldout"]]
+    train = [records[i] for i in train_idx]
+    held = [records[i] for i in held_idx]
+    write_json(folder / "train.json", train)
+    if held:
+        write_json(folder / "heldout.json", held)
+    meta = {
+        "spec": spec,
+        "source_records": len(records),
+        "train_file": str(folder / "train.json"),
+        "heldout_file": str(folder / "heldout.json") if held else None,
+        "train_records": len(train),
+        "heldout_records": len(held),
+        "train_indices_sha": short_hash(train_idx),
+        "heldout_indices_sha": short_hash(held_idx),
+    }
+    write_json(meta_file, meta)  # last: its presence means both files are complete
+    return meta
+
+
+# ----------------------------------------------------------------------------- bookkeeping
+@contextlib.contextmanager
+def timed(folder: Path, stage: str):
+    """Add this stage's wall time to ``folder/timings.json``, also when interrupted."""
+    started = time.time()
+    try:
+        yield
+    finally:
+        file = folder / "timings.json"
+        timings = read_json(file) or {}
+        timings[stage] = round(timings.get(stage, 0.0) + time.time() - started, 2)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(file, timings)
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("tokenseek", "torch", "transformers", "peft", "lm_eval", "datasets", "numpy", "bitsandbytes"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    with contextlib.suppress(Exception):
+        out["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=Path(__file__).parent
+        ).stdout.strip() or None
+    return out
+
+
+def machine() -> dict:
+    import os
+
+    import torch
+
+    out = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    with contextlib.suppress(OSError):
+        out["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return out
+
+
+def train_config(study: Study, cell: Cell, data: dict, scores: Path | None) -> TrainConfig:
+    params = {k: v for k, v in cell.params.items() if k not in SCORING_KEYS}
+    return TrainConfig(
+        **params,
+        output_dir=str(train_dir(study, cell)),
+        data=data["train_file"],
+        heldout=0.0,
+        scores=str(scores) if scores else None,
+    )
+
+
+# ----------------------------------------------------------------------------- status
+def cell_status(study: Study, cell: Cell) -> str:
+    """finished | stale (finished under another config) | trained | training (step N) | todo."""
+    done = read_json(result_path(study, cell))
+    if done is not None:
+        return "finished" if done.get("cell") == json.loads(json.dumps(cell.identity())) else "stale"
+    folder = train_dir(study, cell)
+    if (folder / "train_summary.json").is_file() or not cell.train:
+        return "trained" if cell.train else "todo"
+    steps = [int(p.name.split("-")[-1]) for p in (folder / "checkpoints").glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return f"training (checkpoint at step {max(steps)})" if steps else "todo"
+
+
+# ----------------------------------------------------------------------------- stages
+def ensure_scores(study: Study, cell: Cell, data: dict, progress) -> Path | None:
+    """The complete score store for the cell's scoring setting (scored now if missing)."""
+    setting = cell.scoring()
+    if setting is None:
+        return None
+    folder = store_dir(study, setting)
+    meta = read_json(folder / "meta.json")
+    if meta and meta.get("complete"):
+        return folder
+    from tokenseek.data import load_records, tokenize_records
+    from tokenseek.models import load_model
+    from tokenseek.seeking.store import score_dataset
+
+    progress(f"  scoring {data['train_records']} examples -> {folder} (layer N-{setting['grad_layer']}, {setting['quantize'] or 'fp32'})")
+    with timed(folder.parent, folder.name):
+        records = load_records(data["train_file"])
+        model, tokenizer = load_model(setting["model"], quantize=setting["quantize"])
+        tokenized = tokenize_records(
+            records, tokenizer, template=setting["template"], max_length=setting["max_length"], train_on_prompt=setting["train_on_prompt"]
+        )
+        score_dataset(
+            model,
+            tokenizer,
+            tokenized,
+            folder,
+            model_id=setting["model"],
+            batch_size=setting["batch_size"],
+            layers_back=setting["grad_layer"],
+            grad_mode=setting["grad_mode"],
+            progress=False,
+        )
+        del model
+        gc.collect()
+    write_json(folder / "setting.json", setting)
+    return folder
+
+
+def train_cell(study: Study, cell: Cell, data: dict, scores: Path | None, progress) -> dict:
+    cfg = train_config(study, cell, data, scores)
+    folder = train_dir(study, cell)
+    summary = read_json(folder / "train_summary.json")
+    same_run = read_json(folder / "run_config.json") == json.loads(json.dumps(cfg.identity()))
+    if summary and same_run and (folder / "model").is_dir():
+        return summary
+    progress(f"  training {cell.name} -> {folder}")
+    with timed(run_dir(study, cell), "train"):
+        summary = run_train(cfg)
+    gc.collect()
+    return summary
+
+
+def evaluate_cell(study: Study, cell: Cell, data: dict, progress) -> dict:
+    """Held-out loss (per example, so pairs of cells can be compared) and lm-eval tasks."""
+    folder = run_dir(study, cell)
+    ev = study.eval
+    out: dict = {}
+    # A kept evaluation counts only for the same cell, data and eval settings.
+    key = short_hash({"cell": cell.identity(), "data": study.data_spec(), "eval": ev})
+
+    def kept(name: str):
+        found = read_json(folder / name)
+        return found if found and found.get("key") == key else None
+
+    need_heldout = ev["heldout"] and kept("eval_heldout.json") is None
+    need_tasks = ev["tasks"] and kept("eval_tasks.json") is None
+    if need_heldout or need_tasks:
+        from tokenseek.eval.model import load_for_eval
+
+        selection = None
+        if need_tasks:
+            from tokenseek.eval.harness import select_tasks
+
+            selection = select_tasks(ev["tasks"], data_dir=ev["data_dir"], limit=ev["limit"], num_fewshot=ev["num_fewshot"])
+        target = str(train_dir(study, cell)) if cell.train else cell.params.get("model")
+        model, tokenizer, info = load_for_eval(target)
+        if need_heldout:
+            progress(f"  held-out loss of {cell.name}")
+            with timed(folder, "eval_heldout"):
+                write_json(folder / "eval_heldout.json", {**heldout_per_example(model, tokenizer, study, cell, data), "key": key})
+        if need_tasks:
+            from tokenseek.eval.harness import evaluate_tasks
+
+            progress(f"  lm-eval {', '.join(ev['tasks'])} (limit {ev['limit']}) on {cell.name}")
+            with timed(folder, "eval_tasks"):
+                tasks = evaluate_tasks(model, tokenizer, selection, batch_size=ev["batch_size"])
+                write_json(folder / "eval_tasks.json", {**tasks, "loaded": info, "key": key})
+        del model
+        gc.collect()
+    if ev["heldout"]:
+        out["heldout"] = {k: v for k, v in kept("eval_heldout.json").items() if k != "key"}
+    if ev["tasks"]:
+        out["benchmarks"] = {k: v for k, v in kept("eval_tasks.json").items() if k != "key"}
+    return out
+
+
+def heldout_per_example(model, tokenizer, study: Study, cell: Cell, data: dict) -> dict:
+    """``heldout_loss`` record by record: the token-weighted total equals one call on all
+    records, and the per-example values give paired standard errors between cells."""
+    from tokenseek.data import load_records
+    from tokenseek.eval.heldout import heldout_loss
+
+    records = load_records(data["heldout_file"], limit=study.eval["heldout_limit"])
+    template = cell.params.get("template", "alpaca")
+    max_length = cell.params.get("max_length", 512)
+    losses, tokens, skipped = [], [], 0
+    for record in records:
+        try:
+            r = heldout_loss(model, tokenizer, [record], template=template, max_length=max_length, batch_size=1)
+        except TokenSeekError:  # no response token left within max_length
+            skipped += 1
+            losses.append(None)
+            tokens.append(0)
+            continue
+        losses.append(r["loss"])
+        tokens.append(r["tokens"])
+    total = sum(t for t in tokens)
+    loss = sum(l * t for l, t in zip(losses, tokens) if l is not None) / max(total, 1)
+    import math
+
+    return {
+        "records": len(records),
+        "examples": len(records) - skipped,
+        "tokens": total,
+        "loss": loss,
+        "perplexity": math.exp(loss) if loss < 700 else math.inf,
+        "template": template,
+        "max_length": max_length,
+        "per_example_loss": [None if l is None else round(l, 6) for l in losses],
+        "per_example_tokens": tokens,
+    }
+
+
+# ----------------------------------------------------------------------------- the job
+def run_cell(study: Study, cell: Cell, data: dict, progress) -> dict:
+    started = time.time()
+    folder = run_dir(study, cell)
+    folder.mkdir(parents=True, exist_ok=True)
+    scores = ensure_scores(study, cell, data, progress) if cell.train else None
+    summary = train_cell(study, cell, data, scores, progress) if cell.train else None
+    evals = evaluate_cell(study, cell, data, progress)
+    curve = read_json(train_dir(study, cell) / "loss_curve.json") if cell.train else None
+    timings = read_json(folder / "timings.json") or {}
+    store_time = None
+    if scores is not None:
+        store_time = (read_json(scores.parent / "timings.json") or {}).get(scores.name)
+    result = {
+        "study": study.study,
+        "cell": cell.identity(),
+        "data": {k: v for k, v in data.items() if k not in ("train_file", "heldout_file")},
+        "train_config": train_config(study, cell, data, scores).identity() if cell.train else None,
+        "scoring": {**cell.scoring(), "store": str(scores), "store_wall_time_s": store_time} if scores else None,
+        "train": summary,
+        "loss_curve": curve,
+        "heldout": evals.get("heldout"),
+        "benchmarks": evals.get("benchmarks"),
+        "eval": study.eval,
+        "wall_time_s": {**timings, "total_across_attempts": round(sum(timings.values()), 2), "this_attempt": round(time.time() - started, 2)},
+        "versions": versions(),
+        "machine": machine(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json(result_path(study, cell), result)
+    return result
+
+
+def run_study(study: Study, only: list[str] | None = None, *, dry_run: bool = False, progress=print) -> dict:
+    """Run every (selected) cell that is not finished; returns ``{cell name: status}``."""
+    cells = study.select(only)
+    statuses = {c.name: cell_status(study, c) for c in cells}
+    if dry_run:
+        progress(f"study {study.study}: {len(cells)} cell(s); results -> {study.results_dir}, runs -> {study.runs_dir}")
+        for c in cells:
+            setting = c.scoring()
+            store = f" scores {store_dir(study, setting).name}" if setting else ""
+            what = "evaluate base model" if not c.train else _describe(c)
+            progress(f"  {c.name:<40} {statuses[c.name]:<28} {what}{store}")
+        return statuses
+    todo = [c for c in cells if statuses[c.name] not in ("finished", "stale")]
+    for c in cells:
+        if statuses[c.name] == "stale":
+            progress(f"  {c.name}: its result file was written for another configuration; delete {result_path(study, c)} to rerun it")
+    if not todo:
+        progress(f"study {study.study}: all {len(cells)} selected cell(s) finished; nothing to run")
+        return statuses
+    progress(f"study {study.study}: {len(todo)} of {len(cells)} cell(s) to run")
+    data = sample_data(study)
+    for i, c in enumerate(todo, 1):
+        progress(f"[{i}/{len(todo)}] {c.name} ({statuses[c.name]})")
+        started = time.time()
+        result = run_cell(study, c, data, progress)
+        held = (result.get("heldout") or {}).get("loss")
+        progress(f"  done in {time.time() - started:.0f} s" + (f"; held-out loss {held:.4f}" if held is not None else ""))
+        statuses[c.name] = "finished"
+    return statuses
+
+
+def _describe(cell: Cell) -> str:
+    from tokenseek.experiment.config import effective
+
+    p = effective(cell.params)
+    sel = p.get("selection")
+    parts = [str(p.get("peft")), str(sel)]
+    if sel != "full":
+        parts.append(f"{100 * p.get('ratio', 0):g}%")
+    if sel in ("tokenseek", "probe", "mixed"):
+        parts.append(f"a={p.get('alpha'):g} b={p.get('beta'):g}")
+    if cell.scoring():
+        parts.append(f"N-{p['grad_layer']}")
+    parts.append(f"seed {p.get('seed', 0)}")
+    return " ".join(parts)
