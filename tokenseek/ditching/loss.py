@@ -38,6 +38,27 @@ def ditched_loss_sum(
     return total, (targets != IGNORE_INDEX).sum()
 
 
+def step_loss_sum(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    shift_labels: torch.Tensor,
+    keep: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training step's summed loss and target count, as the trainer and the benchmark run it.
+
+    When every real token is kept there is nothing to ditch: one ordinary forward
+    (the full-token baseline) instead of the two passes.
+    """
+    if bool((keep.bool() == attention_mask.bool()).all()):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        total = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        return total, (shift_labels != IGNORE_INDEX).sum()
+    return ditched_loss_sum(model, input_ids, shift_labels, keep, attention_mask)
+
+
 def ditched_loss(
     model: torch.nn.Module,
     input_ids: torch.Tensor,

@@ -7,10 +7,9 @@ torchrun/accelerate data parallelism — is the stock Trainer.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from transformers import Trainer
 
-from tokenseek.ditching.loss import IGNORE_INDEX, ditched_loss_sum
+from tokenseek.ditching.loss import step_loss_sum
 
 
 class TokenSeekTrainer(Trainer):
@@ -27,17 +26,9 @@ class TokenSeekTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
-        keep, shift_labels = inputs["keep"], inputs["shift_labels"]
-        if bool((keep == attention_mask.bool()).all()):
-            # Every token kept: ordinary training, one pass, nothing to ditch.
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
-            total = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-            )
-            count = (shift_labels != IGNORE_INDEX).sum()
-        else:
-            total, count = ditched_loss_sum(model, input_ids, shift_labels, keep, attention_mask)
+        total, count = step_loss_sum(
+            model, inputs["input_ids"], inputs["attention_mask"], inputs["shift_labels"], inputs["keep"]
+        )
         if num_items_in_batch is not None:
             self.loss_is_scaled_for_ga = True
             loss = total / torch.as_tensor(num_items_in_batch, device=total.device).clamp(min=1)
