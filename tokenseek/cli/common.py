@@ -49,12 +49,8 @@ def apply_config_file(args: argparse.Namespace, parser: argparse.ArgumentParser,
     unknown = sorted(set(values) - allowed)
     if unknown:
         raise TokenSeekError(f"{path}: unknown option(s) {', '.join(unknown)}")
-    defaults = vars(parser.parse_args([a for a in _required_argv(parser)]))
+    defaults = {action.dest: action.default for action in parser._actions}
     for key, value in values.items():
         if getattr(args, key, None) == defaults.get(key):
             setattr(args, key, value)
     return args
-
-
-def _required_argv(parser: argparse.ArgumentParser) -> list[str]:
-    return []

@@ -5,10 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -55,19 +54,3 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-@contextlib.contextmanager
-def fresh_output_dir(path: str | Path, *, created_here: bool) -> Iterator[Path]:
-    """Yield ``path``; if the job fails and this job created the directory, remove it.
-
-    A failed first run must not leave a directory that looks like a run; a failed
-    *resumed* run keeps what earlier runs wrote (its checkpoints are the point).
-    """
-    path = Path(path)
-    try:
-        yield path
-    except BaseException:
-        if created_here:
-            shutil.rmtree(path, ignore_errors=True)
-        raise
