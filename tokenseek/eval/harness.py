@@ -235,7 +235,24 @@ def _record(plan: dict, out: dict) -> dict:
         if value is None and not plan["is_group"]:  # a tag: no aggregate from lm-eval
             vals = [s["value"] for s in record["subtasks"].values() if s["value"] is not None]
             record["value"] = sum(vals) / len(vals) if vals else None
+        if record["stderr"] is None and metric in ("acc", "acc_norm"):
+            record["stderr"] = _pooled_binary_stderr(record)
     return record
+
+
+def _pooled_binary_stderr(record: dict) -> float | None:
+    """lm-eval gives a group no stderr when a subtask has a single item (MMLU at a
+    small --limit). For a 0/1 metric micro-averaged over all items (MMLU) the items
+    are known from the subtask means, so the stderr is lm-eval's mean_stderr of
+    those items: sqrt(p(1-p)/(n-1)). Other averages (ETHICS' unweighted mean) keep None."""
+    subs = [s for s in record["subtasks"].values() if s["value"] is not None and s["items"]]
+    n = sum(s["items"] for s in subs)
+    if n < 2 or record["value"] is None:
+        return None
+    pooled = sum(s["value"] * s["items"] for s in subs) / n
+    if not math.isclose(pooled, record["value"], abs_tol=1e-9):
+        return None
+    return math.sqrt(pooled * (1 - pooled) / (n - 1))
 
 
 def _first_metric(row: dict) -> str:
