@@ -70,15 +70,23 @@ def ditched_forward(
     no_logits = _no_logits(model)
     if "logits_to_keep" in no_logits:
         no_logits["logits_to_keep"] = no_logits["logits_to_keep"].to(input_ids.device)
-    with torch.no_grad():
-        model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=cache,
-            use_cache=True,
-            **no_logits,
-        )
+    # The context pass runs in eval mode: it stores nothing and receives no gradient, so
+    # dropout there (LoRA's included) would only add noise to the context and cost time —
+    # drawing the random masks was about a third of this pass on CPU.
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+                **no_logits,
+            )
+    finally:
+        model.train(was_training)
 
     positions, slot_valid = kept_slots(keep)
     dtype = _unwrap(model).get_input_embeddings().weight.dtype
