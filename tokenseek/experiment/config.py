@@ -250,7 +250,8 @@ def parse_study(raw: dict, path: Path = Path("<config>")) -> Study:
         if not comp.get("a") or not comp.get("b"):
             raise _fail(path, "each report.comparisons entry needs a and b (row labels)")
 
-    runs_dir = Path(raw.get("runs_dir") or f"runs/experiments/{study}")
+    # Shared by all studies by default: a cell whose settings another study already ran is not rerun.
+    runs_dir = Path(raw.get("runs_dir") or "runs/experiments")
     results_dir = Path(raw.get("results_dir") or f"experiments/results/{study}")
     return Study(
         path=path,
@@ -327,6 +328,7 @@ def _expand(path: Path, group: int, entry, base: dict, allowed: set[str]) -> lis
         params = {**base, **fixed}
         for point in combo:
             params.update(point)
+        params = _normalise(params)
         if not train:
             # A base-model cell: only what loading/evaluating it needs.
             params = {k: params[k] for k in ("model", "template", "max_length") if k in params}
@@ -340,6 +342,15 @@ def _expand(path: Path, group: int, entry, base: dict, allowed: set[str]) -> lis
             raise _fail(path, f"{where}: cell name {name!r} must be letters, digits, '.', '_' or '-'")
         cells.append(Cell(name=name, label=label, params=params, train=train, group=group))
     return cells
+
+
+def _normalise(params: dict) -> dict:
+    """``alpha: 1`` and ``alpha: 1.0`` are one setting: ints become floats where TrainConfig's default is a float."""
+    defaults = train_defaults()
+    return {
+        k: float(v) if isinstance(defaults.get(k), float) and isinstance(v, int) and not isinstance(v, bool) else v
+        for k, v in params.items()
+    }
 
 
 def _format_values(params: dict) -> dict:

@@ -89,17 +89,32 @@ def paired_se(a: dict, b: dict) -> tuple[float, float, int] | None:
     return delta, math.sqrt(var) / total, n
 
 
+def mean_heldout(row: dict) -> dict | None:
+    """The row's held-out record with per-example losses averaged over its seeds (same records)."""
+    held = [r["heldout"] for _, r in row["done"] if r.get("heldout")]
+    if not held:
+        return None
+    tokens = held[0]["per_example_tokens"]
+    if any(h["per_example_tokens"] != tokens for h in held):
+        return None
+    losses = []
+    for i in range(len(tokens)):
+        values = [h["per_example_loss"][i] for h in held]
+        losses.append(None if any(v is None for v in values) else sum(values) / len(values))
+    return {"heldout": {"per_example_loss": losses, "per_example_tokens": tokens}}
+
+
 def compare(row_a: dict, row_b: dict) -> dict | None:
     """Held-out loss of row a minus row b, with the noise it is judged against."""
     va, vb = heldout_values(row_a), heldout_values(row_b)
     if not va or not vb:
         return None
     delta = _mean(va) - _mean(vb)
-    # Paired per-example SE: cells matched by seed where possible, else the first of each row.
-    by_seed_b = {c.seed: r for c, r in row_b["done"]}
-    pairs = [(r, by_seed_b[c.seed]) for c, r in row_a["done"] if c.seed in by_seed_b] or [(row_a["done"][0][1], row_b["done"][0][1])]
-    ses = [p for p in (paired_se(a, b) for a, b in pairs) if p]
-    example_se = _mean([p[1] for p in ses]) / math.sqrt(len(ses)) if ses else None
+    # Held-out sampling noise: paired over the same records, on the seed-averaged per-example losses.
+    ma, mb = mean_heldout(row_a), mean_heldout(row_b)
+    paired = paired_se(ma, mb) if ma and mb else None
+    example_se = paired[1] if paired else None
+    # Training noise: seed-to-seed spread of the rows' means.
     seed_se = None
     if len(va) >= 2 and len(vb) >= 2:
         seed_se = math.sqrt(_sd(va) ** 2 / len(va) + _sd(vb) ** 2 / len(vb))
@@ -173,7 +188,7 @@ def protocol_text(study: Study, results: dict[str, dict]) -> str:
         f"- **Training data:** {sample} drawn at random (numpy seed {data['seed']}){source} from `{data['path']}`",
         f"- **Held-out data:** {data['heldout']} other records of the same file (disjoint from the training sample)"
         + (f"; the first {study.eval['heldout_limit']} are scored" if study.eval["heldout_limit"] else ""),
-        f"- **Training:** max length {d.get('max_length', 512)} tokens, {d.get('epochs', 1):g} epoch(s), batch {d.get('batch_size', 1)} × "
+        f"- **Training:** max length {d.get('max_length', 512)} tokens, {d.get('epochs', 1):g} epoch{'s' * (d.get('epochs', 1) != 1)}, batch {d.get('batch_size', 1)} × "
         f"{d.get('grad_accum', 16)} accumulation = effective batch {d.get('batch_size', 1) * d.get('grad_accum', 16)}, "
         f"lr {d.get('lr', 4e-4):g} {d.get('scheduler', 'cosine')} with warm-up {d.get('warmup_ratio', 0.03):g}, "
         f"weight decay {d.get('weight_decay', 0.01):g}, {d.get('template', 'alpaca')} template, "
@@ -201,7 +216,8 @@ def _timing(study: Study, results: dict[str, dict]) -> str:
     evals = [r["wall_time_s"].get("eval_heldout", 0) + r["wall_time_s"].get("eval_tasks", 0) for r in results.values()]
     stores = {r["scoring"]["store"]: r["scoring"].get("store_wall_time_s") for r in trained if r.get("scoring")}
     machine = trained[0].get("machine", {})
-    where = machine.get("gpu") or f"CPU ({machine.get('cpus')} cores, {machine.get('torch_threads')} torch threads)"
+    threads = machine.get("torch_threads")
+    where = machine.get("gpu") or f"CPU ({machine.get('cpus')} cores, {threads} torch thread{'s' * (threads != 1)})"
     parts = [f"training {_mean(train):.0f} s per cell" if train else None, f"evaluation {_mean(evals):.0f} s per cell" if evals else None]
     score_times = [t for t in stores.values() if t]
     if score_times:
@@ -213,7 +229,7 @@ def main_table(study: Study, table_rows: list[dict]) -> str:
     ref_label = study.report["reference"]
     ref = next((r for r in table_rows if r["label"] == ref_label), None)
     tasks = _task_names(table_rows)
-    head = ["setting", "runs", "tokens kept", "train loss", "held-out loss", "held-out ppl"]
+    head = ["setting", "runs", "tokens kept", "targets trained", "train loss", "held-out loss", "held-out ppl"]
     if ref is not None:
         head += [f"Δ held-out vs {ref_label}", "2 SE"]
     head += tasks + (["average"] if tasks else [])
@@ -223,12 +239,14 @@ def main_table(study: Study, table_rows: list[dict]) -> str:
         held = heldout_values(row)
         trained = [r["train"] for _, r in done if r.get("train")]
         kept = _mean([t.get("kept_fraction") for t in trained])
+        targets = _mean([(r.get("selection_stats") or {}).get("target_fraction_trained") for _, r in done if r.get("train")])
         train_loss = _mean([t.get("train_loss") for t in trained])
         ppl = _mean([r["heldout"]["perplexity"] for _, r in done if r.get("heldout")])
         cells = [
             row["label"],
             f"{len(done)}/{len(row['cells'])}",
             "—" if kept is None else f"{100 * kept:.1f}%",
+            "—" if targets is None else f"{100 * targets:.1f}%",
             _f(train_loss),
             _pm(_mean(held), _sd(held), kind=f"sd, n={len(held)}") if len(held) >= 2 else _f(_mean(held)),
             _f(ppl, 2),
@@ -246,6 +264,7 @@ def main_table(study: Study, table_rows: list[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     notes = [
         "`runs`: finished cells / cells of the row (seeds). `tokens kept`: share of training tokens back-propagated. "
+        "`targets trained`: share of the response-token targets that sit at a kept position — the loss is taken there only. "
         "`train loss`: mean training loss over the run (HF `training_loss`, on the kept tokens). "
         "`held-out loss`: mean over the row's seeds (± seed sd when several)."
     ]
@@ -309,8 +328,8 @@ def claims(study: Study, table_rows: list[dict]) -> str:
 def verdict(kind: str, a: dict, b: dict) -> str:
     if kind == "lower_seed_variance":
         va, vb = heldout_values(a), heldout_values(b)
-        if len(va) < 2 or len(vb) < 2:
-            return f"**not testable**: needs ≥ 2 finished seeds per row (have {len(va)} and {len(vb)})."
+        if len(va) < 3 or len(vb) < 3:
+            return f"**not testable**: needs ≥ 3 finished seeds per row to compare spreads (have {len(va)} and {len(vb)})."
         sa, sb = _sd(va), _sd(vb)
         word = "held" if sa < sb else "not held"
         return (
@@ -416,7 +435,11 @@ def section(study: Study, results: dict[str, dict], figure: Path | None, report_
         out += ["**Claims checked (held-out loss; lower is better)**", "", claim_text, ""]
     if figure is not None:
         rel = Path(os.path.relpath(figure, report_path.parent)).as_posix()
-        out += [f"![Training loss curves, study {study.study}]({rel})", "", "_Training loss per logged step (Fig. 5 style)._", ""]
+        out += [f"![Training loss curves, study {study.study}]({rel})", "", (
+            "_Training loss per logged optimizer step (Fig. 5 style). Each run's loss is taken at its kept positions only, "
+            "so the level depends on which tokens a selection keeps (TokenSeek keeps high-gradient, hard tokens): compare "
+            "shapes here and quality in the held-out column._"
+        ), ""]
     if study.report["notes"]:
         out += [str(study.report["notes"]).strip(), ""]
     out += ["<details><summary>Per-cell results</summary>", "", cell_table(study, results), "", "</details>", END.format(study=study.study)]

@@ -19,6 +19,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import platform
 import subprocess
 import time
@@ -37,9 +38,19 @@ def result_path(study: Study, cell: Cell) -> Path:
     return study.results_dir / f"{cell.name}.json"
 
 
+def work_spec(study: Study, cell: Cell) -> dict:
+    """What a cell's training and evaluation depend on — not its name or label, so cells of
+    different studies with the same settings share one run directory (trained once)."""
+    params = dict(cell.params)
+    if cell.scoring() is None:
+        for key in SCORING_KEYS:
+            params.pop(key, None)
+    return {"train": cell.train, "params": params, "data": study.data_spec()}
+
+
 def run_dir(study: Study, cell: Cell) -> Path:
-    """The cell's bookkeeping (timings, finished evaluations); training writes to ``train/`` in it."""
-    return study.runs_dir / "cells" / cell.name
+    """The cell's work folder: ``train/`` (the run_train output), timings and kept evaluations."""
+    return study.runs_dir / "cells" / short_hash(work_spec(study, cell))
 
 
 def train_dir(study: Study, cell: Cell) -> Path:
@@ -163,12 +174,22 @@ def cell_status(study: Study, cell: Cell) -> str:
     """finished | stale (finished under another config) | trained | training (step N) | todo."""
     done = read_json(result_path(study, cell))
     if done is not None:
-        return "finished" if done.get("cell") == json.loads(json.dumps(cell.identity())) else "stale"
+        return "finished" if is_current(study, cell, done) else "stale"
     folder = train_dir(study, cell)
     if (folder / "train_summary.json").is_file() or not cell.train:
         return "trained" if cell.train else "todo"
     steps = [int(p.name.split("-")[-1]) for p in (folder / "checkpoints").glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
     return f"training (checkpoint at step {max(steps)})" if steps else "todo"
+
+
+def is_current(study: Study, cell: Cell, result: dict) -> bool:
+    """Was this result written for the cell, data and evaluation the config asks for now?"""
+    same = lambda a, b: json.loads(json.dumps(a)) == json.loads(json.dumps(b))  # noqa: E731
+    return (
+        same(result.get("cell"), cell.identity())
+        and same((result.get("data") or {}).get("spec"), study.data_spec())
+        and same(result.get("eval"), study.eval)
+    )
 
 
 # ----------------------------------------------------------------------------- stages
@@ -223,20 +244,62 @@ def train_cell(study: Study, cell: Cell, data: dict, scores: Path | None, progre
     return summary
 
 
+def selection_stats(cell: Cell, data: dict, scores: Path | None) -> dict:
+    """How many kept positions carry a training target (the loss is taken at kept positions
+    only): a selection that keeps mostly prompt tokens trains on little."""
+    import numpy as np
+
+    from tokenseek.data import load_records, tokenize_records
+    from tokenseek.data.tokenize import IGNORE_INDEX
+    from tokenseek.experiment.config import effective
+    from tokenseek.models import load_tokenizer
+    from tokenseek.seeking.select import select_keep
+    from tokenseek.seeking.store import ScoreStore
+
+    p = effective(cell.params)
+    tokenizer = load_tokenizer(p["model"])
+    tokenized = tokenize_records(
+        load_records(data["train_file"]), tokenizer, template=p["template"], max_length=p["max_length"], train_on_prompt=p["train_on_prompt"]
+    )
+    store = ScoreStore.open(scores, data=tokenized) if scores else None
+    kept = kept_targets = targets = empty = 0
+    for ex in tokenized.examples:
+        stored = store.get(ex["index"]) if store else {}
+        keep = select_keep(
+            len(ex["input_ids"]), p["ratio"], p["selection"], context=stored.get("context"), gradient=stored.get("gradient"),
+            alpha=p["alpha"], beta=p["beta"], seed=p["seed"], index=ex["index"],
+        )
+        has_target = np.zeros(len(keep), dtype=bool)
+        has_target[:-1] = np.asarray(ex["labels"][1:]) != IGNORE_INDEX  # position t predicts token t+1
+        k = int((keep & has_target).sum())
+        kept += int(keep.sum())
+        kept_targets += k
+        targets += int(has_target.sum())
+        empty += k == 0
+    return {
+        "kept_positions": kept,
+        "kept_positions_with_target": kept_targets,
+        "target_positions": targets,
+        "target_fraction_trained": kept_targets / max(targets, 1),
+        "examples_without_kept_target": empty,
+        "examples": len(tokenized.examples),
+    }
+
+
 def evaluate_cell(study: Study, cell: Cell, data: dict, progress) -> dict:
     """Held-out loss (per example, so pairs of cells can be compared) and lm-eval tasks."""
     folder = run_dir(study, cell)
     ev = study.eval
     out: dict = {}
-    # A kept evaluation counts only for the same cell, data and eval settings.
-    key = short_hash({"cell": cell.identity(), "data": study.data_spec(), "eval": ev})
+    # Kept evaluations are named by their settings (the folder already fixes model and data).
+    held_file = f"eval_heldout-{short_hash({'limit': ev['heldout_limit']})}.json"
+    tasks_file = f"eval_tasks-{short_hash({k: ev[k] for k in ('tasks', 'limit', 'num_fewshot', 'data_dir')})}.json"
 
     def kept(name: str):
-        found = read_json(folder / name)
-        return found if found and found.get("key") == key else None
+        return read_json(folder / name)
 
-    need_heldout = ev["heldout"] and kept("eval_heldout.json") is None
-    need_tasks = ev["tasks"] and kept("eval_tasks.json") is None
+    need_heldout = ev["heldout"] and kept(held_file) is None
+    need_tasks = ev["tasks"] and kept(tasks_file) is None
     if need_heldout or need_tasks:
         from tokenseek.eval.model import load_for_eval
 
@@ -249,21 +312,25 @@ def evaluate_cell(study: Study, cell: Cell, data: dict, progress) -> dict:
         model, tokenizer, info = load_for_eval(target)
         if need_heldout:
             progress(f"  held-out loss of {cell.name}")
-            with timed(folder, "eval_heldout"):
-                write_json(folder / "eval_heldout.json", {**heldout_per_example(model, tokenizer, study, cell, data), "key": key})
+            with timed(folder, held_file[: -len(".json")]):
+                write_json(folder / held_file, heldout_per_example(model, tokenizer, study, cell, data))
         if need_tasks:
             from tokenseek.eval.harness import evaluate_tasks
 
             progress(f"  lm-eval {', '.join(ev['tasks'])} (limit {ev['limit']}) on {cell.name}")
-            with timed(folder, "eval_tasks"):
+            with timed(folder, tasks_file[: -len(".json")]):
                 tasks = evaluate_tasks(model, tokenizer, selection, batch_size=ev["batch_size"])
-                write_json(folder / "eval_tasks.json", {**tasks, "loaded": info, "key": key})
+                write_json(folder / tasks_file, {**tasks, "loaded": info})
         del model
         gc.collect()
+    timings = read_json(folder / "timings.json") or {}
+    out["wall_time_s"] = {}
     if ev["heldout"]:
-        out["heldout"] = {k: v for k, v in kept("eval_heldout.json").items() if k != "key"}
+        out["heldout"] = kept(held_file)
+        out["wall_time_s"]["eval_heldout"] = timings.get(held_file[: -len(".json")])
     if ev["tasks"]:
-        out["benchmarks"] = {k: v for k, v in kept("eval_tasks.json").items() if k != "key"}
+        out["benchmarks"] = kept(tasks_file)
+        out["wall_time_s"]["eval_tasks"] = timings.get(tasks_file[: -len(".json")])
     return out
 
 
@@ -289,8 +356,6 @@ def heldout_per_example(model, tokenizer, study: Study, cell: Cell, data: dict) 
         tokens.append(r["tokens"])
     total = sum(t for t in tokens)
     loss = sum(l * t for l, t in zip(losses, tokens) if l is not None) / max(total, 1)
-    import math
-
     return {
         "records": len(records),
         "examples": len(records) - skipped,
@@ -311,9 +376,11 @@ def run_cell(study: Study, cell: Cell, data: dict, progress) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     scores = ensure_scores(study, cell, data, progress) if cell.train else None
     summary = train_cell(study, cell, data, scores, progress) if cell.train else None
+    stats = selection_stats(cell, data, scores) if cell.train else None
     evals = evaluate_cell(study, cell, data, progress)
     curve = read_json(train_dir(study, cell) / "loss_curve.json") if cell.train else None
-    timings = read_json(folder / "timings.json") or {}
+    timings = {"train": (read_json(folder / "timings.json") or {}).get("train"), **evals["wall_time_s"]}
+    timings = {k: v for k, v in timings.items() if v is not None}
     store_time = None
     if scores is not None:
         store_time = (read_json(scores.parent / "timings.json") or {}).get(scores.name)
@@ -324,11 +391,13 @@ def run_cell(study: Study, cell: Cell, data: dict, progress) -> dict:
         "train_config": train_config(study, cell, data, scores).identity() if cell.train else None,
         "scoring": {**cell.scoring(), "store": str(scores), "store_wall_time_s": store_time} if scores else None,
         "train": summary,
+        "selection_stats": stats,
         "loss_curve": curve,
         "heldout": evals.get("heldout"),
         "benchmarks": evals.get("benchmarks"),
         "eval": study.eval,
-        "wall_time_s": {**timings, "total_across_attempts": round(sum(timings.values()), 2), "this_attempt": round(time.time() - started, 2)},
+        # Summed over all attempts (a resumed stage adds up); scoring is per store, in "scoring".
+        "wall_time_s": {**timings, "total": round(sum(timings.values()), 2), "this_attempt": round(time.time() - started, 2)},
         "versions": versions(),
         "machine": machine(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -352,7 +421,10 @@ def run_study(study: Study, only: list[str] | None = None, *, dry_run: bool = Fa
     todo = [c for c in cells if statuses[c.name] not in ("finished", "stale")]
     for c in cells:
         if statuses[c.name] == "stale":
-            progress(f"  {c.name}: its result file was written for another configuration; delete {result_path(study, c)} to rerun it")
+            progress(
+                f"  {c.name}: its result file was written for another configuration (cell, data or eval settings); "
+                f"delete {result_path(study, c)} to rerun it (finished training and evaluations are reused)"
+            )
     if not todo:
         progress(f"study {study.study}: all {len(cells)} selected cell(s) finished; nothing to run")
         return statuses

@@ -1,0 +1,263 @@
+"""The experiment runner: config expansion, a 2-cell toy study end to end, stop/resume, reports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tokenseek.cli.main import main
+from tokenseek.errors import TokenSeekError
+from tokenseek.experiment import parse_study
+
+
+def _study(tmp_path, model_dir, data_file, **extra) -> dict:
+    config = {
+        "study": "toy",
+        "title": "Toy study",
+        "description": "Two cells on a tiny random Llama.",
+        "data": {"path": str(data_file), "sample": 16, "heldout": 6, "seed": 3},
+        "defaults": {
+            "model": str(model_dir),
+            "max_length": 128,
+            "batch_size": 1,
+            "grad_accum": 4,
+            "lr": 1e-3,
+            "save_steps": 2,
+            "logging_steps": 1,
+        },
+        "eval": {"heldout": True, "batch_size": 4},
+        "runs_dir": str(tmp_path / "runs"),
+        "results_dir": str(tmp_path / "results" / "toy"),
+        "report": {
+            "path": str(tmp_path / "RESULTS.md"),
+            "reference": "full-token",
+            "comparisons": [{"claim": "tokenseek matches full-token", "kind": "matches", "a": "tokenseek 50%", "b": "full-token"}],
+        },
+        "cells": [
+            {"name": "full-s{seed}", "label": "full-token", "selection": "full", "ratio": 1.0, "grid": {"seed": [0]}},
+            {"name": "ts{pct}-s{seed}", "label": "tokenseek {pct}%", "selection": "tokenseek", "ratio": 0.5, "seed": 0},
+        ],
+    }
+    config.update(extra)
+    return config
+
+
+def _write(tmp_path, config) -> str:
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return str(path)
+
+
+def test_grid_expands_to_stably_named_cells(tmp_path):
+    raw = {
+        "study": "grid",
+        "data": {"path": "x.json", "sample": 10, "heldout": 2},
+        "defaults": {"peft": "lora"},
+        "cells": [
+            {"name": "base", "train": False},
+            {
+                "name": "{peft}-{selection}{pct}-a{alpha:g}b{beta:g}-N{grad_layer}-s{seed}",
+                "label": "{selection} {pct}% ({ab})",
+                "selection": "tokenseek",
+                "grid": {"ratio": [0.05, 0.1], "alpha,beta": [[1, 0], [3, 7]], "seed": [0, 1], "grad_layer": [1, 2]},
+            },
+        ],
+    }
+    study = parse_study(raw)
+    names = [c.name for c in study.cells]
+    assert names[0] == "base" and len(names) == 1 + 2 * 2 * 2 * 2
+    assert names[1] == "lora-tokenseek5-a1b0-N1-s0"
+    assert "lora-tokenseek10-a3b7-N2-s1" in names
+    assert study.labels()[1:] == ["tokenseek 5% (1,0)", "tokenseek 5% (3,7)", "tokenseek 10% (1,0)", "tokenseek 10% (3,7)"]
+    assert parse_study(raw).cells == study.cells  # same config, same cells
+    # cells differing only in grad_layer need their own score stores; seeds share one
+    settings = {json.dumps(c.scoring(), sort_keys=True) for c in study.cells[1:]}
+    assert len(settings) == 2
+    assert study.select(["lora-tokenseek10-*-N2-*"]) == [c for c in study.cells if c.name.startswith("lora-tokenseek10") and "-N2-" in c.name]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"bogus": 1}, "unknown key"),
+        ({"cells": [{"name": "a", "selection": "full"}, {"name": "a", "selection": "random"}]}, "unique"),
+        ({"cells": [{"name": "a", "ratio": [0.1, 0.2]}]}, "under grid"),
+        ({"cells": [{"name": "a", "selection": "nope"}]}, "unknown --selection"),
+        ({"cells": [{"name": "a", "output_dir": "x"}]}, "set by the experiment runner"),
+        ({"cells": [{"name": "a-{nope}"}]}, "unknown field"),
+        ({"report": {"reference": "no such row"}}, "no cell has that label"),
+    ],
+)
+def test_bad_configs_are_one_line_errors(change, message):
+    raw = {"study": "bad", "data": {"path": "x.json", "sample": 4, "heldout": 2}, "cells": [{"name": "a"}], **change}
+    with pytest.raises(TokenSeekError, match=message):
+        parse_study(raw)
+
+
+def test_toy_study_stops_resumes_and_reports(tmp_path, tiny_model_dir, data_file, monkeypatch, capsys):
+    import tokenseek.experiment.runner as runner
+    import tokenseek.seeking.store as store
+
+    config = _write(tmp_path, _study(tmp_path, tiny_model_dir, data_file))
+    results = tmp_path / "results" / "toy"
+
+    assert main(["experiment", config, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "full-s0" in out and "ts50-s0" in out and "todo" in out
+    assert not results.exists()
+
+    trained, scored = [], []
+    real_train, real_score = runner.run_train, store.score_dataset
+
+    def stop_in_second_cell(cfg):
+        trained.append(cfg.selection)
+        if cfg.selection == "tokenseek":
+            raise KeyboardInterrupt  # as if Ctrl-C hit during the second cell's training
+        return real_train(cfg)
+
+    def count_scoring(*args, **kwargs):
+        scored.append(1)
+        return real_score(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_train", stop_in_second_cell)
+    monkeypatch.setattr(store, "score_dataset", count_scoring)
+    assert main(["experiment", config]) == 130
+    assert (results / "full-s0.json").is_file()
+    assert not (results / "ts50-s0.json").exists()
+    assert len(scored) == 1  # the second cell's scores were made before it was stopped
+
+    # Rerun: the first cell is not re-run, the score store is reused, the second finishes.
+    trained.clear()
+    monkeypatch.setattr(runner, "run_train", lambda cfg: (trained.append(cfg.selection), real_train(cfg))[1])
+    first_before = (results / "full-s0.json").read_text()
+    assert main(["experiment", config]) == 0
+    assert trained == ["tokenseek"]
+    assert len(scored) == 1
+    assert (results / "full-s0.json").read_text() == first_before
+
+    second = json.loads((results / "ts50-s0.json").read_text())
+    assert second["cell"]["name"] == "ts50-s0"
+    assert second["train"]["steps"] == 4 and 0.45 < second["train"]["kept_fraction"] < 0.6
+    assert second["train_config"]["selection"] == "tokenseek" and second["train_config"]["scores"]
+    assert second["scoring"]["grad_layer"] == 1
+    held = second["heldout"]
+    assert held["records"] == 6 and len(held["per_example_loss"]) == 6 and held["loss"] > 0
+    assert second["versions"]["torch"] and second["wall_time_s"]["train"] > 0
+    assert second["loss_curve"] and second["loss_curve"][0]["step"] == 1
+
+    # The record-by-record held-out loss equals one heldout_loss call on all records.
+    from tokenseek.data import load_records
+    from tokenseek.eval.heldout import heldout_loss
+    from tokenseek.eval.model import load_for_eval
+
+    from tokenseek.experiment import load_study
+
+    study = load_study(config)
+    model, tokenizer, _ = load_for_eval(str(runner.train_dir(study, study.cell("ts50-s0"))))
+    heldout_file = next((tmp_path / "runs" / "data").glob("*/heldout.json"))
+    whole = heldout_loss(model, tokenizer, load_records(str(heldout_file)), max_length=128)
+    assert whole["loss"] == pytest.approx(held["loss"], rel=1e-4)
+    assert whole["tokens"] == held["tokens"]
+
+    # A finished study: no work, identical report.
+    report = (tmp_path / "RESULTS.md").read_text()
+    table = (results / "table.md").read_text()
+    figure = (results / "loss_curves.png").read_bytes()
+    trained.clear()
+    capsys.readouterr()
+    assert main(["experiment", config]) == 0
+    assert trained == [] and "nothing to run" in capsys.readouterr().out
+    assert main(["experiment", config, "--report"]) == 0
+    assert (tmp_path / "RESULTS.md").read_text() == report
+    assert (results / "table.md").read_text() == table
+    assert (results / "loss_curves.png").read_bytes() == figure
+    assert "<!-- BEGIN experiment:toy -->" in report and "| tokenseek 50% | 1/1 |" in report
+    assert "tokenseek matches full-token" in report and "2 SE" in report
+    assert "2 of 2 cells finished" in report
+
+    # Another study with a cell of the same settings reuses its run (no training, no scoring).
+    other = _study(tmp_path, tiny_model_dir, data_file, study="toy2", results_dir=str(tmp_path / "results" / "toy2"))
+    other["cells"] = [{"name": "same-as-ts", "label": "tokenseek 50%", "selection": "tokenseek", "ratio": 0.5, "seed": 0}]
+    other["report"] = {"path": str(tmp_path / "RESULTS.md")}
+    other_path = tmp_path / "toy2.yaml"
+    other_path.write_text(yaml.safe_dump(other))
+    assert main(["experiment", str(other_path)]) == 0
+    assert trained == [] and len(scored) == 1
+    reused = json.loads((tmp_path / "results" / "toy2" / "same-as-ts.json").read_text())
+    assert reused["heldout"] == second["heldout"] and reused["train"] == second["train"]
+    both = (tmp_path / "RESULTS.md").read_text()
+    assert both.count("BEGIN experiment:toy2 -->") == 1 and both.count("BEGIN experiment:toy -->") == 1
+    assert both.startswith(report.rstrip("\n"))  # the first study's section is untouched
+
+    # Text around the section is kept; the section is replaced in place.
+    (tmp_path / "RESULTS.md").write_text("# Mine\n\nhand-written intro\n\n" + report.split("\n\n", 2)[2] + "\nfooter\n")
+    assert main(["experiment", config, "--report"]) == 0
+    again = (tmp_path / "RESULTS.md").read_text()
+    assert again.startswith("# Mine\n\nhand-written intro") and again.endswith("footer\n") and again.count("BEGIN experiment:toy") == 1
+
+
+def test_base_cell_and_only(tmp_path, tiny_model_dir, data_file, capsys):
+    config = _study(tmp_path, tiny_model_dir, data_file)
+    config["cells"].insert(0, {"name": "base", "label": "base model", "train": False})
+    path = _write(tmp_path, config)
+    assert main(["experiment", path, "--only", "base", "--no-report"]) == 0
+    results = tmp_path / "results" / "toy"
+    assert sorted(p.name for p in results.glob("*.json")) == ["base.json"]
+    base = json.loads((results / "base.json").read_text())
+    assert base["train"] is None and base["heldout"]["loss"] > 0
+    assert main(["experiment", path, "--only", "nope"]) == 2
+    assert "matches no cell" in capsys.readouterr().err
+    # The report lists the rows not run yet.
+    assert main(["experiment", path, "--report"]) == 0
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "1 of 3 cells finished" in report and "`full-s0`" in report
+
+
+def test_changed_config_marks_a_finished_cell_stale(tmp_path, tiny_model_dir, data_file, capsys):
+    config = _study(tmp_path, tiny_model_dir, data_file)
+    config["cells"] = [{"name": "base", "label": "base model", "train": False}]
+    config["report"] = {"path": str(tmp_path / "RESULTS.md")}
+    path = _write(tmp_path, config)
+    assert main(["experiment", path, "--no-report"]) == 0
+    capsys.readouterr()
+    assert main(["experiment", path, "--dry-run"]) == 0
+    assert "finished" in capsys.readouterr().out
+    for section, key, value in (("defaults", "max_length", 100), ("eval", "heldout_limit", 3), ("data", "seed", 4)):
+        changed = json.loads(json.dumps(config))
+        changed[section][key] = value
+        assert main(["experiment", _write(tmp_path, changed), "--dry-run"]) == 0
+        assert "stale" in capsys.readouterr().out, section
+        assert main(["experiment", _write(tmp_path, changed), "--no-report"]) == 0
+        assert "delete" in capsys.readouterr().out  # a stale cell is not silently rerun
+
+
+@pytest.mark.shared_data
+def test_benchmarks_with_stderr_in_the_result(tmp_path, tiny_model_dir, data_file):
+    from _shared_data import shared_data_dir
+
+    eval_dir = shared_data_dir("eval")
+    config = _study(tmp_path, tiny_model_dir, data_file)
+    config["cells"] = [{"name": "base", "label": "base model", "train": False}]
+    config["eval"] = {"heldout": False, "tasks": ["winogrande"], "limit": 4, "data_dir": str(eval_dir)}
+    config["report"] = {"path": str(tmp_path / "RESULTS.md")}
+    assert main(["experiment", _write(tmp_path, config)]) == 0
+    result = json.loads((tmp_path / "results" / "toy" / "base.json").read_text())
+    task = result["benchmarks"]["tasks"]["winogrande"]
+    assert task["items"] == 4 and task["value"] is not None and task["stderr"] is not None
+    assert "winogrande" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_qlora_cells_score_with_the_nf4_model_and_share_the_store(tmp_path, tiny_model_dir, data_file):
+    pytest.importorskip("bitsandbytes")
+    config = _study(tmp_path, tiny_model_dir, data_file)
+    config["report"] = {"path": str(tmp_path / "RESULTS.md")}
+    config["cells"] = [
+        {"name": "q-ts", "peft": "qlora", "selection": "tokenseek", "ratio": 0.5},
+        {"name": "q-probe", "peft": "qlora", "selection": "probe", "ratio": 0.2},
+    ]
+    assert main(["experiment", _write(tmp_path, config)]) == 0
+    results = [json.loads((tmp_path / "results" / "toy" / f"{n}.json").read_text()) for n in ("q-ts", "q-probe")]
+    assert all(r["scoring"]["quantize"] == "nf4" and r["train"]["steps"] == 4 for r in results)
+    assert results[0]["scoring"]["store"] == results[1]["scoring"]["store"]  # one store for both cells
