@@ -27,6 +27,10 @@ from typing import Iterator
 import torch
 
 STEP_RANGE = "tokenseek_bench_step"
+# Marks the optimizer update inside a step: its peak (parameters + gradients + AdamW
+# state + update temporaries) does not depend on the ratio, unlike forward/backward's.
+OPTIMIZER_RANGE = "tokenseek_bench_optimizer"
+FORWARD_BACKWARD_RANGE = "tokenseek_bench_forward_backward"
 
 # What the worker's environment must hold for RSS to track freed memory (glibc malloc).
 RSS_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
@@ -75,25 +79,42 @@ class StepMemory:
     average_bytes: float  # time-weighted mean live level over the step
     end_bytes: int  # baseline + net allocations: equals baseline in a steady-state step
     events: int  # memory events replayed
+    window_peaks: dict = field(default_factory=dict)  # range name -> peak live bytes inside it
 
 
-def replay_memory_events(events, baseline: int, start_ns: int, end_ns: int, device_type: str) -> StepMemory:
-    """Running sum of allocation deltas -> peak and time-weighted average live bytes."""
+def replay_memory_events(
+    events, baseline: int, start_ns: int, end_ns: int, device_type: str, windows: dict | None = None
+) -> StepMemory:
+    """Running sum of allocation deltas -> peak and time-weighted average live bytes.
+
+    ``windows`` maps a name to (start_ns, end_ns); the result's ``window_peaks`` holds
+    the highest live level inside each (the level on entry included).
+    """
     mem = sorted(
         ((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]" and _device_name(e) == device_type),
         key=lambda x: x[0],
     )
+    windows = windows or {}
+    wpeak: dict[str, int] = {}
     live, peak, area = baseline, baseline, 0.0
     last_t = start_ns
     for t, delta in mem:
         t = min(max(t, start_ns), end_ns)
+        for name, (ws, we) in windows.items():
+            if t >= ws and name not in wpeak:
+                wpeak[name] = live  # level on entering the window
         area += live * (t - last_t)
         last_t = t
         live += delta
         peak = max(peak, live)
+        for name, (ws, we) in windows.items():
+            if ws <= t <= we:
+                wpeak[name] = max(wpeak[name], live)
     area += live * (end_ns - last_t)
+    for name in windows:
+        wpeak.setdefault(name, live)
     duration = max(end_ns - start_ns, 1)
-    return StepMemory(baseline, int(peak), area / duration, int(live), len(mem))
+    return StepMemory(baseline, int(peak), area / duration, int(live), len(mem), {k: int(v) for k, v in wpeak.items()})
 
 
 def _device_name(event) -> str:
@@ -119,7 +140,8 @@ def measure_step_memory(device: torch.device) -> Iterator[dict]:
     events = prof.profiler.kineto_results.events()
     span = [e for e in events if e.name() == STEP_RANGE]
     start_ns, end_ns = (span[0].start_ns(), span[0].end_ns()) if span else (0, 0)
-    memory = replay_memory_events(events, baseline, start_ns, end_ns, device.type)
+    windows = {e.name(): (e.start_ns(), e.end_ns()) for e in events if e.name() in (OPTIMIZER_RANGE, FORWARD_BACKWARD_RANGE)}
+    memory = replay_memory_events(events, baseline, start_ns, end_ns, device.type, windows)
     if device.type == "cuda":
         # The allocator's own counter is the authority for the peak on CUDA.
         memory.peak_bytes = int(torch.cuda.max_memory_allocated(device))

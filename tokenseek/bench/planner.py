@@ -1,10 +1,17 @@
 """Memory-budget planner: predict peak training memory per ratio, pick the largest ratio that fits.
 
-Peak memory is close to linear in the ratio: parameters, gradients, optimizer state
-and the no-grad context pass do not depend on it, and saved activations grow with
-the number of kept tokens. So two measured points (by default ratio 1.0, i.e.
-full-token training, and 0.1) give ``peak = a + b * ratio``; a third point the
-fit did not use (0.5) tells how far to trust it.
+A step's peak is the larger of two peaks with different shapes:
+
+- forward + backward: parameters, gradients and optimizer state plus the saved
+  activations, which grow linearly with the number of kept tokens -> ``a + b * ratio``;
+- the optimizer update: parameters + gradients + AdamW state + update temporaries,
+  the same at every ratio -> a floor. For full-parameter training it is the peak
+  below ratio ~0.3, so a line through total peaks would overshoot in between and
+  undershoot below.
+
+The worker measures both peaks inside one step; two measured ratios (by default 1.0,
+i.e. full-token training, and 0.1) fit ``peak = max(a + b * ratio, floor)``, and a
+third ratio the fit did not use (0.5) tells how far to trust it.
 
 "Peak" is peak live tensor memory (CUDA: ``max_memory_allocated``; CPU: profiler
 replay), so a budget is for tensors: the runtime (CUDA context, or ~0.4 GiB of
@@ -60,18 +67,20 @@ class Plan:
     budget: int
     a: float
     b: float
-    fit_points: dict[float, float]
+    fit_points: dict[float, float]  # ratio -> measured peak of the fitted points
+    floor: float | None = None  # optimizer-update peak (ratio-independent), when measured
     checks: list[dict] = field(default_factory=list)  # {"ratio", "predicted", "measured", "error"}
     context: str = ""
 
     def predict(self, ratio: float) -> float:
-        return self.a + self.b * ratio
+        line = self.a + self.b * ratio
+        return line if self.floor is None else max(line, self.floor)
 
     def best_ratio(self) -> float | None:
         """The largest multiple of GRID_STEP in (0, 1] whose predicted peak fits the budget."""
         if self.predict(1.0) <= self.budget:
             return 1.0
-        if self.b <= 0:
+        if self.b <= 0 or (self.floor is not None and self.floor > self.budget):
             return None
         r = math.floor((self.budget - self.a) / self.b / GRID_STEP + 1e-9) * GRID_STEP
         r = round(min(r, 1.0), 10)
@@ -88,7 +97,10 @@ class Plan:
 
     def report(self) -> str:
         lines = [self.context, "", self.table(), ""] if self.context else [self.table(), ""]
-        lines.append(f"fit: peak = {format_bytes(self.a)} + {format_bytes(self.b)} x ratio (from ratios {', '.join(f'{r:g}' for r in self.fit_points)})")
+        fit = f"{format_bytes(self.a)} + {format_bytes(self.b)} x ratio"
+        if self.floor is not None:
+            fit = f"max({fit}, {format_bytes(self.floor)} optimizer-step floor)"
+        lines.append(f"fit: peak = {fit} (from ratios {', '.join(f'{r:g}' for r in self.fit_points)})")
         for c in self.checks:
             lines.append(
                 f"check at ratio {c['ratio']:g} (not used for the fit): predicted {format_bytes(c['predicted'])}, "
@@ -102,22 +114,40 @@ class Plan:
         return "\n".join(lines)
 
 
-def make_plan(measured: dict[float, float], budget: int, fit_ratios=FIT_RATIOS, context: str = "") -> Plan:
-    """Fit on ``fit_ratios`` (those measured; else the two extremes), check on every other measured point."""
-    fit = {r: measured[r] for r in fit_ratios if r in measured}
-    if len(fit) < 2:
-        ordered = sorted(measured)
-        fit = {ordered[0]: measured[ordered[0]], ordered[-1]: measured[ordered[-1]]} if len(ordered) >= 2 else fit
-    a, b = fit_line(fit)
-    plan = Plan(budget=budget, a=a, b=b, fit_points=fit, context=context)
-    for r in sorted(set(measured) - set(fit), reverse=True):
-        predicted = plan.predict(r)
-        plan.checks.append({"ratio": r, "predicted": predicted, "measured": measured[r], "error": predicted / measured[r] - 1})
+def _parts(point) -> tuple[float, float, float | None]:
+    """(total peak, forward/backward peak, optimizer peak) of a measured point (a number = total only)."""
+    if isinstance(point, dict):
+        total = float(point["peak"])
+        fb = point.get("forward_backward")
+        return total, float(fb) if fb is not None else total, point.get("optimizer")
+    return float(point), float(point), None
+
+
+def make_plan(measured: dict, budget: int, fit_ratios=FIT_RATIOS, context: str = "") -> Plan:
+    """Fit on ``fit_ratios`` (those measured; else the two extremes), check on every other measured point.
+
+    ``measured`` maps ratio -> total peak bytes, or -> ``{"peak", "forward_backward", "optimizer"}``.
+    """
+    fit_keys = [r for r in fit_ratios if r in measured]
+    if len(fit_keys) < 2 and len(measured) >= 2:
+        fit_keys = [min(measured), max(measured)]
+    parts = {r: _parts(p) for r, p in measured.items()}
+    a, b = fit_line({r: parts[r][1] for r in fit_keys})
+    floors = [p[2] for r, p in parts.items() if r in fit_keys and p[2] is not None]
+    plan = Plan(budget=budget, a=a, b=b, fit_points={r: parts[r][0] for r in fit_keys}, floor=max(floors) if floors else None, context=context)
+    for r in sorted(set(measured) - set(fit_keys), reverse=True):
+        predicted, actual = plan.predict(r), parts[r][0]
+        plan.checks.append({"ratio": r, "predicted": predicted, "measured": actual, "error": predicted / actual - 1})
     return plan
 
 
-def measure_peaks(model, peft: str, seq_len: int, batch_size: int, ratios, lora: dict | None = None, progress=None) -> dict[float, float]:
-    """Peak live tensor bytes per ratio, each from one fresh worker (1 warm-up + 1 profiled step, no timing)."""
+def point(result: dict) -> dict:
+    m = result["memory"]
+    return {"peak": m["peak_bytes"], "forward_backward": m.get("forward_backward_peak_bytes"), "optimizer": m.get("optimizer_peak_bytes")}
+
+
+def measure_peaks(model, peft: str, seq_len: int, batch_size: int, ratios, lora: dict | None = None, progress=None) -> dict[float, dict]:
+    """Peaks per ratio (see :func:`point`), each from one fresh worker (1 warm-up + 1 profiled step, no timing)."""
     from tokenseek.bench.run import resolve, run_worker
 
     resolved = resolve(model)
@@ -137,9 +167,9 @@ def measure_peaks(model, peft: str, seq_len: int, batch_size: int, ratios, lora:
         result = run_worker(spec)
         if "error" in result:
             raise TokenSeekError(f"measuring ratio {ratio:g} for the memory plan failed: {result['error']}")
-        peaks[ratio] = float(result["memory"]["peak_bytes"])
+        peaks[ratio] = point(result)
         if progress:
-            progress(f"  ratio {ratio:g}: peak {format_bytes(peaks[ratio])}")
+            progress(f"  ratio {ratio:g}: peak {format_bytes(peaks[ratio]['peak'])}")
     return peaks
 
 
@@ -150,7 +180,7 @@ def plan_from_bench(doc: dict, budget: int, peft: str | None = None, seq_len: in
         have = ", ".join(f"--peft {g['peft']} --seq-len {g['seq_len']}" for g in doc["groups"])
         raise TokenSeekError(f"the bench file has {len(groups)} matching groups; pick one with {have}")
     g = groups[0]
-    measured = {r["spec"]["ratio"]: float(r["memory"]["peak_bytes"]) for r in g["rows"] if "memory" in r}
+    measured = {r["spec"]["ratio"]: point(r) for r in g["rows"] if "memory" in r}
     context = f"{g['peft']}, seq {g['seq_len']}, batch {doc['config']['batch_size']} (from bench results)"
     return make_plan(measured, budget, context=context)
 

@@ -46,29 +46,37 @@ def breakdown(r: dict) -> dict | None:
     return {"parameters": params["param_bytes"], "gradients + AdamW": grads_opt, "activations": act or 0, "other at peak": other}
 
 
-def group_table(g: dict) -> str:
-    head = (
-        "| Ratio | Ave. Mem. | Max. Mem. | Ave. Mem. (MiB) | Max. Mem. (MiB) | Peak RSS (MiB) | "
-        "Activations (MiB) | Activations | Step time (s) | Step time | CPU time |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
-    )
+def group_table(g: dict, timing: bool = True) -> str:
+    """Tab. 2 layout: one row per ratio (+ the scoring stage); ``timing=False`` drops the time columns."""
+    cols = ["Ratio", "Ave. Mem.", "Max. Mem.", "Ave. Mem. (MiB)", "Max. Mem. (MiB)", "Peak RSS (MiB)", "Activations (MiB)", "Activations"]
+    if timing:
+        cols += ["Step time (s)", "Step time", "CPU time"]
+    head = "| " + " | ".join(cols) + " |\n|---" + "|---:" * (len(cols) - 1) + "|\n"
     lines = []
     for r in g["rows"] + ([g["score"]] if g["score"] else []):
         label = f"scoring (seek, {100 * r['spec']['score_ratio']:g}%)" if r["spec"]["mode"] == "score" else _ratio_label(r)
         if "error" in r or "skipped" in r:
-            lines.append(f"| {label} | {r.get('error') or r.get('skipped')} ||||||||||")
+            lines.append(f"| {label} | {r.get('error') or r.get('skipped')} " + "|" * (len(cols) - 1))
             continue
         rel, t = r["relative"], _g(r, "time", "step_s")
         rss = _g(r, "rss", "peak_bytes")
-        rss_text = "–" if rss is None else f"{_mib(rss)} ({_pct(rel['peak_rss_bytes'])})"
-        time_text = "–" if t is None else f"{t['median']:.2f} [{t['min']:.2f}–{t['max']:.2f}]"
-        speed = "–" if rel["step_s"] is None else f"{rel['step_s']:.2f}×"
-        cpu = "–" if rel.get("step_cpu_s") is None else f"{rel['step_cpu_s']:.2f}×"
-        lines.append(
-            f"| {label} | {_pct(rel['average_bytes'])} | {_pct(rel['peak_bytes'])} | {_mib(_g(r, 'memory', 'average_bytes'))} | "
-            f"{_mib(_g(r, 'memory', 'peak_bytes'))} | {rss_text} | {_mib(_g(r, 'activations', 'saved_bytes'))} | "
-            f"{_pct(rel['activation_bytes'])} | {time_text} | {speed} | {cpu} |"
-        )
+        cells = [
+            label,
+            _pct(rel["average_bytes"]),
+            _pct(rel["peak_bytes"]),
+            _mib(_g(r, "memory", "average_bytes")),
+            _mib(_g(r, "memory", "peak_bytes")),
+            "–" if rss is None else f"{_mib(rss)} ({_pct(rel['peak_rss_bytes'])})",
+            _mib(_g(r, "activations", "saved_bytes")),
+            _pct(rel["activation_bytes"]),
+        ]
+        if timing:
+            cells += [
+                "–" if t is None else f"{t['median']:.2f} [{t['min']:.2f}–{t['max']:.2f}]",
+                "–" if rel["step_s"] is None else f"{rel['step_s']:.2f}×",
+                "–" if rel.get("step_cpu_s") is None else f"{rel['step_cpu_s']:.2f}×",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -136,7 +144,7 @@ def _load_line(doc: dict) -> str:
     loads = [v for g in doc["groups"] for r in g["rows"] + ([g["score"]] if g["score"] else []) for v in (_g(r, "loadavg") or {}).values()]
     if not loads:
         return ""
-    return f"1-minute load average during the runs: {min(loads):.1f}–{max(loads):.1f} (on {doc.get('environment', {}).get('threads', '?')} threads)."
+    return f"1-minute load average during the runs: {min(loads):.1f}–{max(loads):.1f} (machine with {doc.get('environment', {}).get('cores', '?')} cores)."
 
 
 def plot_memory(doc: dict, path: str | Path) -> None:

@@ -40,6 +40,7 @@ class BenchConfig:
     lora: dict = field(default_factory=dict)
     output: str = "bench"
     jobs: int = 1
+    threads: int | None = None
     timeout: float | None = None
 
 
@@ -73,6 +74,8 @@ def validate(cfg: BenchConfig) -> None:
         raise TokenSeekError("--warmup must be at least 1: AdamW creates its state in the first step")
     if cfg.jobs < 1:
         raise TokenSeekError("--jobs must be at least 1")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise TokenSeekError("--threads must be at least 1")
     if not (0 < cfg.score_ratio <= 1):
         raise TokenSeekError(f"--score-ratio must lie in (0, 1], got {cfg.score_ratio}")
 
@@ -128,6 +131,7 @@ def worker_specs(cfg: BenchConfig, model: str) -> list[dict]:
                 "warmup": cfg.warmup,
                 "seed": cfg.seed,
                 "score_ratio": cfg.score_ratio,
+                "threads": cfg.threads,
             }
             specs += [{**base, "mode": "train", "ratio": r} for r in ratios]
             if cfg.score:

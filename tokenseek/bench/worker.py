@@ -53,6 +53,7 @@ def default_spec() -> dict:
         "warmup": 1,
         "seed": 0,
         "score_ratio": 0.1,
+        "threads": None,  # intra-op threads; None = torch's default (one per core)
     }
 
 
@@ -127,19 +128,9 @@ def synthetic_batch(vocab_size: int, seq_len: int, batch_size: int, ratio: float
 
 def training_loss(model, batch: dict) -> torch.Tensor:
     """The loss exactly as ``TokenSeekTrainer.compute_loss`` computes it (no accumulation)."""
-    from tokenseek.ditching.loss import IGNORE_INDEX, ditched_loss_sum
+    from tokenseek.ditching.loss import step_loss_sum
 
-    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-    keep, shift_labels = batch["keep"], batch["shift_labels"]
-    if bool((keep == attention_mask.bool()).all()):
-        # Full-token baseline: one ordinary forward, as the trainer does at ratio 1.0.
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
-        total = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
-        count = (shift_labels != IGNORE_INDEX).sum()
-    else:
-        total, count = ditched_loss_sum(model, input_ids, shift_labels, keep, attention_mask)
+    total, count = step_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["shift_labels"], batch["keep"])
     return total / count.clamp(min=1)
 
 
@@ -210,14 +201,16 @@ def _step_fn(spec: dict, model, batch: dict, optimizer) -> Callable[[dict], None
 
     def train(phases: dict) -> None:
         t0 = time.perf_counter()
-        loss = training_loss(model, batch)
-        _sync(device)
-        t1 = time.perf_counter()
-        loss.backward()
-        _sync(device)
+        with torch.profiler.record_function(memory.FORWARD_BACKWARD_RANGE):  # no-ops unless profiled
+            loss = training_loss(model, batch)
+            _sync(device)
+            t1 = time.perf_counter()
+            loss.backward()
+            _sync(device)
         t2 = time.perf_counter()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        with torch.profiler.record_function(memory.OPTIMIZER_RANGE):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         _sync(device)
         t3 = time.perf_counter()
         phases.update(forward=t1 - t0, backward=t2 - t1, optimizer=t3 - t2, loss=float(loss.detach()))
@@ -234,6 +227,10 @@ def run(spec: dict) -> dict:
     if spec["mode"] not in MODES:
         raise TokenSeekError(f"unknown worker mode {spec['mode']!r}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec["threads"]:
+        # On a shared machine, 2 OpenMP threads fighting other processes for 2 cores stall
+        # at every barrier (10x slower, erratic); 1 thread degrades gracefully.
+        torch.set_num_threads(int(spec["threads"]))
     torch.manual_seed(spec["seed"])
     # Other processes on the machine skew timings (never memory): record the load around the run.
     result = {"spec": spec, "environment": environment(device), "loadavg": {"start": os.getloadavg()[0]}}
@@ -288,6 +285,10 @@ def run(spec: dict) -> dict:
         "baseline_bytes": m.baseline_bytes,
         "end_bytes": m.end_bytes,
         "events": m.events,
+        # The planner models these two apart: forward/backward grows with the ratio, the
+        # optimizer update (parameters + gradients + AdamW state + temporaries) does not.
+        "forward_backward_peak_bytes": m.window_peaks.get(memory.FORWARD_BACKWARD_RANGE),
+        "optimizer_peak_bytes": m.window_peaks.get(memory.OPTIMIZER_RANGE),
         "method": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "profiler peak live tensor bytes",
     }
     result["loadavg"]["end"] = os.getloadavg()[0]
@@ -324,6 +325,7 @@ def environment(device: torch.device) -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "threads": torch.get_num_threads(),
+        "cores": os.cpu_count(),
         "python": platform.python_version(),
         "cpu": cpu_model(),
     }

@@ -44,6 +44,7 @@ def register(sub) -> None:
     p.add_argument("--no-score", action="store_true", help="skip the scoring stage (tokenseek.seeking.seek)")
     p.add_argument("--score-ratio", type=float, default=0.1, help="ratio passed to seek in the scoring stage (default: 0.1)")
     p.add_argument("--jobs", type=int, default=1, help="workers at a time; timings are only meaningful with 1 (default: 1)")
+    p.add_argument("--threads", type=int, help="intra-op threads per worker (default: torch's, one per core); 1 is steadier on a busy machine")
     p.add_argument("--timeout", type=float, help="seconds before a configuration is recorded as failed")
     p.add_argument("--output", default="bench", help="output directory (default: bench)")
     add_lora_args(p)
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         lora=lora_kwargs(args),
         output=args.output,
         jobs=args.jobs,
+        threads=args.threads,
         timeout=args.timeout,
     )
     run_bench(cfg, progress=lambda message: print(message, file=sys.stderr, flush=True))

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         from tokenseek.utils.io import write_json
 
         write_json(args.output, {
-            "budget_bytes": plan.budget, "a": plan.a, "b": plan.b, "fit_points": plan.fit_points,
+            "budget_bytes": plan.budget, "a": plan.a, "b": plan.b, "floor": plan.floor, "fit_points": plan.fit_points,
             "checks": plan.checks, "best_ratio": plan.best_ratio(),
             "predicted": {str(r): plan.predict(r) for r in (1.0, 0.5, 0.3, 0.1, 0.05)},
         })

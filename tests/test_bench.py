@@ -1,0 +1,186 @@
+"""`tokenseek bench` / `tokenseek plan` on a tiny random Llama (seq 64): fields, relations, errors — never timings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tokenseek.bench import memory
+from tokenseek.bench.planner import make_plan, parse_budget
+from tokenseek.cli.main import main
+from tokenseek.errors import TokenSeekError
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A saved 2-layer random Llama with a word-level tokenizer: an ordinary HF directory, no special-casing."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    vocab = {"<unk>": 0, "</s>": 1, **{f"t{i}": i + 2 for i in range(510)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>").save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    # --jobs 3: workers run side by side; fine, because nothing here asserts a timing.
+    code = main([
+        "bench", "--model", tiny_model, "--peft", "lora", "--seq-len", "64", "--ratios", "1.0,0.1",
+        "--steps", "1", "--warmup", "1", "--jobs", "3", "--output", str(out),
+    ])
+    assert code == 0
+    return out
+
+
+def test_bench_writes_json_table_and_charts(bench_dir):
+    doc = json.loads((bench_dir / "bench.json").read_text())
+    assert "synthetic" in doc["input"]
+    (g,) = doc["groups"]
+    assert (g["peft"], g["seq_len"]) == ("lora", 64)
+    rows = {r["spec"]["ratio"]: r for r in g["rows"]}
+    assert set(rows) == {1.0, 0.1}
+    for r in rows.values():
+        assert "error" not in r, r.get("error")
+        for key in ("peak_bytes", "average_bytes", "baseline_bytes"):
+            assert r["memory"][key] > 0
+        assert r["memory"]["average_bytes"] <= r["memory"]["peak_bytes"]
+        # A step frees everything it allocates: the replayed level returns to where it started.
+        assert r["memory"]["end_bytes"] == r["memory"]["baseline_bytes"]
+        assert 0 < r["memory"]["optimizer_peak_bytes"] <= r["memory"]["peak_bytes"]
+        assert r["memory"]["peak_bytes"] == max(r["memory"]["forward_backward_peak_bytes"], r["memory"]["optimizer_peak_bytes"])
+        assert r["activations"]["saved_bytes"] > 0
+        assert {"median", "min", "max"} <= set(r["time"]["step_s"])
+        assert r["rss"]["peak_bytes"] > 0
+        assert r["params"]["trainable_params"] > 0 and r["params"]["optimizer_bytes"] > 0
+        assert set(r["relative"]) >= {"peak_bytes", "average_bytes", "activation_bytes", "step_s", "peak_rss_bytes"}
+    assert rows[1.0]["relative"]["peak_bytes"] == 1.0
+    assert rows[0.1]["tokens"]["kept"] == 7  # ceil(0.1 * 64)
+    assert rows[0.1]["activations"]["saved_bytes"] < rows[1.0]["activations"]["saved_bytes"]
+    assert rows[0.1]["relative"]["activation_bytes"] < 1.0
+    score = g["score"]
+    assert score is not None and ("memory" in score or "skipped" in score), score.get("error")
+
+    table = (bench_dir / "bench.md").read_text()
+    assert "| Ratio | Ave. Mem. | Max. Mem." in table and "| 10% |" in table and "100% (full token)" in table
+    for png in ("bench.png", "breakdown.png"):
+        assert (bench_dir / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plan_from_bench_picks_a_ratio(bench_dir, capsys):
+    doc = json.loads((bench_dir / "bench.json").read_text())
+    rows = {r["spec"]["ratio"]: r["memory"]["peak_bytes"] for r in doc["groups"][0]["rows"]}
+    between = (rows[1.0] + rows[0.1]) / 2 / 2**20
+    assert main(["plan", "--from-bench", str(bench_dir), "--budget", f"{between:.3f}MiB"]) == 0
+    out = capsys.readouterr().out
+    assert "largest ratio that fits" in out
+    best = float(out.split("largest ratio that fits")[1].split(":")[1].split()[0])
+    assert 0.1 <= best < 1.0
+
+
+def test_ratio_for_budget_end_to_end(tiny_model):
+    from tokenseek.bench.planner import ratio_for_budget
+    from tokenseek.train.recipe import TrainConfig
+
+    cfg = TrainConfig(model=tiny_model, peft="lora", batch_size=1, memory_budget="2GiB")
+    assert ratio_for_budget(cfg, 64) == 1.0
+
+
+def test_ratio_for_budget_names_smallest_peak(monkeypatch):
+    from tokenseek.bench import planner
+    from tokenseek.train.recipe import TrainConfig
+
+    # peak = 100 MiB + 1000 MiB x ratio
+    monkeypatch.setattr(planner, "measure_peaks", lambda *a, **k: {1.0: 1100 * 2**20, 0.1: 200 * 2**20})
+    cfg = TrainConfig(model=None, peft="lora", memory_budget="650MiB")
+    assert 0.54 <= planner.ratio_for_budget(cfg, 512) <= 0.55
+    cfg.memory_budget = "100MB"  # 95.4 MiB: below even one token's worth
+    with pytest.raises(TokenSeekError, match=r"smallest predicted peak is 110\.0 MiB"):
+        planner.ratio_for_budget(cfg, 512)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("6GiB", 6 * 2**30), ("6 GB", 6 * 10**9), ("512MiB", 512 * 2**20), ("1.5gib", int(1.5 * 2**30)), ("800mb", 800 * 10**6)],
+)
+def test_parse_budget(text, expected):
+    assert parse_budget(text) == expected
+
+
+@pytest.mark.parametrize("text", ["6", "6XB", "GiB", "-1GiB", "0MB", "six GiB", ""])
+def test_parse_budget_rejects(text):
+    with pytest.raises(TokenSeekError):
+        parse_budget(text)
+
+
+def test_plan_fit_and_check():
+    plan = make_plan({1.0: 1000.0, 0.1: 100.0, 0.5: 520.0}, budget=600)
+    assert (round(plan.a), round(plan.b)) == (0, 1000)
+    (check,) = plan.checks
+    assert check["ratio"] == 0.5 and check["error"] == pytest.approx(500 / 520 - 1)
+    assert plan.best_ratio() == 0.6
+    assert make_plan({1.0: 1000.0, 0.1: 100.0}, budget=5000).best_ratio() == 1.0
+    assert make_plan({1.0: 1000.0, 0.1: 100.0}, budget=5).best_ratio() is None
+
+
+def test_plan_uses_the_optimizer_floor():
+    # Full-parameter shape: forward/backward grows with the ratio, the optimizer update does not.
+    point = lambda fb, opt: {"peak": max(fb, opt), "forward_backward": fb, "optimizer": opt}  # noqa: E731
+    plan = make_plan({1.0: point(3000, 2200), 0.1: point(1200, 2200), 0.05: point(1100, 2200)}, budget=2500)
+    assert plan.predict(0.05) == 2200 and plan.checks[0]["error"] == 0
+    assert plan.predict(1.0) == 3000
+    assert plan.best_ratio() == pytest.approx(0.75)  # 1000 + 2000 x 0.75 = 2500
+    assert make_plan({1.0: point(3000, 2200), 0.1: point(1200, 2200)}, budget=2100).best_ratio() is None
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["bench", "--ratios", "1.0,1.5"], "--ratios must lie in (0, 1]"),
+        (["bench", "--ratios", "0"], "--ratios must lie in (0, 1]"),
+        (["bench", "--ratios", "half"], "--ratios"),
+        (["bench", "--peft", "lora,bogus"], "unknown --peft"),
+        (["bench", "--warmup", "0"], "--warmup"),
+        (["plan", "--budget", "6XB"], "memory budget '6XB' not understood"),
+        (["plan", "--budget", "lots"], "not understood"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path):
+    assert main(argv + (["--output", str(tmp_path / "o")] if argv[0] == "bench" else [])) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("tokenseek: error:") and needle in err
+
+
+def test_replay_counts_allocations_inside_the_step():
+    device = torch.device("cpu")
+    keep = torch.zeros(1000)  # live before the step: part of the baseline
+    with memory.measure_step_memory(device) as measured:
+        tmp = torch.empty(1_000_000)  # 4 MB, freed before the step ends
+        del tmp
+    m = measured["memory"]
+    assert m.peak_bytes - m.baseline_bytes >= 4_000_000
+    assert m.end_bytes == m.baseline_bytes
+    assert m.baseline_bytes <= m.average_bytes <= m.peak_bytes
+    del keep
+
+
+def test_saved_tensors_exclude_parameters():
+    layer = torch.nn.Linear(16, 16)
+    x = torch.randn(4, 16, requires_grad=True)
+    with memory.count_saved_tensors(layer) as saved:
+        y = torch.relu(layer(x))
+    # linear saves its input (x) and weight; relu saves its output.
+    assert saved.activation_bytes == x.numel() * 4 + y.numel() * 4
+    assert saved.parameter_bytes == layer.weight.numel() * 4
