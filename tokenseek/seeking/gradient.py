@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from tokenseek.ditching.loss import IGNORE_INDEX
 from tokenseek.seeking.layers import decoder, decoder_layers, logits_from_hidden
 
-LOGIT_CHUNK = 512
+# 128 positions x a 49k vocab is ~25 MB of fp32 logits per chunk (and as much for their
+# softmax gradient): small next to the weights, yet few enough Python steps to stay fast.
+LOGIT_CHUNK = 128
 GRAD_MODES = ("abs", "signed")
 
 
