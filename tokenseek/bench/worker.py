@@ -13,8 +13,11 @@ every configuration trains on exactly ``seq_len`` tokens.
 
 Order of work (train mode):
   1. warm-up steps — AdamW creates its state here, kernels and allocator warm up;
-  2. ``steps`` timed steps without any instrumentation (median/min/max time, peak RSS);
-  3. one profiled step with saved-tensor hooks: peak/average live tensor bytes and
+  2. on CPU, one step for peak RSS (the orchestrator starts workers with malloc set to
+     return freed memory at once), then malloc back to normal and one more warm-up step:
+     that malloc mode slows allocation, so it is never on while timing;
+  3. ``steps`` timed steps without any instrumentation (median/min/max time);
+  4. one profiled step with saved-tensor hooks: peak/average live tensor bytes and
      activation bytes (profiling slows a step down, so it is never timed).
 A step is forward + backward + ``AdamW.step()`` + ``zero_grad(set_to_none=True)``,
 so every step starts from the same live memory (parameters, optimizer state, input).
@@ -32,7 +35,6 @@ import traceback
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from tokenseek.bench import memory
 from tokenseek.errors import TokenSeekError
@@ -254,10 +256,18 @@ def run(spec: dict) -> dict:
         step({})
     result["params"] = _param_summary(model, optimizer)
 
+    if device.type == "cpu" and spec["steps"] > 0:
+        # Peak RSS first, while malloc still returns freed memory at once (RSS_ENV) ...
+        start = memory.reset_peak_rss()
+        step({})
+        result["rss"] = {"peak_bytes": memory.peak_rss_bytes(), "start_bytes": start}
+        # ... then ordinary malloc for timing, after one step that regrows the heap.
+        memory.fast_malloc()
+        step({})
+
     timer = PassTimer(model, device)
-    times, cpu_times, phases_all, rss_peaks, rss_starts = [], [], [], [], []
+    times, cpu_times, phases_all = [], [], []
     for _ in range(spec["steps"]):
-        rss_starts.append(memory.reset_peak_rss() if device.type == "cpu" else None)
         timer.calls.clear()
         phases: dict = {}
         _sync(device)
@@ -267,14 +277,11 @@ def run(spec: dict) -> dict:
         # CPU seconds of this process (all threads): less sensitive than wall time to
         # other processes competing for the same cores.
         cpu_times.append(time.process_time() - c0)
-        rss_peaks.append(memory.peak_rss_bytes() if device.type == "cpu" else None)
         phases["decoder_calls"] = list(timer.calls)
         phases_all.append(phases)
     timer.remove()
     if times:
         result["time"] = {"step_s": _summary(times), "cpu_s": _summary(cpu_times), "phases": _phase_medians(phases_all)}
-    if device.type == "cpu" and rss_peaks:
-        result["rss"] = {"peak_bytes": max(rss_peaks), "start_bytes": min(rss_starts)}
 
     with memory.measure_step_memory(device) as measured, memory.count_saved_tensors(model) as saved:
         step({})
