@@ -250,10 +250,9 @@ def selection_stats(cell: Cell, data: dict, scores: Path | None) -> dict:
     import numpy as np
 
     from tokenseek.data import load_records, tokenize_records
-    from tokenseek.data.tokenize import IGNORE_INDEX
     from tokenseek.experiment.config import effective
     from tokenseek.models import load_tokenizer
-    from tokenseek.seeking.select import select_keep
+    from tokenseek.seeking.select import select_keep, target_positions
     from tokenseek.seeking.store import ScoreStore
 
     p = effective(cell.params)
@@ -268,9 +267,9 @@ def selection_stats(cell: Cell, data: dict, scores: Path | None) -> dict:
         keep = select_keep(
             len(ex["input_ids"]), p["ratio"], p["selection"], context=stored.get("context"), gradient=stored.get("gradient"),
             alpha=p["alpha"], beta=p["beta"], seed=p["seed"], index=ex["index"],
+            candidates=target_positions(ex["labels"]) if p["select_from"] == "targets" else None,
         )
-        has_target = np.zeros(len(keep), dtype=bool)
-        has_target[:-1] = np.asarray(ex["labels"][1:]) != IGNORE_INDEX  # position t predicts token t+1
+        has_target = target_positions(ex["labels"])
         k = int((keep & has_target).sum())
         kept += int(keep.sum())
         kept_targets += k

@@ -13,6 +13,9 @@ import numpy as np
 from tokenseek.errors import TokenSeekError
 
 STRATEGIES = ("full", "random", "tokenseek", "context", "gradient", "mixed", "probe")
+# Where the kept tokens may come from: every real token (the paper's and TokenTune's rule) or
+# only positions whose next token is a training target (the loss exists nowhere else).
+SELECT_FROM = ("targets", "all")
 # Strategies that need stored context/gradient scores.
 SCORED = ("tokenseek", "context", "gradient", "mixed", "probe")
 
@@ -21,7 +24,9 @@ def keep_count(length: int, ratio: float) -> int:
     return max(1, min(length, math.ceil(ratio * length - 1e-9)))
 
 
-def check_selection(strategy: str, ratio: float, alpha: float = 1.0, beta: float = 1.0) -> None:
+def check_selection(strategy: str, ratio: float, alpha: float = 1.0, beta: float = 1.0, select_from: str = "all") -> None:
+    if select_from not in SELECT_FROM:
+        raise TokenSeekError(f"unknown --select-from {select_from!r}: choose one of {', '.join(SELECT_FROM)}")
     if strategy not in STRATEGIES:
         raise TokenSeekError(f"unknown --selection {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     if not (isinstance(ratio, (int, float)) and 0 < ratio <= 1) or math.isnan(ratio):
@@ -58,6 +63,14 @@ def _top(score: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-score, kind="stable")[:k]
 
 
+def target_positions(labels) -> np.ndarray:
+    """Bool mask of positions p whose next token p+1 is a training target (label != -100)."""
+    labels = np.asarray(labels)
+    has_target = np.zeros(len(labels), dtype=bool)
+    has_target[:-1] = labels[1:] != -100
+    return has_target
+
+
 def select_keep(
     length: int,
     ratio: float,
@@ -71,6 +84,7 @@ def select_keep(
     index: int = 0,
     explore: float = 0.5,
     band: tuple[float, float] = (0.4, 0.5),
+    candidates: np.ndarray | None = None,
 ) -> np.ndarray:
     """A bool keep mask of length ``length`` for one example.
 
@@ -80,16 +94,29 @@ def select_keep(
     - ``mixed``: top (1-explore)·k by Eq. 5 plus a random explore·k of the rest (paper S7 future work).
     - ``probe``: the misestimation probe of Tab. S11 — the top 10 % by Eq. 5 plus the tokens
       ranked in the ``band`` (default 40–50 %) quantile, ignoring ``ratio``.
+
+    ``candidates`` (bool, length ``length``) restricts the choice to those positions — the
+    ones with a training target under ``--select-from targets``. The budget k is still
+    ``ceil(ratio * length)`` over all real tokens (the same memory as without it), capped at
+    the number of candidates. ``None`` ranks every position (``--select-from all``).
     """
     check_selection(strategy, ratio, alpha, beta)
     keep = np.zeros(length, dtype=bool)
-    k = keep_count(length, ratio)
-    rng = np.random.default_rng([seed, index])
     if strategy == "full":
         keep[:] = True
         return keep
+    rng = np.random.default_rng([seed, index])
+    if candidates is not None:
+        candidates = np.asarray(candidates, dtype=bool)
+        if len(candidates) != length:
+            raise TokenSeekError(f"example {index}: {len(candidates)} candidate flags for {length} tokens")
+        pool = np.flatnonzero(candidates)
+        k = min(keep_count(length, ratio), len(pool))
+    else:
+        pool = None
+        k = keep_count(length, ratio)
     if strategy == "random":
-        keep[rng.choice(length, size=k, replace=False)] = True
+        keep[rng.choice(length, size=k, replace=False) if pool is None else rng.choice(pool, size=k, replace=False)] = True
         return keep
     if context is None or gradient is None:
         raise TokenSeekError(f"--selection {strategy} needs token scores: run `tokenseek score` and pass --scores")
@@ -101,16 +128,19 @@ def select_keep(
         score = combined_score(context, gradient, 0.0, 1.0)
     else:
         score = combined_score(context, gradient, alpha, beta)
+    if pool is not None:  # positions outside the pool rank last and are never taken
+        score = np.where(candidates, score, -np.inf)
     if strategy == "mixed":
         top = _top(score, k - int(round(explore * k)))
         keep[top] = True
-        rest = np.flatnonzero(~keep)
+        rest = np.flatnonzero(~keep if pool is None else ~keep & candidates)
         keep[rng.choice(rest, size=k - len(top), replace=False)] = True
         return keep
     if strategy == "probe":
-        order = np.argsort(-score, kind="stable")
-        keep[order[: keep_count(length, 0.1)]] = True
-        lo, hi = (int(math.floor(q * length)) for q in band)
+        n = length if pool is None else len(pool)
+        order = np.argsort(-score, kind="stable")[:n]
+        keep[order[: min(n, keep_count(length, 0.1))]] = True
+        lo, hi = (int(math.floor(q * n)) for q in band)
         keep[order[lo:hi]] = True
         return keep
     keep[_top(score, k)] = True

@@ -34,6 +34,7 @@ class TrainConfig:
     ratio: float = 0.1
     alpha: float = 1.0
     beta: float = 1.0
+    select_from: str = "targets"  # rank only positions with a training target, or "all" (the paper's rule)
     scores: str | None = None  # a `tokenseek score` store; scored strategies need one
     peft: str = "lora"
     lora_r: int = 8
@@ -62,9 +63,21 @@ class TrainConfig:
         return {f.name for f in dataclasses.fields(cls)}
 
     def identity(self) -> dict:
-        """What makes two runs "the same run" (resume allowed) — not output or bookkeeping."""
+        """What makes two runs "the same run" (resume allowed) — not output or bookkeeping.
+
+        Options added after runs were first recorded appear only when they differ from the
+        behaviour those runs had (``LEGACY_BEHAVIOUR``), so a run recorded before stays resumable.
+        """
         ignore = {"output_dir", "overwrite", "logging_steps", "save_steps", "save_total_limit"}
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ignore}
+        return {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if k not in ignore and not (k in LEGACY_BEHAVIOUR and LEGACY_BEHAVIOUR[k] == v)
+        }
+
+
+# What runs recorded before an option existed did; see TrainConfig.identity.
+LEGACY_BEHAVIOUR = {"select_from": "all"}
 
 
 def _validate(cfg: TrainConfig) -> None:
@@ -73,7 +86,7 @@ def _validate(cfg: TrainConfig) -> None:
 
     if cfg.peft not in PEFT_METHODS:
         raise TokenSeekError(f"unknown --peft {cfg.peft!r}: choose one of {', '.join(PEFT_METHODS)}")
-    check_selection(cfg.selection, cfg.ratio, cfg.alpha, cfg.beta)
+    check_selection(cfg.selection, cfg.ratio, cfg.alpha, cfg.beta, cfg.select_from)
     if cfg.scores and cfg.selection not in SCORED:
         raise TokenSeekError(f"--scores is only used by the scored selections ({', '.join(SCORED)}), not {cfg.selection!r}")
     if cfg.batch_size < 1 or cfg.grad_accum < 1:
@@ -116,7 +129,7 @@ def _split_heldout(examples: list, heldout: float, seed: int) -> tuple[list, lis
 
 def _attach_keep(examples: list, cfg: TrainConfig, scores) -> tuple[int, int]:
     """Add each example's keep mask; returns (tokens kept, tokens total)."""
-    from tokenseek.seeking.select import select_keep
+    from tokenseek.seeking.select import select_keep, target_positions
 
     kept = total = 0
     for ex in examples:
@@ -131,6 +144,7 @@ def _attach_keep(examples: list, cfg: TrainConfig, scores) -> tuple[int, int]:
             beta=cfg.beta,
             seed=cfg.seed,
             index=ex["index"],
+            candidates=target_positions(ex["labels"]) if cfg.select_from == "targets" else None,
         )
         ex["keep"] = keep.tolist()
         kept += int(keep.sum())
