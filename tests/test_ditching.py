@@ -10,7 +10,7 @@ from conftest import ARCHITECTURES, padded_batch, random_keep, tiny_model
 from reference import grads, max_relative_error, reference_loss
 from tokenseek import ditched_loss
 from tokenseek.errors import UnsupportedModelError
-from tokenseek.seeking.layers import decoder_layers
+from tokenseek.models.introspect import decoder_layers
 
 
 def _plain_grads(model, input_ids, attention_mask, labels):

@@ -37,6 +37,7 @@ from typing import Callable
 import torch
 
 from tokenseek.bench import memory
+from tokenseek.models import introspect
 from tokenseek.errors import TokenSeekError
 
 MODES = ("train", "score")
@@ -64,27 +65,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model under a PEFT wrapper."""
-    while hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
-
-
-def _decoder(model: torch.nn.Module) -> torch.nn.Module:
-    # PEFT calls the causal LM's .forward directly (no hooks fire there); the inner
-    # decoder is always called through __call__, so hooks on it see every pass.
-    base = _unwrap(model)
-    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
-    return decoder if isinstance(decoder, torch.nn.Module) else base
-
-
 class PassTimer:
     """Wall time of each decoder call: for ditching, call 1 is the no-grad context pass."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device):
         self.device, self.calls, self._t0 = device, [], 0.0
-        decoder = _decoder(model)
+        decoder = introspect.decoder(model)
         self._handles = [
             decoder.register_forward_pre_hook(self._start),
             decoder.register_forward_hook(self._stop),
@@ -241,7 +227,7 @@ def run(spec: dict) -> dict:
         return result
 
     model = _load(spec, device)
-    vocab = _unwrap(model).get_input_embeddings().weight.shape[0]
+    vocab = introspect.unwrap(model).get_input_embeddings().weight.shape[0]
     ratio = 1.0 if spec["mode"] == "score" else spec["ratio"]
     batch = synthetic_batch(vocab, spec["seq_len"], spec["batch_size"], ratio, spec["seed"], device)
     result["tokens"] = {"total": int(batch["keep"].numel()), "kept": int(batch["keep"].sum())}

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from tokenseek.errors import UnsupportedModelError
+from tokenseek.models.introspect import attention_configs, unwrap
 
 KEPT_PASS_ATTENTION = "tokenseek_gqa_sdpa"
 _SUPPORTED_LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -53,22 +54,12 @@ def register_attention() -> None:
     AttentionMaskInterface.register(KEPT_PASS_ATTENTION, sdpa_mask)
 
 
-def _configs(model: torch.nn.Module) -> list:
-    seen, configs = set(), []
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if config is not None and hasattr(config, "_attn_implementation") and id(config) not in seen:
-            seen.add(id(config))
-            configs.append(config)
-    return configs
-
-
 @contextlib.contextmanager
 def kept_pass_attention(model: torch.nn.Module) -> Iterator[None]:
     """Run SDPA models with :func:`gqa_sdpa_attention`; eager models stay as they are."""
     register_attention()
     switched = []
-    for config in _configs(model):
+    for config in attention_configs(model):
         impl = config._attn_implementation
         if impl == "sdpa":
             config._attn_implementation_internal = KEPT_PASS_ATTENTION
@@ -87,9 +78,9 @@ def kept_pass_attention(model: torch.nn.Module) -> Iterator[None]:
 
 def attention_windows(config) -> dict[str, int | None]:
     """Map each attention layer type the model uses to its window (None = full causal)."""
-    text_config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    window = getattr(text_config, "sliding_window", None)
-    layer_types = getattr(text_config, "layer_types", None)
+    config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
     if layer_types is None:
         return {"sliding_attention" if window else "full_attention": window or None}
     unknown = sorted(set(layer_types) - set(_SUPPORTED_LAYER_TYPES))
@@ -131,24 +122,13 @@ def kept_pass_mask(
 
 def check_supports_ditching(model: torch.nn.Module) -> None:
     """Raise :class:`UnsupportedModelError` naming what the model lacks."""
-    config = getattr(_unwrap(model), "config", None)
+    config = getattr(unwrap(model), "config", None)
     if config is None:
         raise UnsupportedModelError("token ditching needs a Hugging Face PreTrainedModel (no .config found)")
     if getattr(config, "is_encoder_decoder", False):
-        raise UnsupportedModelError(f"{type(_unwrap(model)).__name__} is an encoder-decoder model; token ditching needs a decoder-only causal LM")
-    forward = inspect.signature(_unwrap(model).forward).parameters
+        raise UnsupportedModelError(f"{type(unwrap(model)).__name__} is an encoder-decoder model; token ditching needs a decoder-only causal LM")
+    forward = inspect.signature(unwrap(model).forward).parameters
     for needed in ("past_key_values", "position_ids", "attention_mask"):
         if needed not in forward:
-            raise UnsupportedModelError(f"{type(_unwrap(model)).__name__}.forward has no `{needed}` argument, which token ditching needs")
+            raise UnsupportedModelError(f"{type(unwrap(model)).__name__}.forward has no `{needed}` argument, which token ditching needs")
     attention_windows(config)
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model under PEFT / DDP wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):  # DDP
-            model = model.module
-        elif hasattr(model, "get_base_model"):  # PEFT
-            model = model.get_base_model()
-        else:
-            return model

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import torch
 
 from tokenseek.ditching.attention import (
-    _unwrap,
     attention_windows,
     check_supports_ditching,
     kept_pass_attention,
     kept_pass_mask,
 )
+from tokenseek.models.introspect import unwrap
 
 
 @dataclass
@@ -43,7 +43,7 @@ def kept_slots(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _no_logits(model) -> dict:
     """Ask the model for no logits at all in the context pass (the LM head is the costliest matmul)."""
-    if "logits_to_keep" in inspect.signature(_unwrap(model).forward).parameters:
+    if "logits_to_keep" in inspect.signature(unwrap(model).forward).parameters:
         return {"logits_to_keep": torch.zeros(0, dtype=torch.long)}
     return {}
 
@@ -89,10 +89,10 @@ def ditched_forward(
         model.train(was_training)
 
     positions, slot_valid = kept_slots(keep)
-    dtype = _unwrap(model).get_input_embeddings().weight.dtype
+    dtype = unwrap(model).get_input_embeddings().weight.dtype
     if not dtype.is_floating_point:
         dtype = torch.float32
-    windows = attention_windows(_unwrap(model).config)
+    windows = attention_windows(unwrap(model).config)
     masks = {
         layer_type: kept_pass_mask(positions, slot_valid, keep, attention_mask, window, dtype)
         for layer_type, window in windows.items()

@@ -13,9 +13,9 @@ from typing import Iterator
 
 import torch
 
-from tokenseek.ditching.attention import _configs
+from tokenseek.models.introspect import attention_configs
 from tokenseek.errors import UnsupportedModelError
-from tokenseek.seeking.layers import text_config
+from tokenseek.models.introspect import text_config
 
 SCORING_ATTENTION = "tokenseek_scoring_sdpa"
 QUERY_CHUNK = 256
@@ -96,7 +96,7 @@ def capture_context_scores(model, padding: torch.Tensor | None) -> Iterator[_Cap
     _register()
     capture = _Capture(layer_idx=text_config(model).num_hidden_layers - 1, padding=padding)
     saved = []
-    for config in _configs(model):
+    for config in attention_configs(model):
         if config._attn_implementation not in ("sdpa", "eager", None):
             raise UnsupportedModelError(
                 f"scoring needs sdpa or eager attention, but this model uses {config._attn_implementation!r}: "

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tokenseek.ditching.loss import IGNORE_INDEX
-from tokenseek.seeking.layers import decoder, decoder_layers, logits_from_hidden
+from tokenseek.models.introspect import decoder, decoder_layers, logits_from_hidden
 
 # 128 positions x a 49k vocab is ~25 MB of fp32 logits per chunk (and as much for their
 # softmax gradient): small next to the weights, yet few enough Python steps to stay fast.

@@ -30,9 +30,9 @@ STORE_VERSION = 1
 
 
 def model_fingerprint(model, model_id: str | None) -> dict:
-    from tokenseek.ditching.attention import _unwrap
+    from tokenseek.models.introspect import unwrap
 
-    base = _unwrap(model)
+    base = unwrap(model)
     config = base.config.to_dict()
     for volatile in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "_attn_implementation_autoset"):
         config.pop(volatile, None)

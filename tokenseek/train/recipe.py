@@ -80,7 +80,7 @@ class TrainConfig:
 LEGACY_BEHAVIOUR = {"select_from": "all"}
 
 
-def _validate(cfg: TrainConfig) -> None:
+def validate(cfg: TrainConfig) -> None:
     from tokenseek.models.adapters import PEFT_METHODS
     from tokenseek.seeking.select import SCORED, check_selection
 
@@ -169,7 +169,7 @@ def run_train(cfg: TrainConfig) -> dict:
     from tokenseek.seeking.select import SCORED
     from tokenseek.train.trainer import TokenSeekTrainer
 
-    _validate(cfg)
+    validate(cfg)
     out, resuming = _prepare_output_dir(cfg)
     set_seed(cfg.seed)
     started = time.time()

@@ -79,9 +79,9 @@ def keep_masks(context: np.ndarray, gradient: np.ndarray, ratio: float, alpha: f
 
 def last_layer_attention(model, input_ids: torch.Tensor) -> np.ndarray:
     """Head-averaged attention probabilities of the last decoder layer, [n, n] (rows: queries)."""
-    from tokenseek.ditching.attention import _unwrap
+    from tokenseek.models.introspect import unwrap
 
-    base = _unwrap(model)
+    base = unwrap(model)
     previous = base.config._attn_implementation
     try:
         if previous != "eager":
@@ -120,7 +120,7 @@ def compute_example(
     ``stored`` is a score-store row (``{"context", "gradient"}``); the highlights then use
     those scores, while the attention and gradient maps are always recomputed.
     """
-    from tokenseek.seeking.layers import text_config
+    from tokenseek.models.introspect import text_config
     from tokenseek.seeking.seek import score_batch
 
     device = next(model.parameters()).device

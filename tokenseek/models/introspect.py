@@ -1,0 +1,95 @@
+"""Find the parts of an arbitrary Hugging Face decoder model without model-specific code.
+
+One place for what seeking, ditching, evaluation and the benchmark need to know about a
+model: the transformers model under PEFT / DDP wrappers, its text config, its decoder body
+and layers, the configs that choose its attention function, and how its LM head turns
+hidden states into logits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+from tokenseek.errors import UnsupportedModelError
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under PEFT / DDP / FSDP wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):  # DDP
+            model = model.module
+        elif hasattr(model, "get_base_model"):  # PEFT
+            model = model.get_base_model()
+        elif hasattr(model, "_fsdp_wrapped_module"):  # FSDP 1
+            model = model._fsdp_wrapped_module
+        else:
+            return model
+
+
+def text_config(model):
+    """The decoder's config (the text part of a multimodal config)."""
+    config = unwrap(model).config
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
+def attention_configs(model: torch.nn.Module) -> list:
+    """Every distinct config inside the model that selects an attention implementation."""
+    seen, configs = set(), []
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation") and id(config) not in seen:
+            seen.add(id(config))
+            configs.append(config)
+    return configs
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The ModuleList of decoder blocks (``model.layers``, ``transformer.h``, ``gpt_neox.layers`` …)."""
+    count = text_config(model).num_hidden_layers
+    for module in unwrap(model).modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    raise UnsupportedModelError(f"could not find the {count} decoder layers of {type(unwrap(model)).__name__}")
+
+
+def decoder(model) -> torch.nn.Module:
+    """The body that ends with the final norm (its output is what the LM head reads).
+
+    PEFT calls the causal LM's ``forward`` directly, so hooks on the outer model miss it;
+    the body is always called through ``__call__``, so hooks on it see every pass.
+    """
+    base = unwrap(model)
+    getter = getattr(base, "get_decoder", None)
+    body = getter() if getter else None
+    if body is None or body is base:
+        raise UnsupportedModelError(f"{type(base).__name__} has no get_decoder(): scoring needs the decoder body")
+    return body
+
+
+def logits_from_hidden(model, hidden: torch.Tensor) -> torch.Tensor:
+    """Apply the LM head as the CausalLM forward would, including the known logit rescalings."""
+    base = unwrap(model)
+    config = text_config(model)
+    logits = base.get_output_embeddings()(hidden)
+    if getattr(config, "logit_scale", None) is not None and "cohere" in config.model_type:
+        logits = logits * config.logit_scale
+    if getattr(config, "logits_scaling", None):
+        logits = logits / config.logits_scaling
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run a measurement pass without dropout, restoring train/eval mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
