@@ -127,10 +127,13 @@ def test_selection_semantics():
 def test_seek_never_keeps_padding():
     model = tiny_model("llama")
     input_ids, attention_mask, labels = padded_batch(lengths=(30, 5))
-    result = seek(model, input_ids, labels, attention_mask, ratio=0.5)
+    result = seek(model, input_ids, labels, attention_mask, ratio=0.5, select_from="all")
     assert not result.keep[attention_mask == 0].any()
     assert result.keep.sum(1).tolist() == [15, 3]
     assert torch.isinf(result.combined[attention_mask == 0]).all()
+    # Among target positions only: the short example has one (its prompt is 4 of 5 tokens).
+    targets = seek(model, input_ids, labels, attention_mask, ratio=0.5, select_from="targets")
+    assert targets.keep.sum(1).tolist() == [15, 1]
 
 
 @pytest.mark.parametrize("bad", [dict(ratio=0), dict(ratio=1.01), dict(ratio=float("nan")), dict(alpha=0, beta=0)])

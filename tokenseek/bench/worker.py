@@ -37,6 +37,7 @@ from typing import Callable
 import torch
 
 from tokenseek.bench import memory
+from tokenseek.ditching.loss import DEFAULT_LOSS_CHUNK
 from tokenseek.models import introspect
 from tokenseek.errors import TokenSeekError
 
@@ -57,6 +58,9 @@ def default_spec() -> dict:
         "seed": 0,
         "score_ratio": 0.1,
         "threads": None,  # intra-op threads; None = torch's default (one per core)
+        "checkpointing": False,  # gradient checkpointing (non-reentrant), as TrainingArguments turns it on
+        "loss_chunk": DEFAULT_LOSS_CHUNK,  # LM head + loss on this many positions at a time; 0 = all at once
+        "online": False,  # select inside the step with the current weights (online seeking)
     }
 
 
@@ -114,12 +118,20 @@ def synthetic_batch(vocab_size: int, seq_len: int, batch_size: int, ratio: float
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def training_loss(model, batch: dict) -> torch.Tensor:
+def training_loss(model, batch: dict, spec: dict | None = None) -> torch.Tensor:
     """The loss exactly as ``TokenSeekTrainer.compute_loss`` computes it (no accumulation)."""
-    from tokenseek.ditching.loss import step_loss_sum
+    from tokenseek.ditching.loss import kept_targets, step_loss_sums
+    from tokenseek.seeking.online import OnlineSeeker
 
-    total, count = step_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["shift_labels"], batch["keep"])
-    return total / count.clamp(min=1)
+    spec = {**default_spec(), **(spec or {})}
+    keep, cache, shift_labels = batch["keep"], None, batch["shift_labels"]
+    if spec["online"] and spec["ratio"] < 1:
+        keep, cache, _ = OnlineSeeker(ratio=spec["ratio"])(model, batch["input_ids"], batch["labels"], batch["attention_mask"])
+        shift_labels = kept_targets(batch["labels"], keep)
+    sums = step_loss_sums(
+        model, batch["input_ids"], batch["attention_mask"], shift_labels, keep, cache=cache, loss_chunk=spec["loss_chunk"]
+    )
+    return sums.token_mean()
 
 
 def load_seek() -> Callable | None:
@@ -151,6 +163,8 @@ def _load(spec: dict, device: torch.device):
         if lora.get("target_modules") and isinstance(lora["target_modules"], str):
             lora["target_modules"] = lora["target_modules"].split(",")
         model = apply_peft(model, spec["peft"], **lora)
+        if spec["checkpointing"]:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
     return model
 
@@ -190,7 +204,7 @@ def _step_fn(spec: dict, model, batch: dict, optimizer) -> Callable[[dict], None
     def train(phases: dict) -> None:
         t0 = time.perf_counter()
         with torch.profiler.record_function(memory.FORWARD_BACKWARD_RANGE):  # no-ops unless profiled
-            loss = training_loss(model, batch)
+            loss = training_loss(model, batch, spec)
             _sync(device)
             t1 = time.perf_counter()
             loss.backward()

@@ -32,10 +32,13 @@ class DitchingCollator:
         else:  # no selection: every token is kept (ordinary training)
             keep = attention_mask.bool()
         keep &= attention_mask.bool()
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
             "keep": keep,
             "shift_labels": kept_targets(labels, keep),
         }
+        if "index" in features[0]:  # seeds each example's random choices (online seeking)
+            batch["index"] = torch.tensor([f["index"] for f in features])
+        return batch

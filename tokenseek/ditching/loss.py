@@ -1,13 +1,35 @@
-"""Next-token loss at the kept positions."""
+"""Next-token loss at the kept positions, optionally with the LM head applied in chunks."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-from tokenseek.ditching.forward import ditched_forward
+from tokenseek.ditching.forward import ContextCache, ditched_forward, no_logits_kwargs
+from tokenseek.models.introspect import capture_final_hidden, logits_from_hidden
 
+# Rows of [positions, vocab] logits alive at once in the chunked loss: 128 x 49k fp32 is 25 MB
+# (and as much for its gradient). Fewer rows than this are one plain chunk.
+DEFAULT_LOSS_CHUNK = 128
 IGNORE_INDEX = -100
+
+
+@dataclass
+class LossSums:
+    """Per-example summed cross-entropy over kept targets and how many targets that was."""
+
+    total: torch.Tensor  # [B], differentiable
+    count: torch.Tensor  # [B], long
+
+    def token_mean(self) -> torch.Tensor:
+        return self.total.sum() / self.count.sum().clamp(min=1)
+
+    def example_means(self) -> torch.Tensor:
+        """Each example's mean loss; an example with no kept target gives 0 (not NaN)."""
+        return self.total / self.count.clamp(min=1)
 
 
 def kept_targets(labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -21,42 +43,82 @@ def kept_targets(labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return shifted.masked_fill(~keep.bool(), IGNORE_INDEX)
 
 
-def ditched_loss_sum(
+def _row_losses(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = logits_from_hidden(model, hidden).float()
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def head_loss_sums(model, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = DEFAULT_LOSS_CHUNK) -> LossSums:
+    """Per-example summed cross-entropy of the LM head on ``hidden [B, K, d]`` against ``targets [B, K]``.
+
+    Only rows with a target go through the head. With ``chunk > 0`` and more rows than
+    ``chunk``, the head runs on ``chunk`` rows at a time under activation checkpointing, so
+    neither the forward nor the backward ever holds more than one chunk of ``[rows, vocab]``
+    logits (the same numbers as one big cross-entropy; the head's matmul runs twice).
+    """
+    rows = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+    h, t, owner = hidden[rows], targets[rows], rows[0]
+    count = torch.bincount(owner, minlength=targets.shape[0])
+    if len(t) == 0:  # nothing to learn from: a zero that still has a graph, so backward() works
+        return LossSums(hidden.float().sum(dim=(1, 2)) * 0.0, count)
+    if chunk <= 0 or len(t) <= chunk:
+        per_row = _row_losses(model, h, t)
+    else:
+        per_row = torch.cat(
+            [checkpoint(_row_losses, model, h[i : i + chunk], t[i : i + chunk], use_reentrant=False) for i in range(0, len(t), chunk)]
+        )
+    total = torch.zeros(targets.shape[0], dtype=per_row.dtype, device=per_row.device).index_add(0, owner, per_row)
+    return LossSums(total, count)
+
+
+def ditched_loss_sums(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
     shift_labels: torch.Tensor,
     keep: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy over kept targets and their count (for accumulation-exact means)."""
-    out = ditched_forward(model, input_ids, keep, attention_mask)
+    *,
+    cache: ContextCache | None = None,
+    loss_chunk: int = DEFAULT_LOSS_CHUNK,
+) -> LossSums:
+    """Per-example cross-entropy over kept targets; only kept tokens are back-propagated."""
+    out = ditched_forward(model, input_ids, keep, attention_mask, cache=cache, return_hidden=True)
     targets = torch.gather(shift_labels, 1, out.positions).masked_fill(~out.slot_valid, IGNORE_INDEX)
-    logits = out.logits.float()
-    total = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    return total, (targets != IGNORE_INDEX).sum()
+    return head_loss_sums(model, out.hidden, targets, loss_chunk)
 
 
-def step_loss_sum(
+def full_loss_sums(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    shift_labels: torch.Tensor,
+    *,
+    loss_chunk: int = DEFAULT_LOSS_CHUNK,
+) -> LossSums:
+    """Ordinary (full-token) training loss, with the same chunked head as the ditched loss."""
+    with capture_final_hidden(model) as final:
+        model(input_ids=input_ids, attention_mask=attention_mask, **no_logits_kwargs(model, input_ids.device))
+    return head_loss_sums(model, final["hidden"], shift_labels, loss_chunk)
+
+
+def step_loss_sums(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     shift_labels: torch.Tensor,
     keep: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training step's summed loss and target count, as the trainer and the benchmark run it.
+    *,
+    cache: ContextCache | None = None,
+    loss_chunk: int = DEFAULT_LOSS_CHUNK,
+) -> LossSums:
+    """The training step's loss, as the trainer and the benchmark run it.
 
     When every real token is kept there is nothing to ditch: one ordinary forward
     (the full-token baseline) instead of the two passes.
     """
-    if bool((keep.bool() == attention_mask.bool()).all()):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
-        total = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
-        return total, (shift_labels != IGNORE_INDEX).sum()
-    return ditched_loss_sum(model, input_ids, shift_labels, keep, attention_mask)
+    if cache is None and bool((keep.bool() == attention_mask.bool()).all()):
+        return full_loss_sums(model, input_ids, attention_mask, shift_labels, loss_chunk=loss_chunk)
+    return ditched_loss_sums(model, input_ids, shift_labels, keep, attention_mask, cache=cache, loss_chunk=loss_chunk)
 
 
 def ditched_loss(
@@ -65,6 +127,8 @@ def ditched_loss(
     labels: torch.Tensor,
     keep: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
+    *,
+    loss_chunk: int = DEFAULT_LOSS_CHUNK,
 ) -> torch.Tensor:
     """Mean next-token loss over kept positions; only kept tokens are back-propagated.
 
@@ -72,5 +136,5 @@ def ditched_loss(
     no activations and receive no gradient. Returns 0 (with a graph) if no kept
     position has a label.
     """
-    total, count = ditched_loss_sum(model, input_ids, kept_targets(labels, keep), keep, attention_mask)
-    return total / count.clamp(min=1)
+    sums = ditched_loss_sums(model, input_ids, kept_targets(labels, keep), keep, attention_mask, loss_chunk=loss_chunk)
+    return sums.token_mean()

@@ -99,7 +99,7 @@ class Cell:
         """The scoring setting this cell needs a store for, or None (unscored selection / not trained)."""
         from tokenseek.seeking.select import SCORED
 
-        if not self.train or self.params.get("selection") not in SCORED:
+        if not self.train or self.params.get("selection") not in SCORED or self.params.get("seeking") == "online":
             return None
         return {
             "model": self.params.get("model"),

@@ -244,45 +244,43 @@ def train_cell(study: Study, cell: Cell, data: dict, scores: Path | None, progre
     return summary
 
 
-def selection_stats(cell: Cell, data: dict, scores: Path | None) -> dict:
+def selection_stats(cell: Cell, data: dict, scores: Path | None, summary: dict | None) -> dict:
     """How many kept positions carry a training target (the loss is taken at kept positions
-    only): a selection that keeps mostly prompt tokens trains on little."""
-    import numpy as np
+    only): a selection that keeps mostly prompt tokens trains on little.
 
-    from tokenseek.data import load_records, tokenize_records
-    from tokenseek.experiment.config import effective
-    from tokenseek.models import load_tokenizer
-    from tokenseek.seeking.select import select_keep, target_positions
-    from tokenseek.seeking.store import ScoreStore
+    Runs trained since the training summary reports this carry it there (online seeking
+    can only be counted during training); for older ones the selection is recomputed.
+    """
+    if summary and "kept_targets" in summary:
+        tally = summary
+    else:
+        from tokenseek.data import load_records, tokenize_records
+        from tokenseek.experiment.config import effective
+        from tokenseek.models import load_tokenizer
+        from tokenseek.seeking.store import ScoreStore
+        from tokenseek.train.recipe import attach_keep
 
-    p = effective(cell.params)
-    tokenizer = load_tokenizer(p["model"])
-    tokenized = tokenize_records(
-        load_records(data["train_file"]), tokenizer, template=p["template"], max_length=p["max_length"], train_on_prompt=p["train_on_prompt"]
-    )
-    store = ScoreStore.open(scores, data=tokenized) if scores else None
-    kept = kept_targets = targets = empty = 0
-    for ex in tokenized.examples:
-        stored = store.get(ex["index"]) if store else {}
-        keep = select_keep(
-            len(ex["input_ids"]), p["ratio"], p["selection"], context=stored.get("context"), gradient=stored.get("gradient"),
-            alpha=p["alpha"], beta=p["beta"], seed=p["seed"], index=ex["index"],
-            candidates=target_positions(ex["labels"]) if p["select_from"] == "targets" else None,
+        p = effective(cell.params)
+        tokenizer = load_tokenizer(p["model"])
+        tokenized = tokenize_records(
+            load_records(data["train_file"]), tokenizer, template=p["template"], max_length=p["max_length"], train_on_prompt=p["train_on_prompt"]
         )
-        has_target = target_positions(ex["labels"])
-        k = int((keep & has_target).sum())
-        kept += int(keep.sum())
-        kept_targets += k
-        targets += int(has_target.sum())
-        empty += k == 0
+        store = ScoreStore.open(scores, data=tokenized) if scores else None
+        tally = attach_keep(tokenized.examples, _selection_config(p), store).summary()
     return {
-        "kept_positions": kept,
-        "kept_positions_with_target": kept_targets,
-        "target_positions": targets,
-        "target_fraction_trained": kept_targets / max(targets, 1),
-        "examples_without_kept_target": empty,
-        "examples": len(tokenized.examples),
+        "kept_positions": tally["tokens_kept"],
+        "kept_positions_with_target": tally["kept_targets"],
+        "target_positions": tally["target_positions"],
+        "target_fraction_trained": tally["kept_target_share"],
+        "examples_without_kept_target": tally["examples_without_kept_target"],
+        "examples": tally["examples"],
     }
+
+
+def _selection_config(params: dict):
+    from tokenseek.train.recipe import TrainConfig
+
+    return TrainConfig(**{k: v for k, v in params.items() if k in TrainConfig.field_names()})
 
 
 def evaluate_cell(study: Study, cell: Cell, data: dict, progress) -> dict:
@@ -375,7 +373,7 @@ def run_cell(study: Study, cell: Cell, data: dict, progress) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     scores = ensure_scores(study, cell, data, progress) if cell.train else None
     summary = train_cell(study, cell, data, scores, progress) if cell.train else None
-    stats = selection_stats(cell, data, scores) if cell.train else None
+    stats = selection_stats(cell, data, scores, summary) if cell.train else None
     evals = evaluate_cell(study, cell, data, progress)
     curve = read_json(train_dir(study, cell) / "loss_curve.json") if cell.train else None
     timings = {"train": (read_json(folder / "timings.json") or {}).get("train"), **evals["wall_time_s"]}

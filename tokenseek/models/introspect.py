@@ -69,6 +69,21 @@ def decoder(model) -> torch.nn.Module:
     return body
 
 
+@contextlib.contextmanager
+def capture_final_hidden(model) -> Iterator[dict]:
+    """Record the decoder body's output (post final norm), which the LM head reads, as ``found["hidden"]``."""
+    found: dict = {}
+
+    def hook(module, args, output):
+        found["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+    handle = decoder(model).register_forward_hook(hook)
+    try:
+        yield found
+    finally:
+        handle.remove()
+
+
 def logits_from_hidden(model, hidden: torch.Tensor) -> torch.Tensor:
     """Apply the LM head as the CausalLM forward would, including the known logit rescalings."""
     base = unwrap(model)

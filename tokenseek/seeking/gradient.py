@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tokenseek.ditching.loss import IGNORE_INDEX
-from tokenseek.models.introspect import decoder, decoder_layers, logits_from_hidden
+from tokenseek.models.introspect import decoder_layers, logits_from_hidden
 
 # 128 positions x a 49k vocab is ~25 MB of fp32 logits per chunk (and as much for their
 # softmax gradient): small next to the weights, yet few enough Python steps to stay fast.
@@ -54,21 +54,6 @@ def leaf_at_layer(model, layers_back: int) -> Iterator[dict]:
         return args, kwargs
 
     handle = layers[len(layers) - layers_back].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield found
-    finally:
-        handle.remove()
-
-
-@contextlib.contextmanager
-def final_hidden(model) -> Iterator[dict]:
-    """Capture the decoder body's output (post final norm), which the LM head reads."""
-    found: dict = {}
-
-    def hook(module, args, output):
-        found["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
-
-    handle = decoder(model).register_forward_hook(hook)
     try:
         yield found
     finally:

@@ -8,8 +8,9 @@ import torch
 
 from tokenseek.ditching.loss import IGNORE_INDEX
 from tokenseek.seeking.context import capture_context_scores
-from tokenseek.seeking.gradient import final_hidden, frozen, leaf_at_layer, per_example_loss_grad, reduce_gradient
-from tokenseek.seeking.select import combined_score, select_keep
+from tokenseek.models.introspect import capture_final_hidden, eval_mode
+from tokenseek.seeking.gradient import frozen, leaf_at_layer, per_example_loss_grad, reduce_gradient
+from tokenseek.seeking.select import combined_score, select_keep, target_positions
 
 
 @dataclass
@@ -34,10 +35,12 @@ def score_batch(
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     labels = labels.masked_fill(attention_mask == 0, IGNORE_INDEX)
-    with frozen(model), capture_context_scores(model, attention_mask) as ctx, leaf_at_layer(model, layers_back) as leaf, final_hidden(model) as final:
+    with frozen(model), capture_context_scores(model, attention_mask) as ctx, leaf_at_layer(model, layers_back) as leaf, capture_final_hidden(model) as final:
         with torch.enable_grad():
             kwargs = {"logits_to_keep": torch.zeros(0, dtype=torch.long, device=input_ids.device)}
-            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+            # Positions count real tokens only, so left- and right-padded batches score alike.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **kwargs)
             grad_final = per_example_loss_grad(model, final["hidden"], labels)
             (grad,) = torch.autograd.grad(final["hidden"], leaf["hidden"], grad_outputs=grad_final)
     real = attention_mask.bool()
@@ -62,26 +65,29 @@ def seek(
     layers_back: int = 1,
     grad_mode: str = "abs",
     seed: int = 0,
+    select_from: str = "targets",
 ) -> SeekResult:
-    """Score every token and choose the kept ones (keep mask feeds :func:`tokenseek.ditched_loss`)."""
+    """Score every token and choose the kept ones (keep mask feeds :func:`tokenseek.ditched_loss`).
+
+    Padding may be on either side: real tokens are found through ``attention_mask``.
+    ``select_from="targets"`` keeps only positions whose next token has a label.
+    """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    was_training = model.training
-    model.eval()  # scoring is a measurement: no dropout
-    try:
+    with eval_mode(model):  # scoring is a measurement: no dropout
         context, gradient = score_batch(model, input_ids, labels, attention_mask, layers_back=layers_back, grad_mode=grad_mode)
-    finally:
-        model.train(was_training)
     keep = torch.zeros_like(attention_mask, dtype=torch.bool)
     combined = torch.full(context.shape, float("-inf"))
     for b in range(input_ids.shape[0]):
-        n = int(attention_mask[b].sum())
-        ctx_b, grad_b = context[b, :n].cpu().numpy(), gradient[b, :n].cpu().numpy()
-        keep[b, :n] = torch.from_numpy(
-            select_keep(n, ratio, strategy, context=ctx_b, gradient=grad_b, alpha=alpha, beta=beta, seed=seed, index=b)
+        where = attention_mask[b].bool().nonzero(as_tuple=True)[0].cpu()
+        ctx_b, grad_b = context[b, where].cpu().numpy(), gradient[b, where].cpu().numpy()
+        candidates = target_positions(labels[b, where].cpu().numpy()) if select_from == "targets" else None
+        chosen = select_keep(
+            len(where), ratio, strategy, context=ctx_b, gradient=grad_b, alpha=alpha, beta=beta, seed=seed, index=b, candidates=candidates
         )
-        if n:
-            combined[b, :n] = torch.from_numpy(combined_score(ctx_b, grad_b, alpha, beta)).float()
+        keep[b, where[torch.from_numpy(chosen)].to(keep.device)] = True
+        if len(where):
+            combined[b, where] = torch.from_numpy(combined_score(ctx_b, grad_b, alpha, beta)).float()
     return SeekResult(context=context, gradient=gradient, combined=combined, keep=keep)
 
 

@@ -145,3 +145,48 @@ def select_keep(
         return keep
     keep[_top(score, k)] = True
     return keep
+
+
+class SelectionTally:
+    """What a selection trains on: kept positions, kept *targets*, and examples left without one.
+
+    The loss exists only at kept positions whose next token is a target, so a selection
+    that keeps mostly prompt tokens trains on little — this makes that visible.
+    """
+
+    def __init__(self) -> None:
+        self.examples = self.kept = self.tokens = self.kept_targets = self.targets = self.without_target = 0
+
+    def add(self, keep, labels) -> None:
+        """One example: its bool keep mask and labels over its real tokens (numpy or lists)."""
+        keep = np.asarray(keep, dtype=bool)
+        has_target = target_positions(labels)
+        kept_targets = int((keep & has_target).sum())
+        self.examples += 1
+        self.kept += int(keep.sum())
+        self.tokens += len(keep)
+        self.kept_targets += kept_targets
+        self.targets += int(has_target.sum())
+        self.without_target += kept_targets == 0
+
+    def summary(self) -> dict:
+        return {
+            "tokens_kept": self.kept,
+            "tokens_total": self.tokens,
+            "kept_fraction": self.kept / max(self.tokens, 1),
+            "kept_targets": self.kept_targets,
+            "target_positions": self.targets,
+            "kept_target_share": self.kept_targets / max(self.targets, 1),
+            "examples_without_kept_target": self.without_target,
+            "examples": self.examples,
+        }
+
+    def warning(self, threshold: float = 0.05) -> str | None:
+        """A message naming the fix when more than ``threshold`` of the examples train on nothing."""
+        if self.examples and self.without_target > threshold * self.examples:
+            return (
+                f"{self.without_target} of {self.examples} examples ({100 * self.without_target / self.examples:.0f} %) "
+                "have no kept token with a training target, so they contribute no gradient: use --select-from targets "
+                "(or raise --ratio / lower --alpha relative to --beta)"
+            )
+        return None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from tokenseek.ditching.loss import DEFAULT_LOSS_CHUNK
 from tokenseek.errors import TokenSeekError
 from tokenseek.utils.io import write_json
 
@@ -35,6 +36,10 @@ class TrainConfig:
     alpha: float = 1.0
     beta: float = 1.0
     select_from: str = "targets"  # rank only positions with a training target, or "all" (the paper's rule)
+    seeking: str = "offline"  # offline: score once before training (a store); online: inside each step, current weights
+    loss_norm: str = "token"  # token: mean over kept targets of the window; example: mean of per-example means
+    loss_chunk: int = DEFAULT_LOSS_CHUNK  # LM head + loss on this many positions at a time (0: all at once)
+    gradient_checkpointing: bool = False  # recompute the kept pass's layers in backward
     scores: str | None = None  # a `tokenseek score` store; scored strategies need one
     peft: str = "lora"
     lora_r: int = 8
@@ -68,7 +73,8 @@ class TrainConfig:
         Options added after runs were first recorded appear only when they differ from the
         behaviour those runs had (``LEGACY_BEHAVIOUR``), so a run recorded before stays resumable.
         """
-        ignore = {"output_dir", "overwrite", "logging_steps", "save_steps", "save_total_limit"}
+        # Bookkeeping, and knobs that trade memory for time without changing the gradients.
+        ignore = {"output_dir", "overwrite", "logging_steps", "save_steps", "save_total_limit", "loss_chunk", "gradient_checkpointing"}
         return {
             k: v
             for k, v in dataclasses.asdict(self).items()
@@ -77,7 +83,8 @@ class TrainConfig:
 
 
 # What runs recorded before an option existed did; see TrainConfig.identity.
-LEGACY_BEHAVIOUR = {"select_from": "all"}
+LEGACY_BEHAVIOUR = {"select_from": "all", "seeking": "offline", "loss_norm": "token"}
+SEEKING = ("offline", "online")
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -89,6 +96,19 @@ def validate(cfg: TrainConfig) -> None:
     check_selection(cfg.selection, cfg.ratio, cfg.alpha, cfg.beta, cfg.select_from)
     if cfg.scores and cfg.selection not in SCORED:
         raise TokenSeekError(f"--scores is only used by the scored selections ({', '.join(SCORED)}), not {cfg.selection!r}")
+    if cfg.seeking not in SEEKING:
+        raise TokenSeekError(f"unknown --seeking {cfg.seeking!r}: choose one of {', '.join(SEEKING)}")
+    if cfg.seeking == "online":
+        if cfg.selection not in ("tokenseek", "context", "gradient", "mixed"):
+            raise TokenSeekError(f"--seeking online scores tokens inside the step: use --selection tokenseek, context, gradient or mixed, not {cfg.selection!r}")
+        if cfg.scores:
+            raise TokenSeekError("--seeking online scores with the current weights and needs no --scores: drop one of them")
+    from tokenseek.train.trainer import LOSS_NORMS
+
+    if cfg.loss_norm not in LOSS_NORMS:
+        raise TokenSeekError(f"unknown --loss-norm {cfg.loss_norm!r}: choose one of {', '.join(LOSS_NORMS)}")
+    if cfg.loss_chunk < 0:
+        raise TokenSeekError(f"--loss-chunk must be >= 0 (0 = no chunking), got {cfg.loss_chunk}")
     if cfg.batch_size < 1 or cfg.grad_accum < 1:
         raise TokenSeekError("--batch-size and --grad-accum must be at least 1")
     if cfg.heldout < 0:
@@ -127,11 +147,11 @@ def _split_heldout(examples: list, heldout: float, seed: int) -> tuple[list, lis
     return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
 
 
-def _attach_keep(examples: list, cfg: TrainConfig, scores) -> tuple[int, int]:
-    """Add each example's keep mask; returns (tokens kept, tokens total)."""
-    from tokenseek.seeking.select import select_keep, target_positions
+def attach_keep(examples: list, cfg: TrainConfig, scores) -> "SelectionTally":
+    """Add each example's keep mask (offline selection); returns what the selection trains on."""
+    from tokenseek.seeking.select import SelectionTally, select_keep, target_positions
 
-    kept = total = 0
+    tally = SelectionTally()
     for ex in examples:
         stored = scores.get(ex["index"]) if scores is not None else {}
         keep = select_keep(
@@ -147,9 +167,21 @@ def _attach_keep(examples: list, cfg: TrainConfig, scores) -> tuple[int, int]:
             candidates=target_positions(ex["labels"]) if cfg.select_from == "targets" else None,
         )
         ex["keep"] = keep.tolist()
-        kept += int(keep.sum())
-        total += len(keep)
-    return kept, total
+        tally.add(keep, ex["labels"])
+    return tally
+
+
+def step_options(cfg: TrainConfig):
+    """How the trainer runs each step for this config."""
+    from tokenseek.seeking.online import OnlineSeeker
+    from tokenseek.train.trainer import StepOptions
+
+    online = None
+    if cfg.seeking == "online":
+        online = OnlineSeeker(
+            ratio=cfg.ratio, strategy=cfg.selection, alpha=cfg.alpha, beta=cfg.beta, select_from=cfg.select_from, seed=cfg.seed
+        )
+    return StepOptions(loss_norm=cfg.loss_norm, loss_chunk=cfg.loss_chunk, online=online)
 
 
 def peak_memory_bytes() -> int:
@@ -188,14 +220,14 @@ def run_train(cfg: TrainConfig) -> dict:
         logger.info("memory budget %s -> ratio %.3f", cfg.memory_budget, cfg.ratio)
 
     scores = None
-    if cfg.selection in SCORED:
+    if cfg.selection in SCORED and cfg.seeking == "offline":
         from tokenseek.seeking.store import ScoreStore, score_dataset
 
         if cfg.scores:
             scores = ScoreStore.open(cfg.scores, data=data, model=model, model_id=cfg.model)
         else:
             scores = score_dataset(model, tokenizer, data, out / "scores", model_id=cfg.model)
-    kept, total = _attach_keep(train_examples, cfg, scores)
+    tally = attach_keep(train_examples, cfg, scores) if cfg.seeking == "offline" else None
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "run_config.json", cfg.identity())
@@ -234,12 +266,16 @@ def run_train(cfg: TrainConfig) -> dict:
         # gloo in a single process crashes; only a torchrun/accelerate launch needs it.
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
         disable_tqdm=False,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        # Non-reentrant: works with frozen inputs (PEFT) and keyword arguments; the ditched kept pass supports both.
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
     )
     trainer = TokenSeekTrainer(
         model=model,
         args=args,
         train_dataset=train_examples,
         data_collator=DitchingCollator(tokenizer.pad_token_id),
+        step=step_options(cfg),
     )
     checkpoint = _last_checkpoint(out / "checkpoints") if resuming else None
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -263,9 +299,11 @@ def run_train(cfg: TrainConfig) -> dict:
             "truncated_examples": data.truncated,
             "dropped_examples": data.dropped,
             "steps": trainer.state.global_step,
-            "tokens_kept": kept,
-            "tokens_total": total,
-            "kept_fraction": kept / max(total, 1),
+            "seeking": cfg.seeking,
+            "select_from": cfg.select_from,
+            "loss_norm": cfg.loss_norm,
+            # Offline: the selection as chosen before training; online: every visit during training.
+            **(tally or trainer.online_tally).summary(),
             "first_loss": curve[0]["loss"] if curve else None,
             "final_loss": curve[-1]["loss"] if curve else None,
             "train_loss": result.training_loss,
@@ -276,8 +314,20 @@ def run_train(cfg: TrainConfig) -> dict:
             "data_fingerprint": data.fingerprint(),
         }
         write_json(out / "train_summary.json", summary)
+        _log_selection(tally or trainer.online_tally)
         return summary
     return {}
+
+
+def _log_selection(tally) -> None:
+    s = tally.summary()
+    logger.info(
+        "trained on %d of %d tokens (%.1f %%); kept targets %d of %d (%.1f %%); %d of %d examples without a kept target",
+        s["tokens_kept"], s["tokens_total"], 100 * s["kept_fraction"], s["kept_targets"], s["target_positions"],
+        100 * s["kept_target_share"], s["examples_without_kept_target"], s["examples"],
+    )
+    if tally.warning():
+        logger.warning(tally.warning())
 
 
 def _last_checkpoint(folder: Path) -> str | None:

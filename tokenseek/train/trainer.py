@@ -1,35 +1,78 @@
 """``TokenSeekTrainer``: transformers' Trainer with the ditched loss.
 
-Everything else — accumulation, schedulers, checkpoints, resume, logging,
-torchrun/accelerate data parallelism — is the stock Trainer.
+Everything else — accumulation, schedulers, checkpoints, resume, logging, gradient
+checkpointing, torchrun/accelerate data parallelism — is the stock Trainer.
+
+How the loss is normalised (``loss_norm``):
+
+- ``token`` (default): the summed cross-entropy over kept targets, divided by the number of
+  kept targets in the whole accumulation window on all processes — one big batch's token mean.
+- ``example``: each example's mean over its kept targets (TokenTune's rule), averaged over
+  the examples of the window on all processes. An example with no kept target adds 0.
+
+With online seeking and ``select_from="all"`` the number of kept targets is only known
+inside each step, so ``token`` then falls back to each micro-batch's own token mean,
+averaged over the window (transformers' rule when it cannot count items in advance).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from transformers import Trainer
 
-from tokenseek.ditching.loss import step_loss_sum
+from tokenseek.ditching.loss import DEFAULT_LOSS_CHUNK, IGNORE_INDEX, kept_targets, step_loss_sums
+from tokenseek.seeking.online import OnlineSeeker
+from tokenseek.seeking.select import SelectionTally, keep_count
+
+LOSS_NORMS = ("token", "example")
+
+
+@dataclass
+class StepOptions:
+    """How each training step runs (defaults: today's offline selection, token mean, chunked head)."""
+
+    loss_norm: str = "token"
+    loss_chunk: int = DEFAULT_LOSS_CHUNK
+    online: OnlineSeeker | None = None  # set: select inside each step with the current weights
 
 
 class TokenSeekTrainer(Trainer):
     """Batches carry ``keep`` and ``shift_labels`` (see :class:`tokenseek.data.DitchingCollator`).
 
-    The loss is summed over kept targets and divided by ``num_items_in_batch``, which
-    the Trainer counts from ``shift_labels`` over the whole accumulation window and
-    all processes: accumulation and DDP then equal one big batch exactly.
+    With ``step.online`` set, ``keep`` is chosen inside each step instead (the batch's own
+    ``keep`` is ignored) and ``shift_labels`` is rebuilt from it.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, step: StepOptions | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        # Makes the Trainer count num_items_in_batch for our own loss.
+        self.step_options = step or StepOptions()
+        if self.step_options.loss_norm not in LOSS_NORMS:
+            raise ValueError(f"loss_norm must be one of {LOSS_NORMS}, got {self.step_options.loss_norm!r}")
+        # Makes the Trainer pass num_items_in_batch (counted by get_batch_samples) to compute_loss.
         self.model_accepts_loss_kwargs = True
+        # Online selection over all positions: how many kept targets is unknown in advance.
+        online = self.step_options.online
+        self._count_in_advance = online is None or online.select_from == "targets" or self.step_options.loss_norm == "example"
+        self.online_tally = SelectionTally()  # what online selection kept, over every visit
 
+    # ------------------------------------------------------------------ the step
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        total, count = step_loss_sum(
-            model, inputs["input_ids"], inputs["attention_mask"], inputs["shift_labels"], inputs["keep"]
+        options = self.step_options
+        keep, cache, shift_labels = inputs["keep"], None, inputs["shift_labels"]
+        if options.online is not None and model.training:
+            keep, cache, _ = options.online(model, inputs["input_ids"], inputs["labels"], inputs["attention_mask"], inputs.get("index"))
+            shift_labels = kept_targets(inputs["labels"], keep)
+            self._tally(keep, inputs)
+        sums = step_loss_sums(
+            model, inputs["input_ids"], inputs["attention_mask"], shift_labels, keep, cache=cache, loss_chunk=options.loss_chunk
         )
-        if num_items_in_batch is not None:
+        if options.loss_norm == "example":
+            total = sums.example_means().sum()
+        else:
+            total = sums.total.sum()
+        if num_items_in_batch is not None and self._count_in_advance and model.training:
             self.loss_is_scaled_for_ga = True
             loss = total / torch.as_tensor(num_items_in_batch, device=total.device).clamp(min=1)
             if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
@@ -37,5 +80,34 @@ class TokenSeekTrainer(Trainer):
                 loss = loss * self.accelerator.num_processes
         else:
             self.loss_is_scaled_for_ga = False
-            loss = total / count.clamp(min=1)
+            divisor = sums.count.sum() if options.loss_norm == "token" else torch.tensor(len(sums.count))
+            loss = total / divisor.clamp(min=1).to(total.device)
         return (loss, {"loss": loss}) if return_outputs else loss
+
+    def _tally(self, keep, inputs) -> None:
+        real = inputs["attention_mask"].bool().cpu()
+        for row_keep, row_labels, row_real in zip(keep.cpu(), inputs["labels"].cpu(), real):
+            self.online_tally.add(row_keep[row_real].numpy(), row_labels[row_real].numpy())
+
+    # ------------------------------------------------------------------ normalisation
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The window's batches and the divisor of its summed loss (see the module docstring)."""
+        batches, counted = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if counted is None or not batches:
+            return batches, counted
+        local = sum(self._items(batch) for batch in batches)
+        local = torch.as_tensor(local, device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            local = self.accelerator.gather(local).sum()
+        return batches, local
+
+    def _items(self, batch) -> int:
+        options = self.step_options
+        if options.loss_norm == "example":
+            return len(batch["input_ids"])
+        if options.online is None:
+            return int((batch["shift_labels"] != IGNORE_INDEX).sum())
+        # Online, targets only: every kept position is a target, so the count follows from lengths.
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        targets = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1).tolist()
+        return sum(min(keep_count(n, options.online.ratio), t) for n, t in zip(lengths, targets))

@@ -1,0 +1,168 @@
+"""Target-aware selection, online seeking inside the step, loss normalisation, padding sides."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import padded_batch, tiny_model
+from reference import grads, max_relative_error, reference_loss
+from tokenseek.models.introspect import decoder_layers
+from tokenseek.seeking import seek
+from tokenseek.seeking.online import OnlineSeeker, online_scores
+from tokenseek.seeking.seek import score_batch
+from tokenseek.seeking.select import STRATEGIES, select_keep, target_positions
+
+ONLINE_ARCHS = ["llama", "qwen3", "gemma3_text", "gpt_neox", "mistral"]
+
+
+# ----------------------------------------------------------------------------- --select-from
+def test_all_mode_reproduces_the_masks_of_the_version_before_it():
+    """Keep masks written by select.py before --select-from existed (tests/data, commit b787c10)."""
+    cases = json.loads((Path(__file__).parent / "data" / "keep_masks_v0.json").read_text())["cases"]
+    assert {c["s"] for c in cases} == set(STRATEGIES)
+    for c in cases:
+        keep = select_keep(
+            c["n"], c["r"], c["s"], context=np.array(c["c"]), gradient=np.array(c["g"]), alpha=c["a"], beta=c["b"], seed=c["seed"], index=c["i"]
+        )
+        assert np.flatnonzero(keep).tolist() == c["keep"], c["s"]
+
+
+@pytest.mark.parametrize("strategy", ["random", "tokenseek", "context", "gradient", "mixed", "probe"])
+def test_targets_mode_keeps_only_target_positions(strategy):
+    rng = np.random.default_rng(0)
+    for length in (9, 40, 120):
+        for prompt in (1, length // 2, length - 3):
+            labels = np.array([-100] * prompt + list(range(length - prompt)))
+            candidates = target_positions(labels)
+            assert candidates.sum() == length - prompt
+            keep = select_keep(
+                length, 0.1, strategy, context=rng.random(length) + 0.01, gradient=rng.random(length), seed=1, index=length, candidates=candidates
+            )
+            assert not (keep & ~candidates).any()
+            if strategy != "probe":
+                # k = ceil(ratio * n) over all real tokens, capped at the number of targets.
+                assert keep.sum() == min(math.ceil(0.1 * length), int(candidates.sum()))
+
+
+def test_target_positions_are_the_positions_before_a_label():
+    labels = [-100, -100, 5, 6, -100, 7]
+    assert target_positions(labels).tolist() == [False, True, True, False, True, False]
+
+
+def test_targets_mode_picks_the_best_scored_targets():
+    context = np.array([9.0, 8, 7, 1, 2, 3, 0.5])  # prompt tokens score highest
+    labels = np.array([-100, -100, -100, 1, 2, 3, 4])
+    keep = select_keep(7, 0.3, "context", context=context, gradient=np.zeros(7), candidates=target_positions(labels))
+    # Targets are positions 2..5 (their next token has a label); best by context: 2 (7.0), 5 (3.0), 4 (2.0).
+    assert np.flatnonzero(keep).tolist() == [2, 4, 5]
+
+
+# ----------------------------------------------------------------------------- padding side
+def test_seek_selects_the_same_tokens_left_and_right_padded():
+    model = tiny_model("llama").eval()
+    right_ids, right_mask, right_labels = padded_batch(seed=3, lengths=(21, 9, 14))
+    left_ids, left_mask, left_labels = (torch.zeros_like(t) for t in (right_ids, right_mask, right_labels))
+    for b in range(right_ids.shape[0]):
+        n = int(right_mask[b].sum())
+        left_ids[b, -n:], left_mask[b, -n:], left_labels[b, -n:] = right_ids[b, :n], 1, right_labels[b, :n]
+        left_labels[b, :-n] = -100
+    for select_from in ("targets", "all"):
+        right = seek(model, right_ids, right_labels, right_mask, ratio=0.3, select_from=select_from)
+        left = seek(model, left_ids, left_labels, left_mask, ratio=0.3, select_from=select_from)
+        for b in range(right_ids.shape[0]):
+            n = int(right_mask[b].sum())
+            assert right.keep[b, :n].tolist() == left.keep[b, -n:].tolist()
+            assert torch.allclose(right.context[b, :n], left.context[b, -n:], atol=1e-5)
+            assert torch.allclose(right.gradient[b, :n], left.gradient[b, -n:], rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- online seeking
+@pytest.mark.parametrize("arch", ONLINE_ARCHS)
+@pytest.mark.parametrize("layers_back", [1, 2])
+def test_online_scores_equal_offline_scores(arch, layers_back):
+    model = tiny_model(arch).train()
+    input_ids, attention_mask, labels = padded_batch(seed=4, lengths=(26, 11, 18))
+    model.eval()
+    offline_context, offline_gradient = score_batch(model, input_ids, labels, attention_mask, layers_back=layers_back)
+    model.train()
+    scores, _ = online_scores(model, input_ids, labels, attention_mask, layers_back=layers_back)
+    assert model.training  # the context pass restores the mode
+    assert torch.allclose(scores.context, offline_context, atol=1e-5)
+    scale = offline_gradient.abs().max()
+    assert float((scores.gradient - offline_gradient).abs().max() / scale) <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "qwen2"])
+def test_online_step_leaves_only_the_kept_pass_gradient(arch):
+    """.grad after online scoring + kept pass equals the independent reference for the chosen keep mask."""
+    from tokenseek.ditching.loss import ditched_loss_sums, kept_targets
+
+    model = tiny_model(arch).eval()  # eval: no dropout, so the reference sees the same function
+    input_ids, attention_mask, labels = padded_batch(seed=5, lengths=(30, 17, 24))
+    seeker = OnlineSeeker(ratio=0.3)
+    keep, cache, _ = seeker(model, input_ids, labels, attention_mask)
+    assert all(p.grad is None for p in model.parameters())  # scoring touched no parameter
+    sums = ditched_loss_sums(model, input_ids, kept_targets(labels, keep), keep, attention_mask, cache=cache)
+    sums.token_mean().backward()
+    online = grads(model)
+    reference_loss(model, input_ids, attention_mask, labels, keep, decoder_layers(model)).backward()
+    reference = grads(model)
+    assert max_relative_error(online, reference) <= 1e-4
+
+
+def test_online_keep_equals_offline_selection_at_the_same_weights():
+    model = tiny_model("qwen3").eval()
+    input_ids, attention_mask, labels = padded_batch(seed=6, lengths=(40, 25))
+    offline = seek(model, input_ids, labels, attention_mask, ratio=0.2, alpha=1, beta=1, select_from="targets")
+    keep, _, _ = OnlineSeeker(ratio=0.2, select_from="targets")(model, input_ids, labels, attention_mask)
+    assert torch.equal(keep, offline.keep)
+
+
+# ----------------------------------------------------------------------------- loss normalisation
+def _trainer_loss(loss_norm: str, batch: dict, model) -> float:
+    from transformers import TrainingArguments
+
+    from tokenseek.train.trainer import StepOptions, TokenSeekTrainer
+
+    args = TrainingArguments(output_dir="/tmp/unused-ts", use_cpu=True, report_to=[], per_device_train_batch_size=3)
+    trainer = TokenSeekTrainer(model=model, args=args, step=StepOptions(loss_norm=loss_norm))
+    model.train()
+    items = trainer._items(batch)
+    return float(trainer.compute_loss(model, batch, num_items_in_batch=torch.tensor(items)).detach())
+
+
+def test_loss_norms_match_hand_computed_values():
+    import torch.nn.functional as F
+
+    from tokenseek.data import DitchingCollator
+
+    model = tiny_model("llama").eval()
+    for p in model.parameters():  # no dropout anywhere: the hand computation is a plain forward
+        p.requires_grad_(True)
+    ids, mask, labels = padded_batch(seed=7, lengths=(20, 12, 16))
+    keeps = [[1 if i in (5, 9, 13) else 0 for i in range(20)], [1 if i in (2,) else 0 for i in range(12)], [1 if i in (6, 7) else 0 for i in range(16)]]
+    # Example 1 keeps only position 2, whose next token (3) is prompt: no kept target.
+    features = [
+        {"input_ids": ids[b, : int(mask[b].sum())].tolist(), "labels": labels[b, : int(mask[b].sum())].tolist(), "keep": [bool(k) for k in keeps[b]]}
+        for b in range(3)
+    ]
+    batch = DitchingCollator(0)(features)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    per_example = []
+    for b in range(3):
+        rows = [p for p in range(len(features[b]["input_ids"]) - 1) if keeps[b][p] and features[b]["labels"][p + 1] != -100]
+        losses = [float(F.cross_entropy(logits[b, p], torch.tensor(features[b]["labels"][p + 1]))) for p in rows]
+        per_example.append(losses)
+    token_mean = sum(sum(l) for l in per_example) / sum(len(l) for l in per_example)
+    example_mean = sum((sum(l) / len(l)) if l else 0.0 for l in per_example) / 3
+    assert per_example[1] == []  # the case the example rule must count as 0, not NaN
+    assert _trainer_loss("token", batch, model) == pytest.approx(token_mean, rel=1e-5)
+    assert _trainer_loss("example", batch, model) == pytest.approx(example_mean, rel=1e-5)
+    assert abs(token_mean - example_mean) > 1e-3  # the two rules differ on this batch
