@@ -166,3 +166,35 @@ def test_loss_norms_match_hand_computed_values():
     assert _trainer_loss("token", batch, model) == pytest.approx(token_mean, rel=1e-5)
     assert _trainer_loss("example", batch, model) == pytest.approx(example_mean, rel=1e-5)
     assert abs(token_mean - example_mean) > 1e-3  # the two rules differ on this batch
+
+
+# ----------------------------------------------------------------------------- end to end
+def _train(tmp_path, tiny_model_dir, *extra):
+    from tokenseek.cli.main import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--model", str(tiny_model_dir), "--output-dir", str(out), "--limit", "64", "--max-steps", "8",
+            "--grad-accum", "2", "--batch-size", "2", "--lr", "1e-2", "--max-length", "96", "--selection", "tokenseek", *extra]
+    assert main(argv) == 0
+    summary = json.loads((out / "train_summary.json").read_text())
+    curve = [p["loss"] for p in json.loads((out / "loss_curve.json").read_text())]
+    return summary, curve
+
+
+def test_beta_zero_on_builtin_data_trains_with_targets_mode(tmp_path, tiny_model_dir):
+    """Built-in examples are ~93 % prompt: context-only selection over all positions keeps almost no
+    target; among targets it trains, and the summary says how much it trained on."""
+    summary, curve = _train(tmp_path, tiny_model_dir, "--beta", "0", "--select-from", "targets")
+    assert summary["select_from"] == "targets"
+    assert summary["kept_targets"] > 0 and summary["examples_without_kept_target"] == 0
+    assert summary["kept_targets"] == summary["tokens_kept"]  # every kept position carries the loss
+    assert sum(curve[-3:]) / 3 < sum(curve[:3]) / 3, curve
+
+
+def test_online_seeking_trains_end_to_end(tmp_path, tiny_model_dir):
+    summary, curve = _train(tmp_path, tiny_model_dir, "--seeking", "online", "--ratio", "0.2")
+    assert summary["seeking"] == "online"
+    assert not (tmp_path / "run" / "scores").exists()  # no offline store
+    # 8 steps x 2 accumulation x batch 2 = 32 visits, each tallied once.
+    assert summary["examples"] == 32 and summary["kept_targets"] > 0
+    assert sum(curve[-3:]) / 3 < sum(curve[:3]) / 3, curve

@@ -28,6 +28,13 @@ def add_selection_args(p: argparse.ArgumentParser, default: str = "random") -> N
     p.add_argument("--ratio", type=float, default=0.1, help="fraction of each example's tokens to keep (default: 0.1)")
     p.add_argument("--alpha", type=float, default=1.0, help="weight of log(context score) in Eq. 5 (default: 1)")
     p.add_argument("--beta", type=float, default=1.0, help="weight of minmax(gradient score) in Eq. 5 (default: 1)")
+    p.add_argument(
+        "--select-from",
+        choices=["targets", "all"],
+        default="targets",
+        help="targets: keep only positions whose next token carries the loss (same budget ceil(ratio*n)); "
+        "all: rank every token, as the paper and TokenTune do (default: targets)",
+    )
 
 
 def apply_config_file(args: argparse.Namespace, parser: argparse.ArgumentParser, allowed: set[str]) -> argparse.Namespace:

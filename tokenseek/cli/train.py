@@ -16,6 +16,22 @@ def register(sub) -> None:
     add_data_args(p)
     add_selection_args(p, default="tokenseek")
     p.add_argument("--scores", help="score store from `tokenseek score` (scored selections; default: score first)")
+    p.add_argument(
+        "--seeking",
+        choices=["offline", "online"],
+        default="offline",
+        help="offline: score the data once before training (a store, reusable); online: score inside each "
+        "training step with the current weights, no store (default: offline)",
+    )
+    p.add_argument(
+        "--loss-norm",
+        choices=["token", "example"],
+        default="token",
+        help="token: mean over all kept targets of the accumulation window; example: mean of per-example means "
+        "(TokenTune's rule) (default: token)",
+    )
+    p.add_argument("--loss-chunk", type=int, default=128, help="apply the LM head and loss to this many positions at a time (0: all at once) (default: 128)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute the kept pass's layers in backward (less memory, more time)")
     p.add_argument("--peft", default="lora", help="none, lora, qlora, loha, lokr or ia3 (default: lora)")
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--lora-alpha", type=int, default=16)
