@@ -184,3 +184,21 @@ def test_saved_tensors_exclude_parameters():
     # linear saves its input (x) and weight; relu saves its output.
     assert saved.activation_bytes == x.numel() * 4 + y.numel() * 4
     assert saved.parameter_bytes == layer.weight.numel() * 4
+
+
+def test_knobs_table_relates_every_setting_to_the_baseline(tiny_model, tmp_path):
+    """Structure and exact-memory relations of `bench --knobs online` (never timings). The checkpointing /
+    chunked-CE relations of the 'memory' preset are tested directly in test_memory_knobs.py."""
+    out = tmp_path / "knobs"
+    assert main(["bench", "--knobs", "online", "--model", tiny_model, "--seq-len", "128", "--steps", "1", "--output", str(out)]) == 0
+    doc = json.loads((out / "knobs.json").read_text())
+    (g,) = doc["groups"]
+    rows = {r["setting"]: r for r in g["rows"]}
+    assert list(rows) == ["full-token", "TokenSeek 10 %, offline scores", "TokenSeek 10 %, online seeking"]
+    assert rows["full-token"]["relative"]["peak_bytes"] == 1.0
+    for r in rows.values():
+        assert "error" not in r["result"], r["result"].get("error")
+        assert r["relative"]["peak_bytes"] == r["result"]["memory"]["peak_bytes"] / rows["full-token"]["result"]["memory"]["peak_bytes"]
+    assert rows["TokenSeek 10 %, offline scores"]["result"]["tokens"]["kept"] == 13  # ceil(0.1 * 128)
+    assert rows["TokenSeek 10 %, offline scores"]["relative"]["activation_bytes"] < 0.5
+    assert "ratios against **full-token**" in (out / "knobs.md").read_text()

@@ -61,6 +61,7 @@ def default_spec() -> dict:
         "checkpointing": False,  # gradient checkpointing (non-reentrant), as TrainingArguments turns it on
         "loss_chunk": DEFAULT_LOSS_CHUNK,  # LM head + loss on this many positions at a time; 0 = all at once
         "online": False,  # select inside the step with the current weights (online seeking)
+        "dtype": "fp32",  # weights and compute: fp32, bf16 or fp16 (PEFT adapters stay fp32)
     }
 
 
@@ -158,6 +159,9 @@ def _load(spec: dict, device: torch.device):
         for p in model.parameters():
             if type(p) is torch.nn.Parameter and p.device.type == "cpu":
                 p.data = p.data.clone()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec["dtype"]]
+    if dtype != torch.float32 and spec["peft"] != "qlora":
+        model.to(dtype)
     if spec["mode"] == "train":
         lora = dict(spec.get("lora") or {})
         if lora.get("target_modules") and isinstance(lora["target_modules"], str):

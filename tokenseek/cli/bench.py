@@ -47,6 +47,14 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, help="intra-op threads per worker (default: torch's, one per core); 1 is steadier on a busy machine")
     p.add_argument("--timeout", type=float, help="seconds before a configuration is recorded as failed")
     p.add_argument("--output", default="bench", help="output directory (default: bench)")
+    p.add_argument(
+        "--knobs",
+        choices=["memory", "online"],
+        help="instead of the ratio sweep, measure settings side by side against a baseline: 'memory' = full-token, "
+        "+ checkpointing, + chunked CE (the baseline) vs TokenSeek alone and stacked with both; 'online' = full-token vs "
+        "offline vs online seeking. Uses the first --ratios value below 1 (default 0.1)",
+    )
+    p.add_argument("--dtype", default="fp32", help="comma list of fp32, bf16, fp16 for --knobs (default: fp32)")
     add_lora_args(p)
     p.set_defaults(func=run)
 
@@ -54,6 +62,8 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from tokenseek.bench.run import BenchConfig, parse_list, run_bench
 
+    if args.knobs:
+        return run_knobs_cli(args)
     cfg = BenchConfig(
         model=args.model,
         pefts=parse_list(args.peft, str, "--peft"),
@@ -75,4 +85,25 @@ def run(args: argparse.Namespace) -> int:
     out = Path(cfg.output)
     print((out / "bench.md").read_text())
     print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}, {out / 'breakdown.png'}")
+    return 0
+
+
+def run_knobs_cli(args: argparse.Namespace) -> int:
+    from tokenseek.bench.knobs import KnobsConfig, run_knobs
+    from tokenseek.bench.run import parse_list
+    from tokenseek.errors import TokenSeekError
+
+    dtypes = parse_list(args.dtype, str, "--dtype")
+    if set(dtypes) - {"fp32", "bf16", "fp16"}:
+        raise TokenSeekError(f"--dtype {args.dtype!r}: choose from fp32, bf16, fp16")
+    ratios = [r for r in parse_list(args.ratios, float, "--ratios") if r < 1] or [0.1]
+    output = args.output if args.output != "bench" else "bench-knobs"
+    cfg = KnobsConfig(
+        preset=args.knobs, model=args.model, peft=parse_list(args.peft, str, "--peft")[0], seq_lens=parse_list(args.seq_len, int, "--seq-len"),
+        dtypes=dtypes, ratio=min(ratios, key=lambda r: abs(r - 0.1)), steps=args.steps, warmup=args.warmup, seed=args.seed,
+        threads=args.threads, timeout=args.timeout, lora=lora_kwargs(args), output=output,
+    )
+    run_knobs(cfg, progress=lambda message: print(message, file=sys.stderr, flush=True))
+    print((Path(cfg.output) / "knobs.md").read_text())
+    print(f"wrote {Path(cfg.output) / 'knobs.json'} and {Path(cfg.output) / 'knobs.md'}")
     return 0
