@@ -197,4 +197,18 @@ def test_online_seeking_trains_end_to_end(tmp_path, tiny_model_dir):
     assert not (tmp_path / "run" / "scores").exists()  # no offline store
     # 8 steps x 2 accumulation x batch 2 = 32 visits, each tallied once.
     assert summary["examples"] == 32 and summary["kept_targets"] > 0
+    drift = summary["online_drift"]  # 64 records, 32 visits: no example is seen twice
+    assert drift["examples_revisited"] == 0 and drift["mean_jaccard_first_last"] is None
     assert sum(curve[-3:]) / 3 < sum(curve[:3]) / 3, curve
+
+
+def test_kept_set_drift():
+    from tokenseek.seeking.select import KeptSetDrift
+
+    drift = KeptSetDrift()
+    drift.add(0, [1, 1, 0, 0])
+    drift.add(1, [0, 1, 1, 0])
+    drift.add(0, [1, 0, 1, 0])  # {0,1} -> {0,2}: Jaccard 1/3
+    drift.add(1, [0, 1, 1, 0])  # unchanged: 1
+    drift.add(2, [1, 0, 0, 0])  # seen once: not counted
+    assert drift.summary() == {"examples_revisited": 2, "mean_jaccard_first_last": pytest.approx((1 / 3 + 1) / 2)}

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from tokenseek.ditching.loss import IGNORE_INDEX
 from tokenseek.models.introspect import decoder_layers, logits_from_hidden
 
-# 128 positions x a 49k vocab is ~25 MB of fp32 logits per chunk (and as much for their
+# 256 target rows x a 49k vocab is ~50 MB of fp32 logits per chunk (and as much for their
 # softmax gradient): small next to the weights, yet few enough Python steps to stay fast.
-LOGIT_CHUNK = 128
+LOGIT_CHUNK = 256
 GRAD_MODES = ("abs", "signed")
 
 
@@ -61,25 +61,25 @@ def leaf_at_layer(model, layers_back: int) -> Iterator[dict]:
 
 
 def per_example_loss_grad(model, final: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """dL/d(final hidden), L = Σ_examples mean next-token loss of that example, in position chunks.
+    """dL/d(final hidden), L = Σ_examples mean next-token loss of that example, in chunks of rows.
 
     Per-example means make each example's score independent of what it is batched with.
+    Only positions with a target go through the LM head (the gradient is 0 elsewhere), so
+    prompt tokens cost nothing here.
     """
     shifted = torch.full_like(labels, IGNORE_INDEX)
     shifted[:, :-1] = labels[:, 1:]
     counts = (shifted != IGNORE_INDEX).sum(dim=1).clamp(min=1).to(final.dtype)
-    weights = (1.0 / counts)[:, None].expand_as(shifted)
+    rows, cols = (shifted != IGNORE_INDEX).nonzero(as_tuple=True)
     grad = torch.zeros_like(final)
-    for start in range(0, final.shape[1], LOGIT_CHUNK):
-        target = shifted[:, start : start + LOGIT_CHUNK]
-        if not (target != IGNORE_INDEX).any():
-            continue
-        h = final[:, start : start + LOGIT_CHUNK].detach().requires_grad_(True)
+    for start in range(0, len(rows), LOGIT_CHUNK):
+        r, c = rows[start : start + LOGIT_CHUNK], cols[start : start + LOGIT_CHUNK]
+        h = final[r, c].detach().requires_grad_(True)
         logits = logits_from_hidden(model, h)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        loss = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none")
-        (chunk_grad,) = torch.autograd.grad((loss * weights[:, start : start + LOGIT_CHUNK]).sum(), h)
-        grad[:, start : start + LOGIT_CHUNK] = chunk_grad
+        loss = F.cross_entropy(logits, shifted[r, c], reduction="none")
+        (chunk_grad,) = torch.autograd.grad((loss / counts[r]).sum(), h)
+        grad[r, c] = chunk_grad
     return grad
 
 

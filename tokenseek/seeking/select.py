@@ -190,3 +190,24 @@ class SelectionTally:
                 "(or raise --ratio / lower --alpha relative to --beta)"
             )
         return None
+
+
+class KeptSetDrift:
+    """How much each example's kept set moves between its first and its last visit (online seeking:
+    the model changes between visits, so its scores do too). Jaccard 1 = the same tokens."""
+
+    def __init__(self) -> None:
+        self.first: dict[int, frozenset] = {}
+        self.last: dict[int, frozenset] = {}
+        self.visits: dict[int, int] = {}
+
+    def add(self, index: int, keep) -> None:
+        kept = frozenset(np.flatnonzero(np.asarray(keep, dtype=bool)).tolist())
+        self.first.setdefault(index, kept)
+        self.last[index] = kept
+        self.visits[index] = self.visits.get(index, 0) + 1
+
+    def summary(self) -> dict:
+        pairs = [(self.first[i], self.last[i]) for i, n in self.visits.items() if n > 1]
+        scores = [len(a & b) / max(len(a | b), 1) for a, b in pairs]
+        return {"examples_revisited": len(scores), "mean_jaccard_first_last": float(np.mean(scores)) if scores else None}

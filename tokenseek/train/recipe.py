@@ -304,6 +304,7 @@ def run_train(cfg: TrainConfig) -> dict:
             "loss_norm": cfg.loss_norm,
             # Offline: the selection as chosen before training; online: every visit during training.
             **(tally or trainer.online_tally).summary(),
+            **({"online_drift": trainer.online_drift.summary()} if cfg.seeking == "online" else {}),
             "first_loss": curve[0]["loss"] if curve else None,
             "final_loss": curve[-1]["loss"] if curve else None,
             "train_loss": result.training_loss,

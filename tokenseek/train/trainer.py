@@ -24,7 +24,7 @@ from transformers import Trainer
 
 from tokenseek.ditching.loss import DEFAULT_LOSS_CHUNK, IGNORE_INDEX, kept_targets, step_loss_sums
 from tokenseek.seeking.online import OnlineSeeker
-from tokenseek.seeking.select import SelectionTally, keep_count
+from tokenseek.seeking.select import KeptSetDrift, SelectionTally, keep_count
 
 LOSS_NORMS = ("token", "example")
 
@@ -56,6 +56,7 @@ class TokenSeekTrainer(Trainer):
         online = self.step_options.online
         self._count_in_advance = online is None or online.select_from == "targets" or self.step_options.loss_norm == "example"
         self.online_tally = SelectionTally()  # what online selection kept, over every visit
+        self.online_drift = KeptSetDrift()  # each example's kept set at its first and last visit
 
     # ------------------------------------------------------------------ the step
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -86,8 +87,11 @@ class TokenSeekTrainer(Trainer):
 
     def _tally(self, keep, inputs) -> None:
         real = inputs["attention_mask"].bool().cpu()
-        for row_keep, row_labels, row_real in zip(keep.cpu(), inputs["labels"].cpu(), real):
+        indices = inputs["index"].tolist() if "index" in inputs else [None] * len(real)
+        for row_keep, row_labels, row_real, index in zip(keep.cpu(), inputs["labels"].cpu(), real, indices):
             self.online_tally.add(row_keep[row_real].numpy(), row_labels[row_real].numpy())
+            if index is not None:
+                self.online_drift.add(index, row_keep[row_real].numpy())
 
     # ------------------------------------------------------------------ normalisation
     def get_batch_samples(self, epoch_iterator, num_batches, device):
