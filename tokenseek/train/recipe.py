@@ -24,6 +24,9 @@ class TrainConfig:
     output_dir: str = "runs/demo"
     model: str | None = None  # Hub id, HF dir or .gguf; None = SmolLM2-135M-Instruct
     data: str | None = None  # file or Hub id; None = the built-in demo dataset
+    format: str = "auto"  # alpaca, messages, prompt_completion or text; auto = from the columns
+    split: str = "train"  # dataset split (a Hub split such as train_sft, or a slice such as train[:100])
+    subset: str | None = None  # Hub dataset configuration
     fields: str | None = None  # e.g. "instruction=question,output=answer"
     limit: int | None = None  # use only the first N records
     template: str = "alpaca"
@@ -77,13 +80,16 @@ class TrainConfig:
 
 
 # What runs recorded before an option existed did; see TrainConfig.identity.
-LEGACY_BEHAVIOUR = {"select_from": "all"}
+# Format "auto" is what those runs did: Alpaca, the only format that loaded then, is detected first.
+LEGACY_BEHAVIOUR = {"select_from": "all", "format": "auto", "split": "train", "subset": None}
 
 
 def validate(cfg: TrainConfig) -> None:
+    from tokenseek.data.formats import check_format
     from tokenseek.models.adapters import PEFT_METHODS
     from tokenseek.seeking.select import SCORED, check_selection
 
+    check_format(cfg.format)
     if cfg.peft not in PEFT_METHODS:
         raise TokenSeekError(f"unknown --peft {cfg.peft!r}: choose one of {', '.join(PEFT_METHODS)}")
     check_selection(cfg.selection, cfg.ratio, cfg.alpha, cfg.beta, cfg.select_from)
@@ -175,7 +181,7 @@ def run_train(cfg: TrainConfig) -> dict:
     started = time.time()
 
     resolve_model(cfg.model)  # fail on a bad --model before reading data
-    records = load_records(cfg.data, fields=cfg.fields, limit=cfg.limit)
+    records = load_records(cfg.data, fields=cfg.fields, split=cfg.split, subset=cfg.subset, format=cfg.format, limit=cfg.limit)
     model, tokenizer = load_model(cfg.model, quantize="nf4" if cfg.peft == "qlora" else None)
     data = tokenize_records(records, tokenizer, template=cfg.template, max_length=cfg.max_length, train_on_prompt=cfg.train_on_prompt)
     logger.info("data: %s", data.report())
@@ -253,6 +259,7 @@ def run_train(cfg: TrainConfig) -> dict:
         summary = {
             "model": cfg.model or "SmolLM2-135M-Instruct (default)",
             "data": cfg.data or "builtin",
+            "data_format": data.format,
             "selection": cfg.selection,
             "ratio": cfg.ratio,
             "alpha": cfg.alpha,
