@@ -43,6 +43,11 @@ class TokenizedData:
         )
 
 
+def tokenizer_fingerprint(tokenizer) -> str:
+    # The vocabulary itself, not the tokenizer's path: a copy elsewhere is the same tokenizer.
+    return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()[:16]
+
+
 def _alpaca(record: dict, tokenizer, template: str) -> tuple[list[int], list[bool]]:
     specials = template != "chat"  # a chat template already writes its special tokens
     prompt_ids = tokenizer(format_prompt(record, template, tokenizer), add_special_tokens=specials)["input_ids"]
@@ -132,8 +137,7 @@ def tokenize_records(
         "template": template,
         "max_length": max_length,
         "train_on_prompt": train_on_prompt,
-        # The vocabulary itself, not the tokenizer's path: a copy elsewhere is the same tokenizer.
-        "tokenizer_sha": hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()[:16],
+        "tokenizer_sha": tokenizer_fingerprint(tokenizer),
         "vocab_size": len(tokenizer),
     }
     if fmt != "alpaca":  # Alpaca settings stay as they were: stored scores depend on this fingerprint

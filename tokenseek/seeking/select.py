@@ -145,3 +145,34 @@ def select_keep(
         return keep
     keep[_top(score, k)] = True
     return keep
+
+
+def keep_for_labels(
+    labels,
+    ratio: float,
+    strategy: str,
+    *,
+    select_from: str = "targets",
+    stored: dict | None = None,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    seed: int = 0,
+    index: int = 0,
+) -> np.ndarray:
+    """One example's keep mask from its labels (and its stored scores, for scored strategies).
+
+    ``select_from="targets"`` ranks only positions whose next token is a training target.
+    """
+    stored = stored or {}
+    return select_keep(
+        len(labels),
+        ratio,
+        strategy,
+        context=stored.get("context"),
+        gradient=stored.get("gradient"),
+        alpha=alpha,
+        beta=beta,
+        seed=seed,
+        index=index,
+        candidates=target_positions(labels) if select_from == "targets" else None,
+    )

@@ -135,22 +135,20 @@ def _split_heldout(examples: list, heldout: float, seed: int) -> tuple[list, lis
 
 def _attach_keep(examples: list, cfg: TrainConfig, scores) -> tuple[int, int]:
     """Add each example's keep mask; returns (tokens kept, tokens total)."""
-    from tokenseek.seeking.select import select_keep, target_positions
+    from tokenseek.seeking.select import keep_for_labels
 
     kept = total = 0
     for ex in examples:
-        stored = scores.get(ex["index"]) if scores is not None else {}
-        keep = select_keep(
-            len(ex["input_ids"]),
+        keep = keep_for_labels(
+            ex["labels"],
             cfg.ratio,
             cfg.selection,
-            context=stored.get("context"),
-            gradient=stored.get("gradient"),
+            select_from=cfg.select_from,
+            stored=scores.get(ex["index"]) if scores is not None else None,
             alpha=cfg.alpha,
             beta=cfg.beta,
             seed=cfg.seed,
             index=ex["index"],
-            candidates=target_positions(ex["labels"]) if cfg.select_from == "targets" else None,
         )
         ex["keep"] = keep.tolist()
         kept += int(keep.sum())
