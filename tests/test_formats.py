@@ -230,3 +230,29 @@ def test_auto_format_keeps_old_run_identity():
 
     assert not {"format", "split", "subset"} & set(TrainConfig().identity())
     assert TrainConfig(format="messages", split="train_sft", subset="x").identity()["split"] == "train_sft"
+
+
+def test_kept_tokens_come_from_the_replies(tokenizer):
+    """--select-from targets: in a conversation only positions predicting a reply token are kept."""
+    from tokenseek.seeking.select import keep_for_labels
+
+    example = tokenize_records([{"messages": CONVERSATION}], tokenizer).examples[0]
+    keep = keep_for_labels(example["labels"], 0.5, "random")
+    predicts_reply = [label != -100 for label in example["labels"][1:]] + [False]
+    assert keep.sum() == sum(predicts_reply)  # half the conversation is more than the replies: all of them
+    assert all(p for p, k in zip(predicts_reply, keep) if k)
+
+
+def test_score_then_train_on_conversations(tmp_path, tiny_model_dir):
+    from tokenseek.cli.main import main
+
+    data = _write_jsonl(tmp_path / "chat.jsonl", FORMAT_ROWS["messages"])
+    common = ["--model", str(tiny_model_dir), "--data", str(data), "--format", "messages", "--max-length", "128"]
+    assert main(["score", *common, "--out", str(tmp_path / "scores")]) == 0
+    argv = ["train", *common, "--scores", str(tmp_path / "scores"), "--output-dir", str(tmp_path / "run"),
+            "--ratio", "0.2", "--max-steps", "1", "--grad-accum", "1"]
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["selection"] == "tokenseek" and summary["data_format"] == "messages"
+    meta = json.loads((tmp_path / "scores" / "meta.json").read_text())
+    assert meta["data"]["settings"]["format"] == "messages"

@@ -30,6 +30,19 @@ REQUIRED = {
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
 }
+# Records make_record skips (nothing to learn from them), and what a usable one has.
+SKIPPED = {
+    "alpaca": "an empty instruction or output",
+    "messages": "no non-empty assistant reply",
+    "prompt_completion": "an empty completion",
+    "text": "empty text",
+}
+USABLE = {
+    "alpaca": "both instruction and output",
+    "messages": "an assistant reply",
+    "prompt_completion": "a completion",
+    "text": "text",
+}
 # Every name --fields may map, in a stable order.
 FIELD_NAMES = tuple(dict.fromkeys(name for fmt in FORMATS for name in RECORD_KEYS[fmt]))
 

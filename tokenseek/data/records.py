@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from tokenseek.data.formats import FIELD_NAMES, check_format, choose_format, make_record
+from tokenseek.data.formats import FIELD_NAMES, SKIPPED, USABLE, check_format, choose_format, make_record
 from tokenseek.errors import TokenSeekError, first_line
 
 logger = logging.getLogger(__name__)
@@ -124,21 +124,8 @@ def load_records(
             continue
         records.append(record)
     if empty:
-        logger.warning("skipped %d record(s) with nothing to train on (%s)", empty, _EMPTY[fmt])
+        logger.warning("skipped %d record(s) with nothing to train on (%s)", empty, SKIPPED[fmt])
     if not records:
-        raise TokenSeekError(f"the dataset {source or '(built-in)'} has no usable records (none with {_USABLE[fmt]})")
+        raise TokenSeekError(f"the dataset {source or '(built-in)'} has no usable records (none with {USABLE[fmt]})")
     return records
 
-
-_EMPTY = {
-    "alpaca": "an empty instruction or output",
-    "messages": "no non-empty assistant reply",
-    "prompt_completion": "an empty completion",
-    "text": "empty text",
-}
-_USABLE = {
-    "alpaca": "both instruction and output",
-    "messages": "an assistant reply",
-    "prompt_completion": "a completion",
-    "text": "text",
-}

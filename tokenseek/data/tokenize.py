@@ -110,8 +110,8 @@ def tokenize_records(
 ) -> TokenizedData:
     """Token ids and labels; the format comes from the records (see :mod:`tokenseek.data.formats`).
 
-    ``prompt_length`` is the number of tokens before the first one with a target-to-be.
-    ``template`` applies to Alpaca records only.
+    ``prompt_length`` counts the tokens before the first loss-carrying one (the prompt, or
+    everything before the first reply). ``template`` applies to Alpaca records only.
     """
     if max_length < 2:
         raise TokenSeekError(f"--max-length must be at least 2, got {max_length}")
