@@ -173,3 +173,17 @@ def test_settings_ditching_cannot_use_are_refused(tmp_path, tiny_model_dir):
         _trainer(tmp_path, tiny_model_dir, config=_config(tmp_path, padding_free=True, max_length=None))
     with pytest.raises(TokenSeekError, match="needs token scores"):
         _trainer(tmp_path, tiny_model_dir, selection="tokenseek")
+
+
+def test_evaluation_is_trls_full_token_loss(tmp_path, tiny_model_dir):
+    from datasets import Dataset
+
+    config = _config(tmp_path, per_device_eval_batch_size=2)
+    trainer = _trainer(tmp_path, tiny_model_dir, config=config, eval_dataset=Dataset.from_list(PROMPTS[:2]), ratio=0.3)
+    batch = next(iter(trainer.get_eval_dataloader()))
+    assert "keep" not in batch  # only training batches are ditched
+    trainer.model.eval()
+    with torch.no_grad():
+        full = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    metrics = trainer.evaluate()
+    assert abs(metrics["eval_loss"] - float(full)) < 1e-4

@@ -72,7 +72,10 @@ def encode_conversation(tokenizer, messages: list[dict], index: int) -> tuple[li
     """Token ids of a rendered conversation and which of them are assistant replies."""
     check_chat_template(tokenizer)
     if has_generation_markers(tokenizer):
-        encoded = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        try:
+            encoded = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        except Exception as exc:  # template-defined errors of any type, as in render()
+            raise TokenSeekError(f"record {index}: the chat template cannot render it ({first_line(exc)}): fix the record") from None
         return list(encoded["input_ids"]), [bool(bit) for bit in encoded["assistant_masks"]]
     replies = [(i, i + 1) for i, message in enumerate(messages) if message["role"] == "assistant"]
     return tokens_in_spans(tokenizer, *reply_char_spans(tokenizer, messages, replies, index))
