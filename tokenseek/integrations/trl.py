@@ -134,7 +134,7 @@ class TokenSeekSFTTrainer(SFTTrainer):
             # Checkpointed decoder layers drop the KV cache that the kept pass attends to.
             raise TokenSeekError(
                 "token ditching does not work with gradient checkpointing yet: set activation_checkpointing=False "
-                "in SFTConfig (gradient_checkpointing=False before transformers 5.2x; TRL turns it on by default)"
+                "in SFTConfig (gradient_checkpointing=False on older transformers; TRL turns it on by default)"
             )
         if self.padding_free:
             raise TokenSeekError("token ditching needs padded batches with an attention mask: set padding_free=False and packing=False in SFTConfig")
@@ -164,7 +164,11 @@ class TokenSeekSFTTrainer(SFTTrainer):
 
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         data = sft_examples(self.train_dataset, tokenizer, self.args.max_length)
-        store = score_dataset(self.model, tokenizer, data, out, batch_size=self.args.per_device_train_batch_size)
+        store = score_dataset(
+            self.model, tokenizer, data, out, batch_size=self.args.per_device_train_batch_size,
+            # Under torchrun/accelerate each process scores its share; rank 0 merges the store.
+            rank=self.args.process_index, world_size=self.args.world_size,
+        )
         return store, {example_key(ex["input_ids"], ex["labels"]): ex["index"] for ex in data.examples}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
