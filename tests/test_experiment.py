@@ -37,7 +37,7 @@ def _study(tmp_path, model_dir, data_file, **extra) -> dict:
         },
         "cells": [
             {"name": "full-s{seed}", "label": "full-token", "selection": "full", "ratio": 1.0, "grid": {"seed": [0]}},
-            {"name": "ts{pct}-s{seed}", "label": "tokenseek {pct}%", "selection": "tokenseek", "ratio": 0.5, "seed": 0},
+            {"name": "ts{pct}-s{seed}", "label": "tokenseek {pct}%", "selection": "tokenseek", "ratio": 0.5, "select_from": "all", "seed": 0},
         ],
     }
     config.update(extra)

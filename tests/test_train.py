@@ -136,7 +136,7 @@ def test_train_cli_writes_a_run_and_refuses_another(tmp_path, capsys, tiny_model
     out = tmp_path / "run"
     base = ["train", "--model", str(tiny_model_dir), "--data", str(data_file), "--output-dir", str(out), "--max-steps", "3",
             "--grad-accum", "2", "--max-length", "64", "--save-steps", "2"]
-    assert main(base + ["--selection", "tokenseek", "--ratio", "0.3", "--peft", "lora"]) == 0
+    assert main(base + ["--selection", "tokenseek", "--ratio", "0.3", "--peft", "lora", "--select-from", "all"]) == 0
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 3 and summary["selection"] == "tokenseek"
     assert 0.25 < summary["kept_fraction"] < 0.45

@@ -13,12 +13,24 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="instruction data: .json/.jsonl/.csv/.parquet file or Hub dataset id (default: built-in demo set)")
-    p.add_argument("--fields", help="column mapping, e.g. instruction=question,output=answer")
+    from tokenseek.data.formats import FORMATS
+
+    p.add_argument("--data", help="training data: .json/.jsonl/.csv/.parquet file or Hub dataset id (default: built-in demo set)")
+    p.add_argument("--format", choices=["auto", *FORMATS], default="auto", help="data format (default: auto, detected from the columns)")
+    p.add_argument("--split", default="train", help="dataset split, e.g. train_sft or train[:1000] (default: train)")
+    p.add_argument("--subset", help="Hub dataset configuration (subset) name")
+    p.add_argument("--fields", help="column mapping, e.g. instruction=question,output=answer or messages=conversation")
     p.add_argument("--limit", type=int, help="use only the first N records")
-    p.add_argument("--template", choices=["alpaca", "chat"], default="alpaca", help="prompt template (default: alpaca, paper S1.1)")
+    p.add_argument("--template", choices=["alpaca", "chat"], default="alpaca", help="prompt template of Alpaca records (default: alpaca, paper S1.1)")
     p.add_argument("--max-length", type=int, default=512, help="truncate examples to this many tokens (default: 512)")
     p.add_argument("--train-on-prompt", action="store_true", help="also compute the loss on prompt tokens")
+
+
+def load_data(args: argparse.Namespace) -> list[dict]:
+    """The records named by the ``add_data_args`` options."""
+    from tokenseek.data import load_records
+
+    return load_records(args.data, fields=args.fields, split=args.split, subset=args.subset, format=args.format, limit=args.limit)
 
 
 def add_selection_args(p: argparse.ArgumentParser, default: str = "random") -> None:

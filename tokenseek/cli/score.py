@@ -23,7 +23,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenseek.data import load_records, tokenize_records
+    from tokenseek.cli.common import load_data
+    from tokenseek.data import tokenize_records
     from tokenseek.models import load_model
     from tokenseek.seeking.select import check_selection
     from tokenseek.seeking.store import score_dataset
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         import torch.distributed as dist
 
         dist.init_process_group("gloo")
-    records = load_records(args.data, fields=args.fields, limit=args.limit)
+    records = load_data(args)
     model, tokenizer = load_model(args.model)
     data = tokenize_records(records, tokenizer, template=args.template, max_length=args.max_length, train_on_prompt=args.train_on_prompt)
     started = time.time()

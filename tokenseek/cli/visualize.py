@@ -75,9 +75,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _tokenized(args, tokenizer):
-    from tokenseek.data import load_records, tokenize_records
+    from tokenseek.cli.common import load_data
+    from tokenseek.data import tokenize_records
 
-    records = load_records(args.data, fields=args.fields, limit=args.limit)
+    records = load_data(args)
     return tokenize_records(records, tokenizer, template=args.template, max_length=args.max_length, train_on_prompt=args.train_on_prompt)
 
 

@@ -31,14 +31,17 @@ class DitchingCollator:
             keep = pad("keep", False, torch.bool)
         else:  # no selection: every token is kept (ordinary training)
             keep = attention_mask.bool()
-        keep &= attention_mask.bool()
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": labels,
-            "keep": keep,
-            "shift_labels": kept_targets(labels, keep),
-        }
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         if "index" in features[0]:  # seeds each example's random choices (online seeking)
             batch["index"] = torch.tensor([f["index"] for f in features])
-        return batch
+        return with_keep(batch, keep)
+
+
+def with_keep(batch: dict, keep: torch.Tensor) -> dict:
+    """``batch`` (padded, with ``labels`` and ``attention_mask``) plus ``keep`` and its ``shift_labels``.
+
+    The Trainer counts ``shift_labels`` to normalise over the accumulation window, so they
+    must be the targets of kept positions only; padding is never kept.
+    """
+    keep = keep.bool() & batch["attention_mask"].bool()
+    return {**batch, "keep": keep, "shift_labels": kept_targets(batch["labels"], keep)}

@@ -1,4 +1,4 @@
-"""Load Alpaca-style records (instruction, input, output) from a file, a Hub dataset or the built-in set."""
+"""Load records (Alpaca, messages, prompt/completion or text) from a file, a Hub dataset or the built-in set."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import json
 import logging
 from pathlib import Path
 
+from tokenseek.data.formats import FIELD_NAMES, SKIPPED, USABLE, check_format, choose_format, make_record
 from tokenseek.errors import TokenSeekError, first_line
 
 logger = logging.getLogger(__name__)
 
-FIELDS = ("instruction", "input", "output")
+FIELDS = ("instruction", "input", "output")  # the Alpaca fields (the built-in data's)
 _FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -27,9 +28,9 @@ def parse_field_map(text: str | dict | None) -> dict[str, str]:
         except ValueError:
             raise TokenSeekError(f"--fields {text!r} is not a list of ours=theirs pairs, e.g. instruction=question,output=answer") from None
     mapping = dict(pairs)
-    unknown = sorted(set(mapping) - set(FIELDS))
+    unknown = sorted(set(mapping) - set(FIELD_NAMES))
     if unknown:
-        raise TokenSeekError(f"--fields names {unknown}, but the fields are {', '.join(FIELDS)}")
+        raise TokenSeekError(f"--fields names {unknown}, but the fields are {', '.join(FIELD_NAMES)}")
     return mapping
 
 
@@ -53,7 +54,7 @@ def _check_json_file(path: Path) -> None:
             raise TokenSeekError(f"{path}: line {lineno} is not a JSON object")
 
 
-def _load_table(source: str, split: str):
+def _load_table(source: str, split: str, subset: str | None):
     import datasets
 
     datasets.disable_progress_bars()  # "Generating train split" noise for a local file
@@ -66,18 +67,21 @@ def _load_table(source: str, split: str):
             raise TokenSeekError(f"unsupported data file {source}: use .json, .jsonl, .csv or .parquet")
         if not path.read_bytes().strip():
             raise TokenSeekError(f"the data file {source} is empty: it has no records")
+        if subset:
+            raise TokenSeekError(f"--subset {subset!r} names a configuration of a Hub dataset, and {source} is a file: drop --subset")
         if _FORMATS[path.suffix] == "json":
             _check_json_file(path)
         try:
-            return datasets.load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train")
+            # A file is one split, "train"; --split may still slice it ("train[:100]").
+            return datasets.load_dataset(_FORMATS[path.suffix], data_files=str(path), split=split)
         except Exception as exc:  # datasets raises many types for unreadable files
-            raise TokenSeekError(f"could not read {source}: {first_line(exc)}") from None
+            raise TokenSeekError(f"could not read {source} (split {split!r}): {first_line(exc)}") from None
     try:
-        return datasets.load_dataset(source, split=split)
+        return datasets.load_dataset(source, subset, split=split)
     except Exception as exc:
         raise TokenSeekError(
-            f"could not load dataset {source!r} ({first_line(exc)}): give an existing "
-            ".json/.jsonl/.csv/.parquet file, or a Hub dataset id when the Hub is reachable"
+            f"could not load dataset {source!r} (subset {subset!r}, split {split!r}: {first_line(exc)}): give an existing "
+            ".json/.jsonl/.csv/.parquet file, or a Hub dataset id with an existing --subset/--split when the Hub is reachable"
         ) from None
 
 
@@ -86,42 +90,42 @@ def load_records(
     *,
     fields: dict[str, str] | str | None = None,
     split: str = "train",
+    subset: str | None = None,
+    format: str = "auto",
     limit: int | None = None,
 ) -> list[dict]:
-    """Records as dicts with exactly the keys instruction, input, output (strings).
+    """Records in one format's shape (see :mod:`tokenseek.data.formats`).
 
-    ``source=None`` gives the built-in demo dataset.
+    ``source=None`` gives the built-in demo dataset (Alpaca). ``format="auto"`` picks the
+    first format whose columns the data has; Alpaca records have exactly the keys
+    instruction, input, output (strings), as before formats existed.
     """
     from tokenseek.data.builtin import builtin_records
 
-    mapping = {name: name for name in FIELDS} | parse_field_map(fields)
+    check_format(format)
+    renamed = parse_field_map(fields)
+    mapping = {name: name for name in FIELD_NAMES} | renamed
     if source is None:
-        rows = builtin_records()
-        columns = set(FIELDS)
+        if format not in ("auto", "alpaca"):
+            raise TokenSeekError(f"the built-in data is Alpaca, not {format}: drop --format or give --data")
+        rows, columns = builtin_records(), set(FIELDS)
     else:
-        table = _load_table(str(source), split)
-        columns = set(table.column_names)
-        rows = table
-    for required in ("instruction", "output"):
-        if mapping[required] not in columns:
-            raise TokenSeekError(
-                f"the data has no {mapping[required]!r} column (columns: {', '.join(sorted(columns))}): "
-                f"map one with --fields {required}=<column>"
-            )
+        rows = _load_table(str(source), split, subset)
+        columns = set(rows.column_names)
+    fmt = choose_format(columns, mapping, format, set(renamed))
+    logger.info("data format: %s", fmt)
     records, empty = [], 0
     for index, row in enumerate(rows):
         if limit is not None and len(records) >= limit:
             break
-        record = {name: row.get(mapping[name]) for name in FIELDS}
-        for name in ("instruction", "output"):
-            if record[name] is None:
-                raise TokenSeekError(f"record {index} has no {mapping[name]!r} field: add it or remove the record")
-        if not str(record["instruction"]).strip() or not str(record["output"]).strip():
-            empty += 1  # real datasets (Alpaca included) have a few; nothing to learn from them
+        record = make_record(row, fmt, mapping, index)
+        if record is None:
+            empty += 1
             continue
-        records.append({name: "" if value is None else str(value) for name, value in record.items()})
+        records.append(record)
     if empty:
-        logger.warning("skipped %d record(s) with an empty instruction or output", empty)
+        logger.warning("skipped %d record(s) with nothing to train on (%s)", empty, SKIPPED[fmt])
     if not records:
-        raise TokenSeekError(f"the dataset {source or '(built-in)'} has no usable records (none with both instruction and output)")
+        raise TokenSeekError(f"the dataset {source or '(built-in)'} has no usable records (none with {USABLE[fmt]})")
     return records
+

@@ -211,3 +211,34 @@ class KeptSetDrift:
         pairs = [(self.first[i], self.last[i]) for i, n in self.visits.items() if n > 1]
         scores = [len(a & b) / max(len(a | b), 1) for a, b in pairs]
         return {"examples_revisited": len(scores), "mean_jaccard_first_last": float(np.mean(scores)) if scores else None}
+
+
+def keep_for_labels(
+    labels,
+    ratio: float,
+    strategy: str,
+    *,
+    select_from: str = "targets",
+    stored: dict | None = None,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    seed: int = 0,
+    index: int = 0,
+) -> np.ndarray:
+    """One example's keep mask from its labels (and its stored scores, for scored strategies).
+
+    ``select_from="targets"`` ranks only positions whose next token is a training target.
+    """
+    stored = stored or {}
+    return select_keep(
+        len(labels),
+        ratio,
+        strategy,
+        context=stored.get("context"),
+        gradient=stored.get("gradient"),
+        alpha=alpha,
+        beta=beta,
+        seed=seed,
+        index=index,
+        candidates=target_positions(labels) if select_from == "targets" else None,
+    )

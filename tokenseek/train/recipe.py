@@ -25,6 +25,9 @@ class TrainConfig:
     output_dir: str = "runs/demo"
     model: str | None = None  # Hub id, HF dir or .gguf; None = SmolLM2-135M-Instruct
     data: str | None = None  # file or Hub id; None = the built-in demo dataset
+    format: str = "auto"  # alpaca, messages, prompt_completion or text; auto = from the columns
+    split: str = "train"  # dataset split (a Hub split such as train_sft, or a slice such as train[:100])
+    subset: str | None = None  # Hub dataset configuration
     fields: str | None = None  # e.g. "instruction=question,output=answer"
     limit: int | None = None  # use only the first N records
     template: str = "alpaca"
@@ -83,14 +86,17 @@ class TrainConfig:
 
 
 # What runs recorded before an option existed did; see TrainConfig.identity.
-LEGACY_BEHAVIOUR = {"select_from": "all", "seeking": "offline", "loss_norm": "token"}
+# Format "auto" is what those runs did: Alpaca, the only format that loaded then, is detected first.
+LEGACY_BEHAVIOUR = {"select_from": "all", "seeking": "offline", "loss_norm": "token", "format": "auto", "split": "train", "subset": None}
 SEEKING = ("offline", "online")
 
 
 def validate(cfg: TrainConfig) -> None:
+    from tokenseek.data.formats import check_format
     from tokenseek.models.adapters import PEFT_METHODS
     from tokenseek.seeking.select import SCORED, check_selection
 
+    check_format(cfg.format)
     if cfg.peft not in PEFT_METHODS:
         raise TokenSeekError(f"unknown --peft {cfg.peft!r}: choose one of {', '.join(PEFT_METHODS)}")
     check_selection(cfg.selection, cfg.ratio, cfg.alpha, cfg.beta, cfg.select_from)
@@ -149,22 +155,20 @@ def _split_heldout(examples: list, heldout: float, seed: int) -> tuple[list, lis
 
 def attach_keep(examples: list, cfg: TrainConfig, scores) -> "SelectionTally":
     """Add each example's keep mask (offline selection); returns what the selection trains on."""
-    from tokenseek.seeking.select import SelectionTally, select_keep, target_positions
+    from tokenseek.seeking.select import SelectionTally, keep_for_labels
 
     tally = SelectionTally()
     for ex in examples:
-        stored = scores.get(ex["index"]) if scores is not None else {}
-        keep = select_keep(
-            len(ex["input_ids"]),
+        keep = keep_for_labels(
+            ex["labels"],
             cfg.ratio,
             cfg.selection,
-            context=stored.get("context"),
-            gradient=stored.get("gradient"),
+            select_from=cfg.select_from,
+            stored=scores.get(ex["index"]) if scores is not None else None,
             alpha=cfg.alpha,
             beta=cfg.beta,
             seed=cfg.seed,
             index=ex["index"],
-            candidates=target_positions(ex["labels"]) if cfg.select_from == "targets" else None,
         )
         ex["keep"] = keep.tolist()
         tally.add(keep, ex["labels"])
@@ -207,7 +211,7 @@ def run_train(cfg: TrainConfig) -> dict:
     started = time.time()
 
     resolve_model(cfg.model)  # fail on a bad --model before reading data
-    records = load_records(cfg.data, fields=cfg.fields, limit=cfg.limit)
+    records = load_records(cfg.data, fields=cfg.fields, split=cfg.split, subset=cfg.subset, format=cfg.format, limit=cfg.limit)
     model, tokenizer = load_model(cfg.model, quantize="nf4" if cfg.peft == "qlora" else None)
     data = tokenize_records(records, tokenizer, template=cfg.template, max_length=cfg.max_length, train_on_prompt=cfg.train_on_prompt)
     logger.info("data: %s", data.report())
@@ -289,6 +293,7 @@ def run_train(cfg: TrainConfig) -> dict:
         summary = {
             "model": cfg.model or "SmolLM2-135M-Instruct (default)",
             "data": cfg.data or "builtin",
+            "data_format": data.format,
             "selection": cfg.selection,
             "ratio": cfg.ratio,
             "alpha": cfg.alpha,

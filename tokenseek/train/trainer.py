@@ -38,15 +38,16 @@ class StepOptions:
     online: OnlineSeeker | None = None  # set: select inside each step with the current weights
 
 
-class TokenSeekTrainer(Trainer):
-    """Batches carry ``keep`` and ``shift_labels`` (see :class:`tokenseek.data.DitchingCollator`).
+class DitchedLossMixin:
+    """The ditched training loss for any transformers ``Trainer`` (TRL's ``SFTTrainer`` included).
 
-    With ``step.online`` set, ``keep`` is chosen inside each step instead (the batch's own
-    ``keep`` is ignored) and ``shift_labels`` is rebuilt from it.
+    Training batches carry ``keep`` and ``shift_labels`` (see :func:`tokenseek.data.collate.with_keep`),
+    or, with ``step.online`` set, ``keep`` is chosen inside each step and ``shift_labels`` is
+    rebuilt from it. A batch without ``keep`` outside online training (e.g. TRL's evaluation
+    batches) gets the parent trainer's own loss.
     """
 
-    def __init__(self, *args, step: StepOptions | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def _init_ditching(self, step: StepOptions | None) -> None:
         self.step_options = step or StepOptions()
         if self.step_options.loss_norm not in LOSS_NORMS:
             raise ValueError(f"loss_norm must be one of {LOSS_NORMS}, got {self.step_options.loss_norm!r}")
@@ -61,8 +62,11 @@ class TokenSeekTrainer(Trainer):
     # ------------------------------------------------------------------ the step
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         options = self.step_options
-        keep, cache, shift_labels = inputs["keep"], None, inputs["shift_labels"]
-        if options.online is not None and model.training:
+        online = options.online is not None and model.training
+        if not online and "keep" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        keep, cache, shift_labels = inputs.get("keep"), None, inputs.get("shift_labels")
+        if online:
             keep, cache, _ = options.online(model, inputs["input_ids"], inputs["labels"], inputs["attention_mask"], inputs.get("index"))
             shift_labels = kept_targets(inputs["labels"], keep)
             self._tally(keep, inputs)
@@ -115,3 +119,11 @@ class TokenSeekTrainer(Trainer):
         lengths = batch["attention_mask"].sum(dim=1).tolist()
         targets = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1).tolist()
         return sum(min(keep_count(n, options.online.ratio), t) for n, t in zip(lengths, targets))
+
+
+class TokenSeekTrainer(DitchedLossMixin, Trainer):
+    """transformers' ``Trainer`` with the ditched loss; batches from :class:`tokenseek.data.DitchingCollator`."""
+
+    def __init__(self, *args, step: StepOptions | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_ditching(step)

@@ -1,0 +1,1 @@
+"""Token ditching inside other training libraries (each module needs its library installed)."""
