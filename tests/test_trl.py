@@ -143,17 +143,20 @@ def test_online_seeking_chooses_the_keep_mask_in_the_step(tmp_path, tiny_model_d
     chosen = []
     config = _config(tmp_path, max_steps=2, gradient_accumulation_steps=1)
     trainer = _trainer(tmp_path, tiny_model_dir, config=config, selection="tokenseek", seeking="online", ratio=0.3)
-    seeker = trainer.step_options.online
+    import dataclasses
 
-    def spy(model, input_ids, labels, attention_mask, indices=None):  # the weights this step's loss sees
-        assert model.training
-        keep, cache, scores = type(seeker).__call__(seeker, model, input_ids, labels, attention_mask, indices)
-        assert not (keep & ~torch.from_numpy(_targets(labels, attention_mask))).any()  # targets only
-        with torch.no_grad():
-            chosen.append(ditched_loss(model, input_ids, labels, keep, attention_mask))
-        return keep, cache, scores
+    from tokenseek.seeking.online import OnlineSeeker
 
-    trainer.step_options.online = spy
+    class Spy(OnlineSeeker):
+        def __call__(self, model, input_ids, labels, attention_mask, indices=None):  # the weights this step's loss sees
+            assert model.training
+            keep, cache, scores = super().__call__(model, input_ids, labels, attention_mask, indices)
+            assert not (keep & ~torch.from_numpy(_targets(labels, attention_mask))).any()  # targets only
+            with torch.no_grad():
+                chosen.append(ditched_loss(model, input_ids, labels, keep, attention_mask))
+            return keep, cache, scores
+
+    trainer.step_options.online = Spy(**dataclasses.asdict(trainer.step_options.online))
     losses, compute_loss = [], trainer.compute_loss
     trainer.compute_loss = lambda *a, **k: losses.append(compute_loss(*a, **k)) or losses[-1]
     trainer.train()
