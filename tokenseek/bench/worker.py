@@ -38,6 +38,7 @@ import torch
 
 from tokenseek.bench import memory
 from tokenseek.models import introspect
+from tokenseek.models.placement import default_device
 from tokenseek.errors import TokenSeekError
 
 MODES = ("train", "score")
@@ -57,6 +58,7 @@ def default_spec() -> dict:
         "seed": 0,
         "score_ratio": 0.1,
         "threads": None,  # intra-op threads; None = torch's default (one per core)
+        "dtype": "fp32",  # --dtype: stored and autocast as `tokenseek train` does (tokenseek.models.placement)
     }
 
 
@@ -138,7 +140,11 @@ def load_seek() -> Callable | None:
 def _load(spec: dict, device: torch.device):
     from tokenseek.models import apply_peft, load_model
 
-    model, _ = load_model(spec["model"], quantize="nf4" if spec["peft"] == "qlora" else None, device=str(device))
+    from tokenseek.models.placement import resolve_dtype, storage_dtype
+
+    compute = resolve_dtype(spec["dtype"], device)
+    stored = storage_dtype(compute, spec["peft"] if spec["mode"] == "train" else "lora")  # scoring trains nothing
+    model, _ = load_model(spec["model"], quantize="nf4" if spec["peft"] == "qlora" else None, dtype=stored, device=device)
     # safetensors weights are memory-mapped: copy them into ordinary memory so RSS
     # counts them from the start instead of faulting them in during a measured step.
     # (Parameters are deduplicated by model.parameters(), so tied weights stay tied.)
@@ -187,10 +193,16 @@ def _step_fn(spec: dict, model, batch: dict, optimizer) -> Callable[[dict], None
 
         return score
 
+    from tokenseek.models.placement import resolve_dtype
+
+    compute = resolve_dtype(spec["dtype"], device)
+
     def train(phases: dict) -> None:
         t0 = time.perf_counter()
         with torch.profiler.record_function(memory.FORWARD_BACKWARD_RANGE):  # no-ops unless profiled
-            loss = training_loss(model, batch)
+            # The Trainer's bf16/fp16 autocast, as `tokenseek train --dtype` runs.
+            with torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32):
+                loss = training_loss(model, batch)
             _sync(device)
             t1 = time.perf_counter()
             loss.backward()
@@ -214,7 +226,7 @@ def run(spec: dict) -> dict:
     spec = {**default_spec(), **spec}
     if spec["mode"] not in MODES:
         raise TokenSeekError(f"unknown worker mode {spec['mode']!r}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     if spec["threads"]:
         # On a shared machine, 2 OpenMP threads fighting other processes for 2 cores stall
         # at every barrier (10x slower, erratic); 1 thread degrades gracefully.
