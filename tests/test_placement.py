@@ -289,3 +289,34 @@ def test_torchrun_train_scores_by_rank_into_one_store(tmp_path, tiny_model_dir):
     for k in moved:
         update_a, update_b = wa[k] - base[k], wb[k] - base[k]
         assert (update_a - update_b).abs().max() <= 1e-5 * update_a.abs().max().clamp(min=1e-12) + 1e-7, k
+
+
+# --- FSDP: parameters sharded over 2 CPU processes ---
+
+def test_fsdp2_sharded_ditched_step_equals_one_process(tmp_path):
+    """torch FSDP2 (fully_shard) on 2 CPU ranks, one example each ≡ one unsharded process on both.
+
+    Only FSDP2 runs on CPU: FSDP1 refuses ("FSDP needs a non-CPU accelerator device"), and
+    accelerate (so the Trainer's `fsdp` option) enables FSDP only for GPU-type backends —
+    on CPU it silently trains with DDP. See docs/RELIABILITY.md.
+    """
+    from fsdp_worker import batch
+
+    from tokenseek.ditching.loss import ditched_loss_sum
+
+    out = tmp_path / "fsdp.pt"
+    worker = os.path.join(os.path.dirname(__file__), "fsdp_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29538", worker, "llama", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = torch.load(out)
+    assert got["sharded"] == got["params"]  # every parameter was split between the ranks
+
+    model = tiny_model("llama")
+    input_ids, attention_mask, targets, keep = batch()
+    total, count = ditched_loss_sum(model, input_ids, targets, keep, attention_mask)
+    (total / count).backward()
+    want = grads(model)
+    assert got["grads"].keys() == want.keys()
+    for k in want:
+        assert (got["grads"][k] - want[k]).abs().max() <= 1e-5 * want[k].abs().max().clamp(min=1e-12), k
