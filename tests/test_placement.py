@@ -320,3 +320,30 @@ def test_fsdp2_sharded_ditched_step_equals_one_process(tmp_path):
     assert got["grads"].keys() == want.keys()
     for k in want:
         assert (got["grads"][k] - want[k]).abs().max() <= 1e-5 * want[k].abs().max().clamp(min=1e-12), k
+
+
+# --- DeepSpeed ZeRO through the Trainer's `deepspeed` option, 2 CPU processes ---
+
+def _trainer_step(tmp_path, mode: str, processes: int) -> dict:
+    out = tmp_path / f"{mode}.pt"
+    worker = os.path.join(os.path.dirname(__file__), "trainer_worker.py")
+    launch = ["-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--master_port=29539"] if processes > 1 else []
+    result = subprocess.run([sys.executable, *launch, worker, mode, str(out)], capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(out)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_equals_one_process(tmp_path, stage):
+    pytest.importorskip("deepspeed")
+    single = _trainer_step(tmp_path, "none", 1)
+    zero = _trainer_step(tmp_path, f"zero{stage}", 2)
+    assert zero["engine"] == "DeepSpeedEngine"
+    if stage == 3:
+        assert zero["partitioned"] == len(single["update"])  # every parameter was partitioned over the ranks
+    moved = [k for k, u in single["update"].items() if u.abs().max() > 0]
+    assert moved, "training changed nothing"
+    for k in moved:
+        a, b = single["update"][k], zero["update"][k]
+        assert (a - b).abs().max() <= 1e-5 * a.abs().max().clamp(min=1e-12) + 1e-7, k
