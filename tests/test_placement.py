@@ -352,3 +352,26 @@ def test_deepspeed_zero_equals_one_process(tmp_path, stage):
     for k in moved:
         a, b = single["update"][k], zero["update"][k]
         assert (a - b).abs().max() <= 1e-5 * a.abs().max().clamp(min=1e-12) + 1e-7, k
+
+
+# --- --dtype reaches eval and bench ---
+
+def test_eval_loads_in_dtype(tiny_model_dir):
+    from tokenseek.eval.model import load_for_eval
+
+    lm, _, info = load_for_eval(str(tiny_model_dir), dtype="bf16")
+    assert info["dtype"] == "bf16" and lm.get_input_embeddings().weight.dtype == torch.bfloat16
+
+
+def test_bench_worker_stores_and_autocasts_like_train(tiny_model_dir):
+    from tokenseek.bench.worker import run
+
+    spec = {"model": str(tiny_model_dir), "seq_len": 32, "ratio": 0.5, "steps": 1, "warmup": 0, "threads": 1}
+    lora32, lora16 = run({**spec, "peft": "lora", "dtype": "fp32"}), run({**spec, "peft": "lora", "dtype": "bf16"})
+    full16 = run({**spec, "peft": "none", "dtype": "bf16"})
+    # A LoRA base is stored in bf16 (half the bytes; the fp32 adapters are a small part),
+    # full fine-tuning keeps fp32 master weights.
+    assert lora16["params"]["param_bytes"] < 0.6 * lora32["params"]["param_bytes"]
+    assert full16["params"]["param_bytes"] > 0.95 * lora32["params"]["param_bytes"]  # fp32, less the adapters
+    for result in (lora16, full16):
+        assert "error" not in result and torch.isfinite(torch.tensor(result["time"]["phases"]["loss"]))
