@@ -25,11 +25,25 @@ def _cosines(a: dict, b: dict) -> dict[str, float]:
     return {k: float(F.cosine_similarity(a[k].double().flatten(), b[k].double().flatten(), dim=0)) for k in a}
 
 
+# The bf16 tests also run on a GPU when there is one (the lead engineer's CUDA check).
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+
+
+def _on(device, *tensors):
+    return [t.to(device) for t in tensors]
+
+
+def _cpu_grads(model) -> dict:
+    return {k: v.cpu() for k, v in grads(model).items()}
+
+
 def _ditched(model, input_ids, attention_mask, labels, keep, autocast: bool):
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    device = next(model.parameters()).device
+    input_ids, attention_mask, labels, keep = _on(device, input_ids, attention_mask, labels, keep)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
         loss = ditched_loss(model, input_ids, labels, keep, attention_mask)
     loss.backward()
-    return grads(model)
+    return _cpu_grads(model)
 
 
 def _reference(model, input_ids, attention_mask, labels, keep):
@@ -38,16 +52,19 @@ def _reference(model, input_ids, attention_mask, labels, keep):
 
 
 def _plain(model, input_ids, attention_mask, labels, autocast: bool):
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    device = next(model.parameters()).device
+    input_ids, attention_mask, labels = _on(device, input_ids, attention_mask, labels)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
         loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
     loss.backward()
-    return grads(model)
+    return _cpu_grads(model)
 
 
 # --- bf16: within bf16 tolerance of the fp32 reference ---
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3_text"])
-def test_bf16_lora_gradients_match_fp32_reference(arch):
+def test_bf16_lora_gradients_match_fp32_reference(arch, device):
     """PEFT in bf16 as `train --dtype bf16` runs it: bf16 base, fp32 adapters, Trainer-style autocast."""
     import peft
 
@@ -66,7 +83,7 @@ def test_bf16_lora_gradients_match_fp32_reference(arch):
     adapters = {k: p for k, p in bf16.named_parameters() if p.requires_grad}
     assert adapters and all(p.dtype == torch.float32 for p in adapters.values())
     assert base16.get_input_embeddings().weight.dtype == torch.bfloat16
-    fp32.eval(), bf16.eval()
+    fp32.eval(), bf16.eval().to(device)
 
     input_ids, attention_mask, labels = padded_batch(seed=3)
     keep = random_keep(attention_mask, 0.3, seed=4)
@@ -79,15 +96,17 @@ def test_bf16_lora_gradients_match_fp32_reference(arch):
     assert min(_cosines(plain, want).values()) < 0.99
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3_text"])
-def test_bf16_full_finetuning_gradients_match_fp32_reference(arch):
+def test_bf16_full_finetuning_gradients_match_fp32_reference(arch, device):
     """Full fine-tuning in bf16: fp32 master weights, the compute autocast (Trainer bf16=True)."""
-    model = tiny_model(arch).eval()
+    reference = tiny_model(arch).eval()
+    model = copy.deepcopy(reference).to(device)
     input_ids, attention_mask, labels = padded_batch(seed=1, lengths=(31, 12, 20))
     keep = random_keep(attention_mask, 0.3, seed=2)
     got = _ditched(model, input_ids, attention_mask, labels, keep, autocast=True)
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    want = _reference(model, input_ids, attention_mask, labels, keep)
+    want = _reference(reference, input_ids, attention_mask, labels, keep)
     cos = _cosines(got, want)
     assert min(cos.values()) >= 0.999, sorted(cos.items(), key=lambda kv: kv[1])[:3]
     plain = _plain(model, input_ids, attention_mask, labels, autocast=True)
@@ -375,3 +394,25 @@ def test_bench_worker_stores_and_autocasts_like_train(tiny_model_dir):
     assert full16["params"]["param_bytes"] > 0.95 * lora32["params"]["param_bytes"]  # fp32, less the adapters
     for result in (lora16, full16):
         assert "error" not in result and torch.isfinite(torch.tensor(result["time"]["phases"]["loss"]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash attention needs a GPU")
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_real_flash_attention_2_on_gpu(arch):
+    """GPU only, needs the flash-attn package: the real kernel in the context pass, SDPA in the kept pass."""
+    pytest.importorskip("flash_attn")
+    from transformers import AutoModelForCausalLM
+
+    reference = tiny_model(arch).eval()
+    model = AutoModelForCausalLM.from_config(reference.config, attn_implementation="flash_attention_2", dtype=torch.bfloat16)
+    model.load_state_dict(reference.state_dict())
+    model = model.to("cuda").eval()
+    assert model.config._attn_implementation == "flash_attention_2"
+    input_ids, attention_mask, labels = padded_batch(seed=1, lengths=(31, 12, 20))
+    keep = random_keep(attention_mask, 0.3, seed=2)
+    got = _ditched(model, input_ids, attention_mask, labels, keep, autocast=False)
+    assert model.config._attn_implementation == "flash_attention_2"
+    rounded = copy.deepcopy(reference).to(torch.bfloat16).float()  # the same bf16-rounded weights, in fp32
+    want = _reference(rounded, input_ids, attention_mask, labels, keep)
+    cos = _cosines(got, want)
+    assert min(cos.values()) >= 0.999, sorted(cos.items(), key=lambda kv: kv[1])[:3]
