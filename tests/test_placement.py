@@ -20,6 +20,11 @@ from tokenseek.cli.main import main
 from tokenseek.models.introspect import decoder_layers
 
 
+# The multi-process tests compare gloo CPU processes with one CPU process, on any machine
+# (2 ranks on a 1-GPU machine would share GPU 0, which NCCL refuses).
+CPU_PROCESSES = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
 def _cosines(a: dict, b: dict) -> dict[str, float]:
     assert a.keys() == b.keys(), sorted(set(a) ^ set(b))
     return {k: float(F.cosine_similarity(a[k].double().flatten(), b[k].double().flatten(), dim=0)) for k in a}
@@ -286,7 +291,7 @@ def test_torchrun_train_scores_by_rank_into_one_store(tmp_path, tiny_model_dir):
     common = ["--model", str(tiny_model_dir), "--data", str(data), "--max-length", "64", "--selection", "tokenseek", "--ratio", "0.3",
               "--heldout", "8", "--peft", "none", "--max-steps", "1", "--optim", "sgd", "--lr", "0.5", "--max-grad-norm", "0",
               "--scheduler", "constant", "--warmup-ratio", "0", "--grad-accum", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = CPU_PROCESSES
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     one = subprocess.run([sys.executable, "-m", "tokenseek", "train", *common, "--output-dir", str(single), "--batch-size", "2"],
                          capture_output=True, text=True, env=env, timeout=600)
@@ -331,7 +336,7 @@ def test_fsdp2_sharded_ditched_step_equals_one_process(tmp_path):
     out = tmp_path / "fsdp.pt"
     worker = os.path.join(os.path.dirname(__file__), "fsdp_worker.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29538", worker, "llama", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=CPU_PROCESSES, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     got = torch.load(out)
     assert got["sharded"] == got["params"]  # every parameter was split between the ranks
@@ -353,7 +358,7 @@ def _trainer_step(tmp_path, mode: str, processes: int) -> dict:
     worker = os.path.join(os.path.dirname(__file__), "trainer_worker.py")
     launch = ["-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--master_port=29539"] if processes > 1 else []
     result = subprocess.run([sys.executable, *launch, worker, mode, str(out)], capture_output=True, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+                            env=CPU_PROCESSES, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(out)
 
