@@ -42,6 +42,7 @@ class BenchConfig:
     jobs: int = 1
     threads: int | None = None
     timeout: float | None = None
+    dtype: str = "auto"  # --dtype; each worker resolves it on its device (tokenseek.models.placement)
 
 
 def parse_list(text: str, kind, flag: str) -> list:
@@ -132,6 +133,7 @@ def worker_specs(cfg: BenchConfig, model: str) -> list[dict]:
                 "seed": cfg.seed,
                 "score_ratio": cfg.score_ratio,
                 "threads": cfg.threads,
+                "dtype": cfg.dtype,
             }
             specs += [{**base, "mode": "train", "ratio": r} for r in ratios]
             if cfg.score:

@@ -39,6 +39,7 @@ import torch
 from tokenseek.bench import memory
 from tokenseek.ditching.loss import DEFAULT_LOSS_CHUNK
 from tokenseek.models import introspect
+from tokenseek.models.placement import default_device
 from tokenseek.errors import TokenSeekError
 
 MODES = ("train", "score")
@@ -151,7 +152,11 @@ def load_seek() -> Callable | None:
 def _load(spec: dict, device: torch.device):
     from tokenseek.models import apply_peft, load_model
 
-    model, _ = load_model(spec["model"], quantize="nf4" if spec["peft"] == "qlora" else None, device=str(device))
+    from tokenseek.models.placement import resolve_dtype, storage_dtype
+
+    compute = resolve_dtype(spec["dtype"], device)
+    stored = storage_dtype(compute, spec["peft"] if spec["mode"] == "train" else "lora")  # scoring trains nothing
+    model, _ = load_model(spec["model"], quantize="nf4" if spec["peft"] == "qlora" else None, dtype=stored, device=device)
     # safetensors weights are memory-mapped: copy them into ordinary memory so RSS
     # counts them from the start instead of faulting them in during a measured step.
     # (Parameters are deduplicated by model.parameters(), so tied weights stay tied.)
@@ -159,9 +164,6 @@ def _load(spec: dict, device: torch.device):
         for p in model.parameters():
             if type(p) is torch.nn.Parameter and p.device.type == "cpu":
                 p.data = p.data.clone()
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec["dtype"]]
-    if dtype != torch.float32 and spec["peft"] != "qlora":
-        model.to(dtype)
     if spec["mode"] == "train":
         lora = dict(spec.get("lora") or {})
         if lora.get("target_modules") and isinstance(lora["target_modules"], str):
@@ -205,10 +207,16 @@ def _step_fn(spec: dict, model, batch: dict, optimizer) -> Callable[[dict], None
 
         return score
 
+    from tokenseek.models.placement import resolve_dtype
+
+    compute = resolve_dtype(spec["dtype"], device)
+
     def train(phases: dict) -> None:
         t0 = time.perf_counter()
         with torch.profiler.record_function(memory.FORWARD_BACKWARD_RANGE):  # no-ops unless profiled
-            loss = training_loss(model, batch, spec)
+            # The Trainer's bf16/fp16 autocast, as `tokenseek train --dtype` runs.
+            with torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32):
+                loss = training_loss(model, batch, spec)
             _sync(device)
             t1 = time.perf_counter()
             loss.backward()
@@ -232,7 +240,7 @@ def run(spec: dict) -> dict:
     spec = {**default_spec(), **spec}
     if spec["mode"] not in MODES:
         raise TokenSeekError(f"unknown worker mode {spec['mode']!r}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     if spec["threads"]:
         # On a shared machine, 2 OpenMP threads fighting other processes for 2 cores stall
         # at every barrier (10x slower, erratic); 1 thread degrades gracefully.

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tokenseek.cli.common import add_model_args
+from tokenseek.cli.common import add_dtype_arg, add_model_args
 
 
 def add_lora_args(p: argparse.ArgumentParser) -> None:
@@ -56,6 +56,7 @@ def register(sub) -> None:
     )
     p.add_argument("--dtype", default="fp32", help="comma list of fp32, bf16, fp16 for --knobs (default: fp32)")
     add_lora_args(p)
+    add_dtype_arg(p)
     p.set_defaults(func=run)
 
 
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         threads=args.threads,
         timeout=args.timeout,
+        dtype=args.dtype,
     )
     run_bench(cfg, progress=lambda message: print(message, file=sys.stderr, flush=True))
     out = Path(cfg.output)

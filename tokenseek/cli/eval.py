@@ -9,7 +9,7 @@ import logging
 import time
 from pathlib import Path
 
-from tokenseek.cli.common import add_model_args
+from tokenseek.cli.common import add_dtype_arg, add_model_args
 from tokenseek.errors import TokenSeekError
 
 
@@ -27,6 +27,7 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--adapter", help="PEFT adapter folder (or training output folder) to put on --model")
     p.add_argument("--quantize", choices=["nf4"], help="load the base model in 4-bit NF4 (automatic for a QLoRA run's adapter)")
+    add_dtype_arg(p)
     p.add_argument(
         "--tasks",
         help=f"comma-separated tasks; 'paper' = the five paper tasks (default: {','.join(DEFAULT_TASKS)}, or none with --heldout)",
@@ -96,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
 
         records = load_records(args.heldout, fields=args.fields, limit=args.limit)  # before the slow model load
 
-    model, tokenizer, info = load_for_eval(args.model, args.adapter, args.quantize)
+    model, tokenizer, info = load_for_eval(args.model, args.adapter, args.quantize, args.dtype)
     results: dict = {**info}
     if selection is not None:
         from tokenseek.eval.harness import evaluate_tasks

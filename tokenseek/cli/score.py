@@ -8,7 +8,7 @@ import time
 
 
 def register(sub) -> None:
-    from tokenseek.cli.common import add_data_args, add_model_args, add_selection_args
+    from tokenseek.cli.common import add_data_args, add_dtype_arg, add_model_args, add_selection_args
 
     p = sub.add_parser("score", help="score every token of a dataset (token seeking)", description="Score every token with the model's own attention and gradients; resumable.")
     add_model_args(p)
@@ -19,6 +19,7 @@ def register(sub) -> None:
     p.add_argument("--grad-layer", type=int, default=1, choices=[1, 2, 3], help="score the gradient at the input of layer N-1 (1, default), N-2 or N-3")
     p.add_argument("--grad-mode", choices=["abs", "signed"], default="abs", help="sum |gradient| (default) or the signed gradient over the hidden dimension")
     p.add_argument("--seed", type=int, default=0)
+    add_dtype_arg(p)
     p.set_defaults(func=run, parser=p)
 
 
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
         dist.init_process_group("gloo")
     records = load_data(args)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, dtype=args.dtype)
     data = tokenize_records(records, tokenizer, template=args.template, max_length=args.max_length, train_on_prompt=args.train_on_prompt)
     started = time.time()
     store = score_dataset(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from tokenseek.cli.common import add_data_args, add_model_args, add_selection_args, apply_config_file
+from tokenseek.cli.common import add_data_args, add_dtype_arg, add_model_args, add_selection_args, apply_config_file
 
 
 def register(sub) -> None:
@@ -37,6 +37,7 @@ def register(sub) -> None:
     p.add_argument("--lora-alpha", type=int, default=16)
     p.add_argument("--lora-dropout", type=float, default=0.05)
     p.add_argument("--target-modules", help="comma-separated module names for adapters (default: all linear layers)")
+    add_dtype_arg(p)
     p.add_argument("--heldout", type=float, default=0.0, help="hold out this fraction (<1) or count of records for eval")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps (default: one full epoch)")

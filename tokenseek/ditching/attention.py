@@ -54,26 +54,36 @@ def register_attention() -> None:
     AttentionMaskInterface.register(KEPT_PASS_ATTENTION, sdpa_mask)
 
 
+def _is_flash_attention(impl: str) -> bool:
+    """flash_attention_2/3 and Hub flash kernels ("kernels-community/flash-attn…")."""
+    return impl.startswith("flash_attention") or "flash-attn" in impl or "flash_attn" in impl
+
+
 @contextlib.contextmanager
 def kept_pass_attention(model: torch.nn.Module) -> Iterator[None]:
-    """Run SDPA models with :func:`gqa_sdpa_attention`; eager models stay as they are."""
+    """Run SDPA models with :func:`gqa_sdpa_attention`; eager models stay as they are.
+
+    Flash attention takes no custom mask (only padding / causal), so a model loaded with
+    it runs the context pass with flash attention and falls back to SDPA for the kept
+    pass: the cache it reads is the same whichever kernel filled it.
+    """
     register_attention()
     switched = []
     for config in attention_configs(model):
         impl = config._attn_implementation
-        if impl == "sdpa":
+        if impl == "sdpa" or (impl is not None and _is_flash_attention(impl)):
+            switched.append((config, impl))
             config._attn_implementation_internal = KEPT_PASS_ATTENTION
-            switched.append(config)
         elif impl not in ("eager", KEPT_PASS_ATTENTION, None):
             raise UnsupportedModelError(
                 f"token ditching needs attention that accepts a custom 4-D mask, but this model uses "
-                f"{impl!r}: load it with attn_implementation='sdpa' (or 'eager')"
+                f"{impl!r}: load it with attn_implementation='sdpa', 'eager' or 'flash_attention_2'"
             )
     try:
         yield
     finally:
-        for config in switched:
-            config._attn_implementation_internal = "sdpa"
+        for config, impl in switched:
+            config._attn_implementation_internal = impl
 
 
 def attention_windows(config) -> dict[str, int | None]:

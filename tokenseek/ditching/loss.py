@@ -71,6 +71,12 @@ def head_loss_sums(model, hidden: torch.Tensor, targets: torch.Tensor, chunk: in
     return LossSums(total, count)
 
 
+def logits_loss_sums(logits: torch.Tensor, targets: torch.Tensor) -> LossSums:
+    """Per-example summed cross-entropy of ready-made logits ``[B, K, vocab]`` (no chunking)."""
+    per_row = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    return LossSums(per_row.sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1))
+
+
 def ditched_loss_sums(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -81,9 +87,15 @@ def ditched_loss_sums(
     cache: ContextCache | None = None,
     loss_chunk: int = DEFAULT_LOSS_CHUNK,
 ) -> LossSums:
-    """Per-example cross-entropy over kept targets; only kept tokens are back-propagated."""
-    out = ditched_forward(model, input_ids, keep, attention_mask, cache=cache, return_hidden=True)
+    """Per-example cross-entropy over kept targets; only kept tokens are back-propagated.
+
+    ``loss_chunk=0`` lets the model apply its own LM head inside its forward (what sharded
+    setups such as FSDP expect); otherwise the head runs here, in chunks.
+    """
+    out = ditched_forward(model, input_ids, keep, attention_mask, cache=cache, return_hidden=loss_chunk > 0)
     targets = torch.gather(shift_labels, 1, out.positions).masked_fill(~out.slot_valid, IGNORE_INDEX)
+    if loss_chunk <= 0:
+        return logits_loss_sums(out.logits, targets)
     return head_loss_sums(model, out.hidden, targets, loss_chunk)
 
 
@@ -96,6 +108,8 @@ def full_loss_sums(
     loss_chunk: int = DEFAULT_LOSS_CHUNK,
 ) -> LossSums:
     """Ordinary (full-token) training loss, with the same chunked head as the ditched loss."""
+    if loss_chunk <= 0:
+        return logits_loss_sums(model(input_ids=input_ids, attention_mask=attention_mask).logits, shift_labels)
     with capture_final_hidden(model) as final:
         model(input_ids=input_ids, attention_mask=attention_mask, **no_logits_kwargs(model, input_ids.device))
     return head_loss_sums(model, final["hidden"], shift_labels, loss_chunk)

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 _SHAPE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size", "num_attention_heads", "num_key_value_heads")
 
 
-def load_for_eval(model: str | None = None, adapter: str | None = None, quantize: str | None = None):
+def load_for_eval(model: str | None = None, adapter: str | None = None, quantize: str | None = None, dtype: str = "fp32"):
     """Return ``(model, tokenizer, info)``; ``info`` says what was loaded, for the results file."""
     from tokenseek.models.loading import disable_bnb_inference_repacking, load_model
 
@@ -39,8 +39,16 @@ def load_for_eval(model: str | None = None, adapter: str | None = None, quantize
         if quantize is None and _trained_with_qlora(adapter_dir, adapter_run):
             quantize = "nf4"  # a QLoRA adapter was trained on an NF4 base: evaluate it on the same
 
-    lm, tokenizer = load_model(model, quantize=quantize)
-    info = {"model": model or "SmolLM2-135M-Instruct (default)", "adapter": str(adapter_dir) if adapter_dir else None, "quantize": quantize}
+    from tokenseek.models.placement import dtype_name, resolve_dtype
+
+    compute = resolve_dtype(dtype)
+    lm, tokenizer = load_model(model, quantize=quantize, dtype=compute)
+    info = {
+        "model": model or "SmolLM2-135M-Instruct (default)",
+        "adapter": str(adapter_dir) if adapter_dir else None,
+        "quantize": quantize,
+        "dtype": dtype_name(compute),
+    }
     if adapter_dir is not None:
         lm = _attach_adapter(lm, adapter_dir, quantized=quantize is not None)
     disable_bnb_inference_repacking(lm)  # lm-eval's no-grad forwards must not repack NF4 weights

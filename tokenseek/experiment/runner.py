@@ -152,7 +152,9 @@ def machine() -> dict:
 
     out = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
-        out["gpu"] = torch.cuda.get_device_name(0)
+        from tokenseek.models.placement import default_device
+
+        out["gpu"] = torch.cuda.get_device_name(default_device())
     with contextlib.suppress(OSError):
         out["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return out

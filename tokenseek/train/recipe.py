@@ -45,6 +45,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute the kept pass's layers in backward
     scores: str | None = None  # a `tokenseek score` store; scored strategies need one
     peft: str = "lora"
+    dtype: str = "auto"  # auto|bf16|fp16|fp32; run_train records the resolved one (auto = bf16 on a capable GPU, else fp32)
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -87,13 +88,16 @@ class TrainConfig:
 
 # What runs recorded before an option existed did; see TrainConfig.identity.
 # Format "auto" is what those runs did: Alpaca, the only format that loaded then, is detected first.
-LEGACY_BEHAVIOUR = {"select_from": "all", "seeking": "offline", "loss_norm": "token", "format": "auto", "split": "train", "subset": None}
+LEGACY_BEHAVIOUR = {
+    "select_from": "all", "seeking": "offline", "loss_norm": "token", "format": "auto", "split": "train", "subset": None, "dtype": "fp32",
+}
 SEEKING = ("offline", "online")
 
 
 def validate(cfg: TrainConfig) -> None:
     from tokenseek.data.formats import check_format
     from tokenseek.models.adapters import PEFT_METHODS
+    from tokenseek.models.placement import resolve_dtype
     from tokenseek.seeking.select import SCORED, check_selection
 
     check_format(cfg.format)
@@ -119,15 +123,25 @@ def validate(cfg: TrainConfig) -> None:
         raise TokenSeekError("--batch-size and --grad-accum must be at least 1")
     if cfg.heldout < 0:
         raise TokenSeekError("--heldout must be a fraction in [0, 1) or a count >= 1")
+    resolve_dtype(cfg.dtype)  # an unknown --dtype is a one-line error before anything is loaded
 
 
-def _prepare_output_dir(cfg: TrainConfig) -> tuple[Path, bool]:
-    """Refuse a directory holding another run; return (path, resuming)."""
+def _prepare_output_dir(cfg: TrainConfig, state=None) -> tuple[Path, bool]:
+    """Refuse a directory holding another run; return (path, resuming).
+
+    Under torchrun every process checks (so all raise the same error and none waits
+    forever at a barrier), then only the main process clears an ``--overwrite`` directory.
+    """
     out = Path(cfg.output_dir)
     marker = out / "run_config.json"
     if out.exists() and any(out.iterdir()):
         if cfg.overwrite:
-            shutil.rmtree(out)
+            if state is not None:
+                state.wait_for_everyone()  # every rank has looked before rank 0 deletes
+            if state is None or state.is_main_process:
+                shutil.rmtree(out)
+            if state is not None:
+                state.wait_for_everyone()
         elif not marker.is_file():
             raise TokenSeekError(f"--output-dir {out} is not empty and holds no tokenseek run: choose another directory or pass --overwrite")
         else:
@@ -188,9 +202,9 @@ def step_options(cfg: TrainConfig):
     return StepOptions(loss_norm=cfg.loss_norm, loss_chunk=cfg.loss_chunk, online=online)
 
 
-def peak_memory_bytes() -> int:
+def peak_memory_bytes(device: torch.device | None = None) -> int:
     if torch.cuda.is_available():
-        return int(torch.cuda.max_memory_allocated())
+        return int(torch.cuda.max_memory_allocated(device))
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
@@ -202,17 +216,28 @@ def run_train(cfg: TrainConfig) -> dict:
     from tokenseek.data import DitchingCollator, load_records, tokenize_records
     from tokenseek.models import apply_peft, load_model
     from tokenseek.models.loading import resolve_model
+    from tokenseek.models.placement import dtype_name, resolve_dtype, storage_dtype, trainer_precision
     from tokenseek.seeking.select import SCORED
     from tokenseek.train.trainer import TokenSeekTrainer
 
     validate(cfg)
-    out, resuming = _prepare_output_dir(cfg)
+    state = _distributed_state()
+    # The run records the precision it ran in: "auto" is fp32 on a CPU (what every run
+    # before --dtype did, so their identity is unchanged) and bf16 on a capable GPU.
+    compute = resolve_dtype(cfg.dtype, state.device)
+    cfg.dtype = dtype_name(compute)
+    out, resuming = _prepare_output_dir(cfg, state if state.num_processes > 1 else None)
     set_seed(cfg.seed)
     started = time.time()
 
     resolve_model(cfg.model)  # fail on a bad --model before reading data
     records = load_records(cfg.data, fields=cfg.fields, split=cfg.split, subset=cfg.subset, format=cfg.format, limit=cfg.limit)
-    model, tokenizer = load_model(cfg.model, quantize="nf4" if cfg.peft == "qlora" else None)
+    model, tokenizer = load_model(
+        cfg.model,
+        quantize="nf4" if cfg.peft == "qlora" else None,
+        dtype=storage_dtype(compute, cfg.peft),
+        device=state.device,
+    )
     data = tokenize_records(records, tokenizer, template=cfg.template, max_length=cfg.max_length, train_on_prompt=cfg.train_on_prompt)
     logger.info("data: %s", data.report())
     train_examples, heldout_examples = _split_heldout(data.examples, cfg.heldout, cfg.seed)
@@ -230,13 +255,19 @@ def run_train(cfg: TrainConfig) -> dict:
         if cfg.scores:
             scores = ScoreStore.open(cfg.scores, data=data, model=model, model_id=cfg.model)
         else:
-            scores = score_dataset(model, tokenizer, data, out / "scores", model_id=cfg.model)
+            # Under torchrun each rank scores its share of the batches; score_dataset waits for
+            # all shards, rank 0 merges, and every rank then opens the one complete store.
+            scores = score_dataset(
+                model, tokenizer, data, out / "scores", model_id=cfg.model,
+                rank=state.process_index, world_size=state.num_processes, progress=state.is_main_process,
+            )
     tally = attach_keep(train_examples, cfg, scores) if cfg.seeking == "offline" else None
 
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "run_config.json", cfg.identity())
-    if heldout_examples:
-        write_json(out / "heldout.json", [records[e["index"]] for e in heldout_examples])
+    if state.is_main_process:
+        write_json(out / "run_config.json", cfg.identity())
+        if heldout_examples:
+            write_json(out / "heldout.json", [records[e["index"]] for e in heldout_examples])
 
     model = apply_peft(
         model,
@@ -267,6 +298,7 @@ def run_train(cfg: TrainConfig) -> dict:
         report_to=[],
         remove_unused_columns=False,
         use_cpu=not torch.cuda.is_available(),
+        **trainer_precision(compute),  # autocast; fp32 adapters / master weights (tokenseek.models.placement)
         # gloo in a single process crashes; only a torchrun/accelerate launch needs it.
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
         disable_tqdm=False,
@@ -299,6 +331,8 @@ def run_train(cfg: TrainConfig) -> dict:
             "alpha": cfg.alpha,
             "beta": cfg.beta,
             "peft": cfg.peft,
+            "dtype": cfg.dtype,
+            "processes": state.num_processes,
             "examples": len(train_examples),
             "heldout_examples": len(heldout_examples),
             "truncated_examples": data.truncated,
@@ -314,7 +348,7 @@ def run_train(cfg: TrainConfig) -> dict:
             "final_loss": curve[-1]["loss"] if curve else None,
             "train_loss": result.training_loss,
             "wall_time_s": round(time.time() - started, 2),
-            "peak_memory_bytes": peak_memory_bytes(),
+            "peak_memory_bytes": peak_memory_bytes(state.device),
             "peak_memory_kind": "cuda max_memory_allocated" if torch.cuda.is_available() else "process peak RSS",
             "resumed_from": checkpoint,
             "data_fingerprint": data.fingerprint(),
@@ -334,6 +368,21 @@ def _log_selection(tally) -> None:
     )
     if tally.warning():
         logger.warning(tally.warning())
+
+
+def _distributed_state():
+    """accelerate's process state, set up before anything is loaded or scored.
+
+    torchrun / ``accelerate launch`` start one process per device; the Trainer would set
+    up the same state later, but scoring inside ``train`` needs ranks and a barrier first.
+    gloo in a single process crashes, so it is chosen only when ``WORLD_SIZE > 1``.
+    """
+    from accelerate import PartialState
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not torch.cuda.is_available() and distributed:
+        return PartialState(cpu=True, backend="gloo")
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def _last_checkpoint(folder: Path) -> str | None:
