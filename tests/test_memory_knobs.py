@@ -48,13 +48,13 @@ def test_full_token_chunked_loss_equals_hf_loss():
 
 
 def _largest_saved_vocab_rows(model, fn) -> int:
-    """Rows of the largest saved tensor whose last dimension is the vocabulary."""
+    """Rows of the largest saved tensor with a vocabulary-sized dimension (logits or their softmax)."""
     largest = 0
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
     def pack(t):
         nonlocal largest
-        if t.dim() >= 1 and t.shape[-1] == VOCAB and t.untyped_storage().data_ptr() not in weights:
+        if VOCAB in t.shape and t.untyped_storage().data_ptr() not in weights:
             largest = max(largest, t.numel() // VOCAB)
         return t
 

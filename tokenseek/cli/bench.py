@@ -54,7 +54,6 @@ def register(sub) -> None:
         "+ checkpointing, + chunked CE (the baseline) vs TokenSeek alone and stacked with both; 'online' = full-token vs "
         "offline vs online seeking. Uses the first --ratios value below 1 (default 0.1)",
     )
-    p.add_argument("--dtype", default="fp32", help="comma list of fp32, bf16, fp16 for --knobs (default: fp32)")
     add_lora_args(p)
     add_dtype_arg(p)
     p.set_defaults(func=run)
@@ -93,16 +92,11 @@ def run(args: argparse.Namespace) -> int:
 def run_knobs_cli(args: argparse.Namespace) -> int:
     from tokenseek.bench.knobs import KnobsConfig, run_knobs
     from tokenseek.bench.run import parse_list
-    from tokenseek.errors import TokenSeekError
-
-    dtypes = parse_list(args.dtype, str, "--dtype")
-    if set(dtypes) - {"fp32", "bf16", "fp16"}:
-        raise TokenSeekError(f"--dtype {args.dtype!r}: choose from fp32, bf16, fp16")
     ratios = [r for r in parse_list(args.ratios, float, "--ratios") if r < 1] or [0.1]
     output = args.output if args.output != "bench" else "bench-knobs"
     cfg = KnobsConfig(
         preset=args.knobs, model=args.model, peft=parse_list(args.peft, str, "--peft")[0], seq_lens=parse_list(args.seq_len, int, "--seq-len"),
-        dtypes=dtypes, ratio=min(ratios, key=lambda r: abs(r - 0.1)), steps=args.steps, warmup=args.warmup, seed=args.seed,
+        dtypes=[args.dtype], ratio=min(ratios, key=lambda r: abs(r - 0.1)), steps=args.steps, warmup=args.warmup, seed=args.seed,
         threads=args.threads, timeout=args.timeout, lora=lora_kwargs(args), output=output,
     )
     run_knobs(cfg, progress=lambda message: print(message, file=sys.stderr, flush=True))
