@@ -36,6 +36,12 @@ class TokenizedData:
         )
 
 
+def prompt_ids(record: dict, tokenizer, template: str = "alpaca") -> list[int]:
+    """The prompt's token ids exactly as training sees them (generation starts right after)."""
+    specials = template != "chat"  # a chat template already writes its special tokens
+    return tokenizer(format_prompt(record, template, tokenizer), add_special_tokens=specials)["input_ids"]
+
+
 def tokenize_records(
     records: list[dict],
     tokenizer,
@@ -47,14 +53,13 @@ def tokenize_records(
     if max_length < 2:
         raise TokenSeekError(f"--max-length must be at least 2, got {max_length}")
     examples, truncated, dropped = [], 0, 0
-    specials = template != "chat"  # a chat template already writes its special tokens
     for index, record in enumerate(records):
-        prompt_ids = tokenizer(format_prompt(record, template, tokenizer), add_special_tokens=specials)["input_ids"]
+        prompt = prompt_ids(record, tokenizer, template)
         response_ids = tokenizer(record["output"], add_special_tokens=False)["input_ids"]
         if tokenizer.eos_token_id is not None:
             response_ids = response_ids + [tokenizer.eos_token_id]
-        input_ids = prompt_ids + response_ids
-        labels = (list(prompt_ids) if train_on_prompt else [IGNORE_INDEX] * len(prompt_ids)) + response_ids
+        input_ids = prompt + response_ids
+        labels = (list(prompt) if train_on_prompt else [IGNORE_INDEX] * len(prompt)) + response_ids
         if len(input_ids) > max_length:
             truncated += 1
             input_ids, labels = input_ids[:max_length], labels[:max_length]
@@ -63,7 +68,7 @@ def tokenize_records(
             dropped += 1
             continue
         examples.append(
-            {"index": index, "input_ids": input_ids, "labels": labels, "prompt_length": min(len(prompt_ids), len(input_ids))}
+            {"index": index, "input_ids": input_ids, "labels": labels, "prompt_length": min(len(prompt), len(input_ids))}
         )
     if not examples:
         raise TokenSeekError(
