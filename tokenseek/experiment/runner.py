@@ -519,7 +519,7 @@ def _describe(cell: Cell) -> str:
     sel = p.get("selection")
     parts = [str(p.get("peft")), str(sel)]
     if sel != "full":
-        parts.append(f"{100 * p.get('ratio', 0):g}%")
+        parts.append(f"{100 * p.get('ratio', 0):g}% of {p.get('select_from')}")
     if sel in ("tokenseek", "probe", "mixed"):
         parts.append(f"a={p.get('alpha'):g} b={p.get('beta'):g}")
     if cell.scoring():
