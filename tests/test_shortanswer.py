@@ -326,3 +326,25 @@ def test_accuracy_comparisons_count_higher_as_better():
 
     d = [x - y for x, y in zip(good["done"][0][1]["exact_match"]["per_example_correct"], bad["done"][0][1]["exact_match"]["per_example_correct"])]
     assert c["example_se"] == pytest.approx(statistics.stdev(d) / len(d) ** 0.5)
+
+
+def test_generated_data_is_written_once_and_a_changed_generator_is_refused(tmp_path, monkeypatch):
+    import tokenseek.data.generators as generators
+    from tokenseek.experiment.runner import sample_data
+
+    study = parse_study(_config(tmp_path, "m"))
+    meta = sample_data(study)
+    train = json.loads(open(meta["train_file"]).read())
+    held = json.loads(open(meta["heldout_file"]).read())
+    assert (meta["train_records"], meta["heldout_records"]) == (12, 5)
+    assert (train, held) == tuple(map(list, shortanswer_splits(12, 5, seed=0)))
+    assert sample_data(study) == meta  # a second start reuses the files
+    real = generators.generate_splits
+
+    def changed(*args, **kwargs):
+        tr, te = real(*args, **kwargs)
+        return [{**tr[0], "output": tr[0]["output"] + "0"}] + tr[1:], te
+
+    monkeypatch.setattr(generators, "generate_splits", changed)
+    with pytest.raises(TokenSeekError, match="its code changed"):
+        sample_data(study)
