@@ -48,18 +48,22 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()[:16]
 
 
-def _alpaca(record: dict, tokenizer, template: str) -> tuple[list[int], list[bool]]:
+def prompt_ids(record: dict, tokenizer, template: str = "alpaca") -> list[int]:
+    """An Alpaca record's prompt token ids exactly as training sees them (generation starts right after)."""
     specials = template != "chat"  # a chat template already writes its special tokens
-    prompt_ids = tokenizer(format_prompt(record, template, tokenizer), add_special_tokens=specials)["input_ids"]
-    return _prompt_then_response(tokenizer, prompt_ids, record["output"])
+    return tokenizer(format_prompt(record, template, tokenizer), add_special_tokens=specials)["input_ids"]
 
 
-def _prompt_then_response(tokenizer, prompt_ids: list[int], response: str) -> tuple[list[int], list[bool]]:
+def _alpaca(record: dict, tokenizer, template: str) -> tuple[list[int], list[bool]]:
+    return _prompt_then_response(tokenizer, prompt_ids(record, tokenizer, template), record["output"])
+
+
+def _prompt_then_response(tokenizer, prompt: list[int], response: str) -> tuple[list[int], list[bool]]:
     """Prompt ids, then the response tokenised on its own and closed with EOS (the target)."""
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         response_ids = response_ids + [tokenizer.eos_token_id]
-    return list(prompt_ids) + response_ids, [False] * len(prompt_ids) + [True] * len(response_ids)
+    return list(prompt) + response_ids, [False] * len(prompt) + [True] * len(response_ids)
 
 
 def _prompt_completion(record: dict, tokenizer, index: int) -> tuple[list[int], list[bool]]:

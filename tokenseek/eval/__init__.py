@@ -1,4 +1,5 @@
-"""Evaluation: the paper's few-shot benchmarks through lm-eval (local data), held-out loss, result tables.
+"""Evaluation: the paper's few-shot benchmarks through lm-eval (local data), held-out loss,
+exact-match accuracy of greedy answers, result tables.
 
 Exports are imported lazily: the CLI parser and lm-eval (which imports
 ``tokenseek.eval.tasks.utils`` for the task YAMLs) should not pay for torch here.
@@ -9,6 +10,9 @@ import importlib
 _EXPORTS = {
     "TaskSelection": "tokenseek.eval.harness",
     "evaluate_tasks": "tokenseek.eval.harness",
+    "exact_match": "tokenseek.eval.exact_match",
+    "is_correct": "tokenseek.eval.exact_match",
+    "normalise_answer": "tokenseek.eval.exact_match",
     "select_tasks": "tokenseek.eval.harness",
     "heldout_loss": "tokenseek.eval.heldout",
     "paper_table": "tokenseek.eval.report",

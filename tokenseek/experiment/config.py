@@ -10,10 +10,13 @@ A study file looks like this (every key but ``study``, ``data`` and ``cells`` is
       sample: 1000                 # training records, drawn at random (seed) from path
       heldout: 300                 # further records, disjoint from the training sample
       seed: 0                      # the sampling seed
+    # or generated data instead of a file (the held-out records are the generator's test split):
+    # data: {generator: shortanswer, train: 2000, test: 500, seed: 0}
     defaults: {max_length: 384, grad_accum: 16, lr: 4.0e-4}   # TrainConfig fields for every cell
     scoring: {grad_layer: 1}       # defaults of the scoring keys for every cell
-    eval: {heldout: true, tasks: [arc_challenge], limit: 20}
+    eval: {heldout: true, tasks: [arc_challenge], limit: 20}   # exact_match: true for generated short answers
     report: {path: docs/RESULTS.md, reference: "LoRA, full-token", comparisons: [...]}
+    order: seed                    # run cells seed by seed (a partial run has paired seeds); default: as listed
     cells:
       - name: base                 # a cell that is not trained: the base model is evaluated
         label: Base model
@@ -55,10 +58,20 @@ EVAL_KEYS = {
     "limit": None,  # lm-eval items per task
     "num_fewshot": None,
     "data_dir": None,  # benchmark files (default: $TOKENSEEK_EVAL_DATA or ../shared/data/eval)
+    "exact_match": False,  # accuracy of greedy answers on the held-out records (generated short answers)
+    "exact_match_limit": None,  # only the first N held-out records
+    "exact_match_max_new_tokens": 40,
 }
+# Added after results were first recorded: a result written without them is current as long as
+# exact match stays off (see eval_identity).
+_EXACT_MATCH_KEYS = ("exact_match", "exact_match_limit", "exact_match_max_new_tokens")
 REPORT_KEYS = {"path": "docs/RESULTS.md", "reference": None, "comparisons": [], "spreads": [], "figure": True, "notes": None}
-TOP_KEYS = {"study", "title", "description", "data", "defaults", "scoring", "eval", "report", "cells", "runs_dir", "results_dir"}
-DATA_KEYS = {"path", "sample", "heldout", "seed", "fields"}
+TOP_KEYS = {"study", "title", "description", "data", "defaults", "scoring", "eval", "report", "cells", "runs_dir", "results_dir", "order"}
+DATA_KEYS = {"path", "sample", "heldout", "seed", "fields"}  # records sampled from a file
+GENERATED_DATA_KEYS = {"generator", "train", "test", "seed"}  # records from tokenseek.data.generators
+ORDERS = ("config", "seed")
+# What each report metric reads from a result; lower-is-better decides "beats" and "matches".
+METRICS = {"heldout": {"eval": "heldout", "lower_is_better": True}, "exact_match": {"eval": "exact_match", "lower_is_better": False}}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 COMPARISON_KINDS = ("matches", "beats", "lower_seed_variance")
 
@@ -196,15 +209,8 @@ def parse_study(raw: dict, path: Path = Path("<config>")) -> Study:
     if not _NAME.match(study):
         raise _fail(path, f"study name {study!r} must be letters, digits, '.', '_' or '-'")
 
-    data = _section(path, "data", raw["data"], {k: None for k in DATA_KEYS})
-    if not data["path"]:
-        raise _fail(path, "data.path is required (a .json/.jsonl/.csv/.parquet file)")
-    data["seed"] = int(data["seed"] or 0)
-    for key in ("sample", "heldout"):
-        value = data[key]
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise _fail(path, f"data.{key} must be a whole number >= 0, got {value!r}")
-    data["heldout"] = data["heldout"] or 0
+    data = _data_section(path, raw["data"])
+    held_records = data["test"] if "generator" in data else data["heldout"]
 
     fields = train_fields()
     allowed_params = fields | set(SCORING_KEYS)
@@ -220,11 +226,19 @@ def parse_study(raw: dict, path: Path = Path("<config>")) -> Study:
     eval_cfg = _section(path, "eval", raw.get("eval") or {}, EVAL_KEYS)
     if isinstance(eval_cfg["tasks"], str):
         eval_cfg["tasks"] = [t for t in eval_cfg["tasks"].split(",") if t.strip()]
-    if eval_cfg["heldout"] and not data["heldout"]:
-        raise _fail(path, "eval.heldout is on but data.heldout is 0: hold out some records, or set eval.heldout: false")
-    if not eval_cfg["heldout"] and not eval_cfg["tasks"]:
-        raise _fail(path, "nothing to evaluate: set eval.heldout: true and/or eval.tasks")
+    held_key = "data.test" if "generator" in data else "data.heldout"
+    for key in ("heldout", "exact_match"):
+        if eval_cfg[key] and not held_records:
+            raise _fail(path, f"eval.{key} is on but {held_key} is 0: hold out some records, or set eval.{key}: false")
+    if not eval_cfg["heldout"] and not eval_cfg["exact_match"] and not eval_cfg["tasks"]:
+        raise _fail(path, "nothing to evaluate: set eval.heldout: true, eval.exact_match: true and/or eval.tasks")
+    max_new = eval_cfg["exact_match_max_new_tokens"]
+    if not isinstance(max_new, int) or isinstance(max_new, bool) or max_new < 1:
+        raise _fail(path, f"eval.exact_match_max_new_tokens must be a whole number >= 1, got {max_new!r}")
     report = _section(path, "report", raw.get("report") or {}, REPORT_KEYS)
+    order = raw.get("order") or "config"
+    if order not in ORDERS:
+        raise _fail(path, f"order must be one of {', '.join(ORDERS)} (seed: run seed 0 of every row first), got {order!r}")
 
     cells_raw = raw["cells"]
     if not isinstance(cells_raw, list) or not cells_raw:
@@ -232,6 +246,9 @@ def parse_study(raw: dict, path: Path = Path("<config>")) -> Study:
     cells: list[Cell] = []
     for group, entry in enumerate(cells_raw):
         cells.extend(_expand(path, group, entry, base_params, allowed_params))
+    if order == "seed":
+        # Stable: within a seed the rows keep their listed order (and the report its row order).
+        cells.sort(key=lambda c: c.seed if c.train else -1)
     names = [c.name for c in cells]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -244,6 +261,12 @@ def parse_study(raw: dict, path: Path = Path("<config>")) -> Study:
     ]:
         if ref is not None and ref not in labels:
             raise _fail(path, f"report names the row {ref!r}, but no cell has that label (labels: {'; '.join(sorted(labels))})")
+    for entry in report["comparisons"] + report["spreads"]:
+        metric = entry.get("metric", "heldout")
+        if metric not in METRICS:
+            raise _fail(path, f"report metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        if not eval_cfg[METRICS[metric]["eval"]]:
+            raise _fail(path, f"report compares on {metric}, but eval.{METRICS[metric]['eval']} is off: turn it on or drop the comparison")
     for comp in report["comparisons"]:
         if comp.get("kind", "matches") not in COMPARISON_KINDS:
             raise _fail(path, f"report.comparisons kind must be one of {', '.join(COMPARISON_KINDS)}, got {comp.get('kind')!r}")
@@ -267,6 +290,51 @@ def parse_study(raw: dict, path: Path = Path("<config>")) -> Study:
         cells=cells,
         raw=raw,
     )
+
+
+def _whole(path: Path, key: str, value, minimum: int = 0) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise _fail(path, f"data.{key} must be a whole number >= {minimum}, got {value!r}")
+
+
+def _data_section(path: Path, value) -> dict:
+    """The data spec: a file sample (path, sample, heldout, seed, fields) or a generator
+    (generator, train, test, seed). Each form keeps exactly its own keys, so the spec — which
+    names the sampled data, the score stores and the run folders — of a file study is what it
+    was before generators existed."""
+    if not isinstance(value, dict):
+        raise _fail(path, "data must be a mapping")
+    if "generator" in value:
+        from tokenseek.data.generators import GENERATORS
+
+        extra = sorted(set(value) - GENERATED_DATA_KEYS)
+        if extra:
+            raise _fail(path, f"data.generator replaces {', '.join(extra)}: give generator, train, test and seed only")
+        if value["generator"] not in GENERATORS:
+            raise _fail(path, f"unknown data.generator {value['generator']!r}: choose one of {', '.join(sorted(GENERATORS))}")
+        data = {"generator": value["generator"], "train": value.get("train"), "test": value.get("test") or 0, "seed": int(value.get("seed") or 0)}
+        _whole(path, "train", data["train"], 1)
+        _whole(path, "test", data["test"])
+        return data
+    data = _section(path, "data", value, {k: None for k in DATA_KEYS})
+    if not data["path"]:
+        raise _fail(path, "data.path is required (a .json/.jsonl/.csv/.parquet file), or data.generator (e.g. shortanswer)")
+    data["seed"] = int(data["seed"] or 0)
+    for key in ("sample", "heldout"):
+        if data[key] is not None:
+            _whole(path, key, data[key])
+    data["heldout"] = data["heldout"] or 0
+    return data
+
+
+def eval_identity(ev: dict | None) -> dict | None:
+    """The eval settings a result is current for: exact-match keys only while it is on, so
+    results recorded before it existed stay current."""
+    if ev is None:
+        return None
+    if ev.get("exact_match"):
+        return dict(ev)
+    return {k: v for k, v in ev.items() if k not in _EXACT_MATCH_KEYS}
 
 
 def _section(path: Path, name: str, value, defaults: dict) -> dict:

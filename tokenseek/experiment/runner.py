@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from tokenseek.errors import TokenSeekError
-from tokenseek.experiment.config import SCORING_KEYS, Cell, Study, short_hash
+from tokenseek.experiment.config import SCORING_KEYS, Cell, Study, eval_identity, short_hash
 from tokenseek.train.recipe import TrainConfig, run_train
 from tokenseek.utils.io import write_json
 
@@ -84,6 +84,8 @@ def sample_data(study: Study) -> dict:
     folder = data_dir(study)
     meta_file = folder / "sample.json"
     meta = read_json(meta_file)
+    if "generator" in study.data_spec():
+        return generate_data(study, folder, meta)
     if meta and meta.get("spec") == study.data_spec() and (folder / "train.json").is_file():
         return meta
     spec = study.data_spec()
@@ -111,6 +113,40 @@ def sample_data(study: Study) -> dict:
         "heldout_indices_sha": short_hash(held_idx),
     }
     write_json(meta_file, meta)  # last: its presence means both files are complete
+    return meta
+
+
+def generate_data(study: Study, folder: Path, meta: dict | None) -> dict:
+    """Write a generator's train and test splits once (the test split is the held-out data).
+
+    Generating is instant, so it is redone on every start and compared with what the study's
+    runs were trained on: a generator whose code changed must not silently mix two datasets.
+    """
+    from tokenseek.data.generators import generate_splits
+
+    spec = study.data_spec()
+    train, test = generate_splits(spec["generator"], spec["train"], spec["test"], spec["seed"])
+    shas = {"train_sha": short_hash(train), "heldout_sha": short_hash(test)}
+    if meta and meta.get("spec") == spec and (folder / "train.json").is_file():
+        if {k: meta.get(k) for k in shas} != shas:
+            raise TokenSeekError(
+                f"the {spec['generator']} generator now writes other records than the ones in {folder} (its code changed): "
+                f"delete {folder} and the study's results to start over, or restore the generator"
+            )
+        return meta
+    write_json(folder / "train.json", train)
+    if test:
+        write_json(folder / "heldout.json", test)
+    meta = {
+        "spec": spec,
+        "source_records": len(train) + len(test),
+        "train_file": str(folder / "train.json"),
+        "heldout_file": str(folder / "heldout.json") if test else None,
+        "train_records": len(train),
+        "heldout_records": len(test),
+        **shas,
+    }
+    write_json(folder / "sample.json", meta)  # last: its presence means both files are complete
     return meta
 
 
@@ -190,7 +226,7 @@ def is_current(study: Study, cell: Cell, result: dict) -> bool:
     return (
         same(result.get("cell"), cell.identity())
         and same((result.get("data") or {}).get("spec"), study.data_spec())
-        and same(result.get("eval"), study.eval)
+        and same(eval_identity(result.get("eval")), eval_identity(study.eval))
     )
 
 
@@ -286,20 +322,22 @@ def _selection_config(params: dict):
 
 
 def evaluate_cell(study: Study, cell: Cell, data: dict, progress) -> dict:
-    """Held-out loss (per example, so pairs of cells can be compared) and lm-eval tasks."""
+    """Held-out loss and exact match (per example, so pairs of cells can be compared) and lm-eval tasks."""
     folder = run_dir(study, cell)
     ev = study.eval
     out: dict = {}
     # Kept evaluations are named by their settings (the folder already fixes model and data).
     held_file = f"eval_heldout-{short_hash({'limit': ev['heldout_limit']})}.json"
     tasks_file = f"eval_tasks-{short_hash({k: ev[k] for k in ('tasks', 'limit', 'num_fewshot', 'data_dir')})}.json"
+    em_file = f"eval_exact_match-{short_hash({k: ev[k] for k in ('exact_match_limit', 'exact_match_max_new_tokens')})}.json"
 
     def kept(name: str):
         return read_json(folder / name)
 
     need_heldout = ev["heldout"] and kept(held_file) is None
     need_tasks = ev["tasks"] and kept(tasks_file) is None
-    if need_heldout or need_tasks:
+    need_em = ev["exact_match"] and kept(em_file) is None
+    if need_heldout or need_tasks or need_em:
         from tokenseek.eval.model import load_for_eval
 
         selection = None
@@ -313,6 +351,10 @@ def evaluate_cell(study: Study, cell: Cell, data: dict, progress) -> dict:
             progress(f"  held-out loss of {cell.name}")
             with timed(folder, held_file[: -len(".json")]):
                 write_json(folder / held_file, heldout_per_example(model, tokenizer, study, cell, data))
+        if need_em:
+            progress(f"  exact match of greedy answers of {cell.name}")
+            with timed(folder, em_file[: -len(".json")]):
+                write_json(folder / em_file, {**exact_match_records(model, tokenizer, study, cell, data), "loaded": info})
         if need_tasks:
             from tokenseek.eval.harness import evaluate_tasks
 
@@ -327,10 +369,35 @@ def evaluate_cell(study: Study, cell: Cell, data: dict, progress) -> dict:
     if ev["heldout"]:
         out["heldout"] = kept(held_file)
         out["wall_time_s"]["eval_heldout"] = timings.get(held_file[: -len(".json")])
+    if ev["exact_match"]:
+        out["exact_match"] = kept(em_file)
+        out["wall_time_s"]["eval_exact_match"] = timings.get(em_file[: -len(".json")])
     if ev["tasks"]:
         out["benchmarks"] = kept(tasks_file)
         out["wall_time_s"]["eval_tasks"] = timings.get(tasks_file[: -len(".json")])
     return out
+
+
+def exact_match_records(model, tokenizer, study: Study, cell: Cell, data: dict) -> dict:
+    """Exact match of greedy answers on the held-out records, with a per-task breakdown when
+    the records name their task (generated data does)."""
+    from tokenseek.data import load_records
+    from tokenseek.eval.exact_match import exact_match
+
+    ev = study.eval
+    records = load_records(data["heldout_file"], limit=ev["exact_match_limit"])
+    raw = (read_json(Path(data["heldout_file"])) or [])[: len(records)]
+    # load_records drops records without an answer; the raw task names line up only if none was dropped.
+    aligned = len(raw) == len(records) and all(isinstance(r, dict) and "task" in r and r.get("output") == x["output"] for r, x in zip(raw, records))
+    return exact_match(
+        model,
+        tokenizer,
+        records,
+        template=cell.params.get("template", "alpaca"),
+        max_new_tokens=ev["exact_match_max_new_tokens"],
+        batch_size=ev["batch_size"],
+        tasks=[r["task"] for r in raw] if aligned else None,
+    )
 
 
 def heldout_per_example(model, tokenizer, study: Study, cell: Cell, data: dict) -> dict:
@@ -393,6 +460,7 @@ def run_cell(study: Study, cell: Cell, data: dict, progress) -> dict:
         "selection_stats": stats,
         "loss_curve": curve,
         "heldout": evals.get("heldout"),
+        **({"exact_match": evals["exact_match"]} if "exact_match" in evals else {}),
         "benchmarks": evals.get("benchmarks"),
         "eval": study.eval,
         # Summed over all attempts (a resumed stage adds up); scoring is per store, in "scoring".
@@ -434,7 +502,12 @@ def run_study(study: Study, only: list[str] | None = None, *, dry_run: bool = Fa
         started = time.time()
         result = run_cell(study, c, data, progress)
         held = (result.get("heldout") or {}).get("loss")
-        progress(f"  done in {time.time() - started:.0f} s" + (f"; held-out loss {held:.4f}" if held is not None else ""))
+        em = (result.get("exact_match") or {}).get("accuracy")
+        progress(
+            f"  done in {time.time() - started:.0f} s"
+            + (f"; held-out loss {held:.4f}" if held is not None else "")
+            + (f"; exact match {100 * em:.1f}%" if em is not None else "")
+        )
         statuses[c.name] = "finished"
     return statuses
 
@@ -446,7 +519,7 @@ def _describe(cell: Cell) -> str:
     sel = p.get("selection")
     parts = [str(p.get("peft")), str(sel)]
     if sel != "full":
-        parts.append(f"{100 * p.get('ratio', 0):g}%")
+        parts.append(f"{100 * p.get('ratio', 0):g}% of {p.get('select_from')}")
     if sel in ("tokenseek", "probe", "mixed"):
         parts.append(f"a={p.get('alpha'):g} b={p.get('beta'):g}")
     if cell.scoring():
