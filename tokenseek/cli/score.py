@@ -13,7 +13,7 @@ def register(sub) -> None:
     p = sub.add_parser("score", help="score every token of a dataset (token seeking)", description="Score every token with the model's own attention and gradients; resumable.")
     add_model_args(p)
     add_data_args(p)
-    add_selection_args(p, default="tokenseek")
+    add_selection_args(p)  # for the reference keep mask stored with the scores (any ratio can be re-selected later)
     p.add_argument("--out", required=True, help="score store directory (rerun the same command to resume)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--grad-layer", type=int, default=1, choices=[1, 2, 3], help="score the gradient at the input of layer N-1 (1, default), N-2 or N-3")
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from tokenseek.seeking.select import check_selection
     from tokenseek.seeking.store import score_dataset
 
-    check_selection(args.selection, args.ratio, args.alpha, args.beta)
+    check_selection("tokenseek", args.ratio, args.alpha, args.beta)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
         import torch.distributed as dist

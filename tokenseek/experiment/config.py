@@ -65,11 +65,10 @@ COMPARISON_KINDS = ("matches", "beats", "lower_seed_variance")
 
 def train_defaults() -> dict:
     """TrainConfig's defaults for the fields a config may set."""
-    import dataclasses
-
     from tokenseek.train.recipe import TrainConfig
+    from tokenseek.utils.options import defaults
 
-    return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name not in RUNNER_KEYS}
+    return {k: v for k, v in defaults(TrainConfig).items() if k not in RUNNER_KEYS}
 
 
 def effective(params: dict) -> dict:
@@ -101,11 +100,12 @@ class Cell:
 
         if not self.train or self.params.get("selection") not in SCORED:
             return None
+        params = effective(self.params)
         return {
-            "model": self.params.get("model"),
-            "template": self.params.get("template", "alpaca"),
-            "max_length": self.params.get("max_length", 512),
-            "train_on_prompt": bool(self.params.get("train_on_prompt", False)),
+            "model": params["model"],
+            "template": params["template"],
+            "max_length": params["max_length"],
+            "train_on_prompt": bool(params["train_on_prompt"]),
             "quantize": "nf4" if self.params.get("peft") == "qlora" else None,
             "grad_layer": int(self.params["grad_layer"]),
             "grad_mode": self.params["grad_mode"],
