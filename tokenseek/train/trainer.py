@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
-from tokenseek.ditching.loss import step_loss_sum
+from tokenseek.ditching.loss import kept_targets, step_loss_sum
 
 
 class TokenSeekTrainer(Trainer):
@@ -26,9 +26,13 @@ class TokenSeekTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        total, count = step_loss_sum(
-            model, inputs["input_ids"], inputs["attention_mask"], inputs["shift_labels"], inputs["keep"]
-        )
+        keep, shift_labels = inputs["keep"], inputs["shift_labels"]
+        if not model.training:
+            # Evaluation measures the ordinary full-token loss, whatever keep mask a batch carries.
+            keep = inputs["attention_mask"].bool()
+            shift_labels = kept_targets(inputs["labels"], keep)
+            num_items_in_batch = None  # the batch's own token mean: nothing is accumulated
+        total, count = step_loss_sum(model, inputs["input_ids"], inputs["attention_mask"], shift_labels, keep)
         if num_items_in_batch is not None:
             self.loss_is_scaled_for_ga = True
             loss = total / torch.as_tensor(num_items_in_batch, device=total.device).clamp(min=1)
