@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
-from tokenseek.errors import TokenSeekError
+from tokenseek.errors import TokenSeekError, first_line
 from tokenseek.utils.options import aliases, coerce, default_of, flag_name, options, value_type
 
 
@@ -99,7 +99,7 @@ def read_yaml(cls, path: str, extra=None) -> dict:
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError as exc:
-        raise TokenSeekError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise TokenSeekError(f"{path} is not valid YAML: {first_line(exc)}") from None
     if not isinstance(raw, dict):
         raise TokenSeekError(f"{path} must hold a mapping of option: value")
     names = aliases(cls)

@@ -12,7 +12,7 @@ import torch
 from tokenseek.errors import TokenSeekError
 
 # Subcommand modules register themselves; a missing optional module only hides its command.
-_COMMANDS = ("train", "score", "eval", "bench", "plan", "visualize", "experiment")
+_COMMANDS = ("train", "score", "eval", "export", "bench", "plan", "visualize", "experiment")
 
 
 def build_parser() -> argparse.ArgumentParser:

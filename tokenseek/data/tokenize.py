@@ -7,9 +7,8 @@ import json
 from dataclasses import dataclass, field
 
 from tokenseek.data.templates import format_prompt
+from tokenseek.constants import IGNORE_INDEX
 from tokenseek.errors import TokenSeekError
-
-IGNORE_INDEX = -100
 
 
 @dataclass

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tokenseek.constants import IGNORE_INDEX
 from tokenseek.ditching.forward import ditched_forward
-
-IGNORE_INDEX = -100
 
 
 def kept_targets(labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

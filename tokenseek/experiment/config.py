@@ -40,7 +40,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenseek.errors import TokenSeekError
+from tokenseek.errors import TokenSeekError, first_line
 
 # Set by the runner for every cell, never by a config.
 RUNNER_KEYS = {"output_dir", "data", "fields", "limit", "heldout", "scores", "overwrite", "memory_budget"}
@@ -178,7 +178,7 @@ def load_study(path: str | Path) -> Study:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise TokenSeekError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise TokenSeekError(f"{path} is not valid YAML: {first_line(exc)}") from None
     if not isinstance(raw, dict):
         raise _fail(path, "must be a mapping with at least study, data and cells")
     return parse_study(raw, path)

@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from tokenseek.ditching.loss import IGNORE_INDEX
+from tokenseek.constants import IGNORE_INDEX
 from tokenseek.models.introspect import decoder, decoder_layers, logits_from_hidden
 
 # 128 positions x a 49k vocab is ~25 MB of fp32 logits per chunk (and as much for their

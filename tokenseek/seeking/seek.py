@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tokenseek.ditching.loss import IGNORE_INDEX
+from tokenseek.constants import IGNORE_INDEX
 from tokenseek.seeking.context import capture_context_scores
 from tokenseek.seeking.gradient import final_hidden, frozen, leaf_at_layer, per_example_loss_grad, reduce_gradient
 from tokenseek.seeking.select import combined_score, select_keep

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from tokenseek.errors import TokenSeekError
-from tokenseek.utils.io import publish, write_json
+from tokenseek.utils.io import atomic_file, write_json
 
 STORE_VERSION = 1
 
@@ -95,15 +93,8 @@ def _write_parquet(path: Path, rows: list[dict]) -> None:
             "keep": pa.array([np.flatnonzero(r["keep"]).astype(np.int32) for r in rows], pa.list_(pa.int32())),
         }
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         pq.write_table(table, tmp)
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _read_rows(files) -> dict[int, dict]:
