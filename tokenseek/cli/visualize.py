@@ -81,7 +81,7 @@ def _tokenized(args, tokenizer):
 
 def _example(args) -> int:
     from tokenseek.models import DEFAULT_MODEL_NAME, load_model, load_tokenizer
-    from tokenseek.seeking.store import ScoreStore, model_fingerprint
+    from tokenseek.seeking.store import ScoreStore
     from tokenseek.visualize import compute_example, render_example
     from tokenseek.visualize.outputs import EXAMPLE_FILES, staged_dir
 
@@ -107,8 +107,8 @@ def _example(args) -> int:
         )
 
     model, tokenizer = load_model(args.model)
-    if store is not None and store.meta["model"] != model_fingerprint(model, args.model):
-        raise TokenSeekError(f"the score store {args.scores} was made with another model ({store.meta['model']['model']}): re-score with this model")
+    if store is not None:
+        store.check_model(model, args.model)
     view = compute_example(
         model,
         tokenizer,

@@ -27,7 +27,12 @@ from tokenseek.utils.io import atomic_file, write_json
 STORE_VERSION = 1
 
 
-def model_fingerprint(model, model_id: str | None) -> dict:
+def model_fingerprint(model, model_id: str | None = None) -> dict:
+    """What identifies the scoring model: its config and a sample of its weights, not where it was loaded from.
+
+    ``source`` is only shown in messages: the same weights loaded from another path (a copy,
+    the GGUF cache, a Hub snapshot) are the same model.
+    """
     from tokenseek.models.introspect import unwrap
 
     base = unwrap(model)
@@ -37,10 +42,45 @@ def model_fingerprint(model, model_id: str | None) -> dict:
     # A few weight values tell a fine-tuned copy from its base even when ids/configs match.
     probe = float(base.get_input_embeddings().weight.detach().float()[:4].sum())
     return {
-        "model": str(model_id) if model_id else "default",
+        "source": str(model_id) if model_id else "default",
         "config_sha": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16],
         "weights_probe": round(probe, 4),
+        "weights_sample": _weights_sample(base),
     }
+
+
+def _weights_sample(model) -> str:
+    """Hash of every tensor's name, shape and 64 evenly spaced values: milliseconds, and any
+    fine-tuned layer changes it (hashing all weights would read the whole model)."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            picked = flat[torch.linspace(0, flat.numel() - 1, min(64, flat.numel())).long()] if flat.numel() else flat
+            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            digest.update(picked.float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+# Fingerprint keys compared between a store and a model; stores written before weights_sample
+# existed are compared on the keys they have (their "model" key was the path, never compared now).
+_MODEL_KEYS = ("config_sha", "weights_probe", "weights_sample")
+
+
+def same_model(stored: dict, current: dict) -> bool:
+    return all(stored[k] == current[k] for k in _MODEL_KEYS if k in stored and k in current)
+
+
+def model_source(fingerprint: dict) -> str:
+    return fingerprint.get("source") or fingerprint.get("model") or "unknown"
+
+
+def check_version(path: Path, meta: dict) -> None:
+    if meta.get("version") != STORE_VERSION:
+        raise TokenSeekError(
+            f"the score store {path} has format version {meta.get('version')}, but this tokenseek reads version {STORE_VERSION}: "
+            "re-score into a new directory with `tokenseek score`"
+        )
 
 
 class ScoreStore:
@@ -64,6 +104,7 @@ class ScoreStore:
         if not meta_file.is_file():
             raise TokenSeekError(f"{path} is not a score store (no meta.json): create one with `tokenseek score --out {path}`")
         meta = json.loads(meta_file.read_text())
+        check_version(path, meta)
         if not meta.get("complete"):
             raise TokenSeekError(f"the score store {path} is incomplete: rerun the same `tokenseek score` command to finish it")
         if data is not None and meta["data"]["fingerprint"] != data.fingerprint():
@@ -71,9 +112,17 @@ class ScoreStore:
                 f"the score store {path} was made for other data or settings ({_describe(meta['data'])}); "
                 "re-score with the same --data/--template/--max-length, or drop --scores"
             )
-        if model is not None and meta["model"] != model_fingerprint(model, model_id):
-            raise TokenSeekError(f"the score store {path} was made with another model ({meta['model']['model']}): re-score with this model")
-        return cls(path, meta, _read_rows([path / "scores.parquet"]))
+        store = cls(path, meta, _read_rows([path / "scores.parquet"]))
+        if model is not None:
+            store.check_model(model, model_id)
+        return store
+
+    def check_model(self, model, model_id: str | None = None) -> None:
+        """Refuse a model other than the one that made the scores (same weights from any path are fine)."""
+        if not same_model(self.meta["model"], model_fingerprint(model, model_id)):
+            raise TokenSeekError(
+                f"the score store {self.path} was made with another model ({model_source(self.meta['model'])}): re-score with this model"
+            )
 
 
 def _describe(data_meta: dict) -> str:
@@ -155,7 +204,8 @@ def score_dataset(
         previous = json.loads((out / "meta.json").read_text())
         if previous.get("complete"):
             return ScoreStore.open(out, data=data, model=model, model_id=model_id)
-        same = {k: previous.get(k) for k in ("model", "data", "scoring")} == {k: meta[k] for k in ("model", "data", "scoring")}
+        check_version(out, previous)
+        same = same_model(previous.get("model", {}), meta["model"]) and all(previous.get(k) == meta[k] for k in ("data", "scoring"))
         if not same:
             raise TokenSeekError(f"{out} holds an unfinished store for another model, data or scoring setting: choose another --out or delete it")
     elif out.exists() and any(out.iterdir()):
