@@ -23,15 +23,19 @@ def _config(tmp_path, yaml_text: str | None, *argv: str) -> TrainConfig:
 
 
 def test_help_lists_every_option_with_its_default(capsys, monkeypatch):
+    import re
+
     monkeypatch.setenv("COLUMNS", "400")  # no wrapping inside "(default: ...)"
     with pytest.raises(SystemExit):
         main(["train", "--help"])
-    text = " ".join(capsys.readouterr().out.split())
+    text = capsys.readouterr().out
+    # One entry per option: it starts on a line "  --flag ..." and runs until the next one.
+    entries = {re.split(r"[ ,]", e, maxsplit=1)[0]: " ".join(e.split()) for e in re.split(r"\n  (?=--)", text)[1:]}
     for f in options(TrainConfig):
-        assert f"--{flag_name(f)}" in text, f.name
-        shown = f.metadata["shown"] or ("none" if default_of(f) in (None, {}) else default_of(f))
-        assert f"(default: {shown})" in text.split(f"--{flag_name(f)}")[-1].split(" --")[0] or f"(default: {shown})" in text, f.name
-    assert len(options(TrainConfig)) == len(dataclasses.fields(TrainConfig))
+        default = default_of(f)
+        shown = f.metadata["shown"] or ("none" if default in (None, {}) else default)
+        assert f"(default: {shown})" in entries[f"--{flag_name(f)}"], (f.name, entries.get(f"--{flag_name(f)}"))
+    assert len(options(TrainConfig)) == len(dataclasses.fields(TrainConfig))  # no field is left without a flag
 
 
 def test_flag_given_at_its_default_beats_yaml(tmp_path):
@@ -102,3 +106,15 @@ def test_experiment_defaults_come_from_trainconfig():
 
     defaults = train_defaults()
     assert defaults["lr"] == TrainConfig().lr and defaults["trainer_args"] == {}
+
+
+def test_docs_options_table_matches_trainconfig():
+    from pathlib import Path
+
+    rows = [line for line in (Path(__file__).parent.parent / "docs" / "TRAINING.md").read_text().splitlines() if line.startswith("| `--")]
+    documented = {row.split("`")[1].split()[0]: row.split(" | ")[2] for row in rows}
+    expected = {}
+    for f in options(TrainConfig):
+        default = default_of(f)
+        expected[f"--{flag_name(f)}"] = str(f.metadata["shown"] or ("none" if default in (None, {}) else default))
+    assert documented == expected

@@ -45,7 +45,14 @@ from tokenseek.errors import TokenSeekError, first_line
 # Set by the runner for every cell, never by a config.
 RUNNER_KEYS = {"output_dir", "data", "fields", "limit", "heldout", "scores", "overwrite", "memory_budget"}
 # Per-cell keys that are not TrainConfig fields.
-SCORING_KEYS = {"grad_layer": 1, "grad_mode": "abs", "score_batch_size": 4}
+def _scoring_keys() -> dict:
+    from tokenseek.seeking.config import ScoreConfig
+
+    score = ScoreConfig()
+    return {"grad_layer": score.grad_layer, "grad_mode": score.grad_mode, "score_batch_size": score.batch_size}
+
+
+SCORING_KEYS = _scoring_keys()  # ScoreConfig's defaults, under the names a study cell uses
 CELL_META_KEYS = {"name", "label", "grid", "train"}
 EVAL_KEYS = {
     "heldout": True,  # held-out loss on the study's held-out records

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from tokenseek.data.templates import TEMPLATES
 from tokenseek.errors import TokenSeekError, first_line
 from tokenseek.models.adapters import PEFT_METHODS
 from tokenseek.seeking.select import SELECT_FROM, STRATEGIES
@@ -35,7 +36,7 @@ class TrainConfig:
     data: str | None = option(None, "instruction data: .json/.jsonl/.csv/.parquet file or Hub dataset id", shown="the built-in demo set")
     fields: str | None = option(None, "column mapping, e.g. instruction=question,output=answer")
     limit: int | None = option(None, "use only the first N records")
-    template: str = option("alpaca", "prompt template (alpaca: paper S1.1)", choices=("alpaca", "chat"))
+    template: str = option("alpaca", "prompt template (alpaca: paper S1.1)", choices=TEMPLATES)
     max_length: int = option(512, "truncate examples to this many tokens")
     train_on_prompt: bool = option(False, "also compute the loss on prompt tokens")
     heldout: float = option(0.0, "hold out this fraction (<1) or count (>=1) of records for evaluation")
