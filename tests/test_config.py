@@ -70,6 +70,7 @@ def test_other_trainer_arguments_pass_through(tmp_path):
         (["--trainer-arg", "nonsense"], "--trainer-arg takes KEY=VALUE"),
         (["--trainer-arg", "eval_strategy=weekly"], "the Trainer refused these settings"),
         (["--eval-steps", "2"], "--eval-steps needs held-out data"),
+        (["--report-to", "tensorboard,nonexistent"], "--report-to: nonexistent is not supported"),
         (["--peft", "adapterx"], "unknown --peft 'adapterx': choose one of"),
     ],
 )

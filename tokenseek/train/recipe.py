@@ -205,9 +205,31 @@ def training_arguments(cfg: TrainConfig, out: Path):
         kwargs.update(eval_strategy="steps", eval_steps=cfg.eval_steps, load_best_model_at_end=cfg.load_best_model_at_end)
     kwargs.update(cfg.trainer_args)
     try:
-        return TrainingArguments(**kwargs)
+        args = TrainingArguments(**kwargs)
     except (ValueError, TypeError, ImportError) as exc:
         raise TokenSeekError(f"the Trainer refused these settings: {first_line(exc)}") from None
+    _check_trackers(args.report_to)
+    return args
+
+
+# Trackers whose Python package is named differently from the report_to name.
+_TRACKER_PACKAGES = {"azure_ml": "azureml", "flyte": "flytekit", "tensorboard": "tensorboard"}
+
+
+def _check_trackers(report_to: list[str]) -> None:
+    """Unknown or uninstalled trackers fail now, not after scoring when the Trainer starts."""
+    import importlib.util
+
+    from transformers.integrations import get_reporting_integration_callbacks
+
+    try:
+        get_reporting_integration_callbacks(report_to)
+    except ValueError as exc:
+        raise TokenSeekError(f"--report-to: {first_line(exc)}") from None
+    for name in report_to:
+        package = _TRACKER_PACKAGES.get(name, name)
+        if importlib.util.find_spec(package) is None:
+            raise TokenSeekError(f"--report-to {name} needs the {package} package: pip install {package}, or leave it out of --report-to")
 
 
 def _prepare_output_dir(cfg: TrainConfig) -> tuple[Path, bool]:
