@@ -13,6 +13,7 @@ from tokenseek.cli.config import add_options
 MODEL_OPTIONS = ("model",)
 DATA_OPTIONS = ("data", "fields", "limit", "template", "max_length", "train_on_prompt")
 SELECTION_OPTIONS = ("ratio", "alpha", "beta")
+ADAPTER_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")
 
 
 def _add(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
@@ -31,3 +32,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 def add_selection_args(p: argparse.ArgumentParser) -> None:
     _add(p, SELECTION_OPTIONS)
+
+
+def add_adapter_args(p: argparse.ArgumentParser) -> None:
+    _add(p, ADAPTER_OPTIONS)

@@ -14,7 +14,9 @@ from tokenseek.errors import TokenSeekError
 
 
 def register(sub) -> None:
+    from tokenseek.cli.config import add_options
     from tokenseek.eval.catalog import DATA_ENV, DEFAULT_TASKS
+    from tokenseek.train.recipe import TrainConfig
 
     p = sub.add_parser(
         "eval",
@@ -39,9 +41,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default: 8)")
     p.add_argument("--output", help="write results JSON here (and the tables as .md next to it)")
     p.add_argument("--heldout", help="held-out data (.json/.jsonl/.csv/.parquet, e.g. a run's heldout.json): report response-token loss")
-    p.add_argument("--fields", help="column mapping for --heldout, e.g. instruction=question,output=answer")
-    p.add_argument("--template", choices=["alpaca", "chat"], default="alpaca", help="prompt template for --heldout (default: alpaca)")
-    p.add_argument("--max-length", type=int, default=512, help="truncate --heldout examples to this many tokens (default: 512)")
+    # How --heldout records become examples: the same options, defaults and help as `tokenseek train`.
+    add_options(p, TrainConfig, only=("fields", "template", "max_length"), suppress=False)
     p.set_defaults(func=run, parser=p)
 
 
