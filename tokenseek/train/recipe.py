@@ -145,20 +145,22 @@ _RESERVED_TRAINER_ARGS = {
 }
 
 
-def trainer_arg_name(key: str) -> bool:
-    """Whether ``key`` is a TrainingArguments field (a YAML key passed through to the Trainer)."""
+def _trainer_arg_names() -> set[str]:
     from transformers import TrainingArguments
 
-    return key in {f.name for f in dataclasses.fields(TrainingArguments)}
+    return {f.name for f in dataclasses.fields(TrainingArguments)}
+
+
+def trainer_arg_name(key: str) -> bool:
+    """Whether ``key`` is a TrainingArguments field (a YAML key passed through to the Trainer)."""
+    return key in _trainer_arg_names()
 
 
 def check_trainer_args(trainer_args: dict) -> None:
     """Pass-through keys must be TrainingArguments fields that no tokenseek option owns."""
     import difflib
 
-    from transformers import TrainingArguments
-
-    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    known = _trainer_arg_names()
     owned = {name: f for f in options(TrainConfig) for name in (f.name, *f.metadata["aliases"])}
     for key in trainer_args:
         if key in _RESERVED_TRAINER_ARGS:
@@ -353,36 +355,18 @@ def run_train(cfg: TrainConfig) -> dict:
 
     if not trainer.is_world_process_zero():
         return {}
-    model_dir = out / "model"
-    trainer.save_model(str(model_dir))
-    tokenizer.save_pretrained(str(model_dir))
-    curve = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
-    write_json(out / "loss_curve.json", curve)
-    evals = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in trainer.state.log_history if "eval_loss" in h]
-    if evals:
-        write_json(out / "eval_curve.json", evals)
+    curve, evals = _save_outputs(out, trainer, tokenizer)
     summary = {
-        "model": cfg.model or "SmolLM2-135M-Instruct (default)",
-        "data": cfg.data or "builtin",
-        "selection": cfg.selection,
-        "ratio": cfg.ratio,
-        "alpha": cfg.alpha,
-        "beta": cfg.beta,
-        "peft": cfg.peft,
+        **_summary(cfg, trainer, curve, evals),
         "examples": len(train_examples),
         "heldout_examples": len(heldout_examples),
         "eval_examples": len(eval_examples),
         "truncated_examples": data.truncated,
         "dropped_examples": data.dropped,
-        "steps": trainer.state.global_step,
         "tokens_kept": kept,
         "tokens_total": total,
         "kept_fraction": kept / max(total, 1),
-        "first_loss": curve[0]["loss"] if curve else None,
-        "final_loss": curve[-1]["loss"] if curve else None,
         "train_loss": result.training_loss,
-        "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
-        "best_checkpoint": trainer.state.best_model_checkpoint,
         "wall_time_s": round(time.time() - started, 2),
         "peak_memory_bytes": peak_memory_bytes(),
         "peak_memory_kind": "cuda max_memory_allocated" if torch.cuda.is_available() else "process peak RSS",
@@ -391,6 +375,36 @@ def run_train(cfg: TrainConfig) -> dict:
     }
     write_json(out / "train_summary.json", summary)
     return summary
+
+
+def _save_outputs(out: Path, trainer, tokenizer) -> tuple[list, list]:
+    """The final model (or adapter) with its tokenizer, the loss curve and the evaluation curve."""
+    trainer.save_model(str(out / "model"))
+    tokenizer.save_pretrained(str(out / "model"))
+    history = trainer.state.log_history
+    curve = [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h]
+    write_json(out / "loss_curve.json", curve)
+    evals = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h]
+    if evals:
+        write_json(out / "eval_curve.json", evals)
+    return curve, evals
+
+
+def _summary(cfg: TrainConfig, trainer, curve: list, evals: list) -> dict:
+    return {
+        "model": cfg.model or "SmolLM2-135M-Instruct (default)",
+        "data": cfg.data or "builtin",
+        "selection": cfg.selection,
+        "ratio": cfg.ratio,
+        "alpha": cfg.alpha,
+        "beta": cfg.beta,
+        "peft": cfg.peft,
+        "steps": trainer.state.global_step,
+        "first_loss": curve[0]["loss"] if curve else None,
+        "final_loss": curve[-1]["loss"] if curve else None,
+        "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+    }
 
 
 def _scores(cfg: TrainConfig, model, tokenizer, data, out: Path):
