@@ -32,8 +32,8 @@ def add_options(parser: argparse.ArgumentParser, cls, *, only=None, skip=(), sup
         kwargs = {"dest": f.name, "help": _help(f, default), "default": argparse.SUPPRESS if suppress else default}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif kind is dict:
-            kwargs.update(action="append", metavar=f.metadata["metavar"] or "KEY=VALUE")
+        elif kind in (dict, list):  # repeatable flag; a dict's items are KEY=VALUE
+            kwargs.update(action="append", metavar=f.metadata["metavar"] or ("KEY=VALUE" if kind is dict else f.name.upper()))
             if not suppress:
                 kwargs["default"] = None
         else:
@@ -47,6 +47,11 @@ def _help(f: dataclasses.Field, default) -> str:
         text += f"; one of {', '.join(map(str, f.metadata['choices']))}"
     shown = f.metadata["shown"] or ("none" if default is None or default == {} else default)
     return f"{text} (default: {shown})".replace("%", "%%")
+
+
+def from_args(cls, args: argparse.Namespace):
+    """An instance of ``cls`` from a namespace parsed with ``suppress=False`` (commands without --config)."""
+    return cls(**{f.name: getattr(args, f.name) for f in options(cls)})
 
 
 def normalise_flag(token: str) -> str:

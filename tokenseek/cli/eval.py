@@ -15,7 +15,7 @@ from tokenseek.errors import TokenSeekError
 
 def register(sub) -> None:
     from tokenseek.cli.config import add_options
-    from tokenseek.eval.catalog import DATA_ENV, DEFAULT_TASKS
+    from tokenseek.eval.config import EvalConfig
     from tokenseek.train.recipe import TrainConfig
 
     p = sub.add_parser(
@@ -27,20 +27,7 @@ def register(sub) -> None:
         ),
     )
     add_model_args(p)
-    p.add_argument("--adapter", help="PEFT adapter folder (or training output folder) to put on --model")
-    p.add_argument("--quantize", choices=["nf4"], help="load the base model in 4-bit NF4 (automatic for a QLoRA run's adapter)")
-    p.add_argument(
-        "--tasks",
-        help=f"comma-separated tasks; 'paper' = the five paper tasks (default: {','.join(DEFAULT_TASKS)}, or none with --heldout)",
-    )
-    p.add_argument("--limit", type=int, help="at most N items per task (groups split N over subtasks) / N held-out records")
-    p.add_argument("--num-fewshot", help="shots for all tasks that are not 0-shot by design (e.g. 5), or per task: arc_challenge=0,mmlu=5")
-    p.add_argument("--data-dir", help=f"folder with the benchmark files (default: ${DATA_ENV}, else ../shared/data/eval)")
-    p.add_argument("--include-path", action="append", help="extra folder of lm-eval task YAMLs (repeatable)")
-    p.add_argument("--hub", action="store_true", help="use lm-eval's own (Hub) tasks for the paper names instead of the local files")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default: 8)")
-    p.add_argument("--output", help="write results JSON here (and the tables as .md next to it)")
-    p.add_argument("--heldout", help="held-out data (.json/.jsonl/.csv/.parquet, e.g. a run's heldout.json): report response-token loss")
+    add_options(p, EvalConfig, suppress=False)
     # How --heldout records become examples: the same options, defaults and help as `tokenseek train`.
     add_options(p, TrainConfig, only=("fields", "template", "max_length"), suppress=False)
     p.set_defaults(func=run, parser=p)
@@ -64,10 +51,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from tokenseek.cli.config import from_args
+    from tokenseek.eval.config import EvalConfig
     from tokenseek.eval.model import load_for_eval
     from tokenseek.eval.report import render
     from tokenseek.utils.io import write_json, write_text
 
+    from_args(EvalConfig, args)  # checks its choices
     started = time.time()
     tasks = args.tasks if args.tasks is not None or not args.heldout else ""
     if tasks == "" and not args.heldout:

@@ -24,12 +24,13 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from tokenseek.data import load_records, tokenize_records
     from tokenseek.models import load_model
+    from tokenseek.cli.config import from_args
     from tokenseek.seeking.config import ScoreConfig
     from tokenseek.seeking.select import check_selection
     from tokenseek.seeking.store import score_dataset
 
     check_selection("tokenseek", args.ratio, args.alpha, args.beta)
-    ScoreConfig(batch_size=args.batch_size, grad_layer=args.grad_layer, grad_mode=args.grad_mode, seed=args.seed)  # checks choices
+    from_args(ScoreConfig, args)  # checks its choices
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
         import torch.distributed as dist

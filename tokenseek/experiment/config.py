@@ -52,12 +52,18 @@ def _scoring_keys() -> dict:
     return {"grad_layer": score.grad_layer, "grad_mode": score.grad_mode, "score_batch_size": score.batch_size}
 
 
-SCORING_KEYS = _scoring_keys()  # ScoreConfig's defaults, under the names a study cell uses
+SCORING_KEYS = _scoring_keys()
+
+
+def _eval_batch_size() -> int:
+    from tokenseek.eval.config import EvalConfig
+
+    return EvalConfig().batch_size  # ScoreConfig's defaults, under the names a study cell uses
 CELL_META_KEYS = {"name", "label", "grid", "train"}
 EVAL_KEYS = {
     "heldout": True,  # held-out loss on the study's held-out records
     "heldout_limit": None,  # only the first N held-out records
-    "batch_size": 8,
+    "batch_size": _eval_batch_size(),  # tokenseek eval's default
     "tasks": [],  # lm-eval tasks (names as `tokenseek eval --tasks`)
     "limit": None,  # lm-eval items per task
     "num_fewshot": None,
