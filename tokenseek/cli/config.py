@@ -74,12 +74,12 @@ def resolve(cls, args: argparse.Namespace, *, extra: tuple[str, Callable[[str], 
             continue  # not given on the command line
         given = getattr(args, f.name)
         if value_type(cls, f.name) is dict:
-            given = {**values.get(f.name, {}), **parse_pairs(given, f"--{flag_name(f)}", cls, f.name)}
+            given = {**values.get(f.name, {}), **parse_pairs(given, f"--{flag_name(f)}")}
         values[f.name] = given
     return cls(**values)
 
 
-def parse_pairs(pairs: list[str] | None, flag: str, cls, name: str) -> dict:
+def parse_pairs(pairs: list[str] | None, flag: str) -> dict:
     """``["key=value", ...]`` with YAML-typed values (``true``, ``3``, ``[a, b]``)."""
     import yaml
 
@@ -89,9 +89,10 @@ def parse_pairs(pairs: list[str] | None, flag: str, cls, name: str) -> dict:
         if not eq or not key:
             raise TokenSeekError(f"{flag} takes KEY=VALUE, got {pair!r}")
         try:
-            out[key.strip().replace("-", "_")] = yaml.safe_load(text)
+            value = yaml.safe_load(text)
         except yaml.YAMLError:
-            out[key.strip().replace("-", "_")] = text
+            value = text  # not YAML (e.g. "a: b: c"): keep the text as given
+        out[key.strip().replace("-", "_")] = value
     return out
 
 
