@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from tokenseek.errors import TokenSeekError
+from tokenseek.seeking.config import ScoreConfig
 from tokenseek.utils.io import atomic_file, write_json
 
 STORE_VERSION = 1
@@ -168,13 +169,13 @@ def score_dataset(
     out: str | Path,
     *,
     model_id: str | None = None,
-    batch_size: int = 4,
-    layers_back: int = 1,
-    grad_mode: str = "abs",
+    batch_size: int = ScoreConfig.batch_size,
+    layers_back: int = ScoreConfig.grad_layer,
+    grad_mode: str = ScoreConfig.grad_mode,
     ratio: float = 0.1,
     alpha: float = 1.0,
     beta: float = 1.0,
-    seed: int = 0,
+    seed: int = ScoreConfig.seed,
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
