@@ -53,6 +53,11 @@ def test_trainingarguments_names_are_accepted(tmp_path):
     assert (cfg.lr, cfg.batch_size, cfg.scheduler, cfg.grad_accum, cfg.epochs) == (2e-4, 2, "linear", 3, 2.0)
 
 
+def test_yaml_lists_for_comma_options(tmp_path):
+    cfg = _config(tmp_path, "report_to: [tensorboard]\ntarget_modules: [q_proj, v_proj]\n")
+    assert (cfg.report_to, cfg.target_modules) == ("tensorboard", "q_proj,v_proj")
+
+
 def test_other_trainer_arguments_pass_through(tmp_path):
     cfg = _config(tmp_path, "training_args: {adam_beta2: 0.95, adam_epsilon: 1.0e-6}\nhub_model_id: me/model\n",
                   "--trainer-arg", "adam_beta2=0.9", "--trainer-arg", "dataloader_drop_last=true")

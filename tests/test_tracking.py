@@ -70,3 +70,12 @@ def test_best_checkpoint_is_the_final_model(tmp_path, tiny_model_dir, data_file)
     assert final.keys() == best.keys() and all(torch.equal(final[k], best[k]) for k in final)
     last = load_file(str(out / "checkpoints" / "checkpoint-3" / "model.safetensors"))
     assert any(not torch.equal(final[k], last[k]) for k in final)
+
+
+def test_eval_split_file(tmp_path, tiny_model_dir, data_file):
+    evaluation = tmp_path / "eval.json"
+    evaluation.write_text(json.dumps([{"instruction": f"Say {w}.", "input": "", "output": w} for w in ("yes", "no", "maybe")]))
+    out = tmp_path / "run"
+    summary = _train(tiny_model_dir, data_file, out, "--max-steps", "1", "--eval-steps", "1", "--eval-split", str(evaluation))
+    assert summary["eval_examples"] == 3 and summary["heldout_examples"] == 4
+    assert summary["final_eval_loss"] == json.loads((out / "eval_curve.json").read_text())[-1]["eval_loss"]

@@ -101,6 +101,8 @@ def coerce(cls, name: str, value, where: str):
     elif kind is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return ",".join(value)  # comma-list options (report_to, target_modules) as a YAML list
     elif isinstance(value, kind):
         return value
     raise TokenSeekError(f"{where}: {name} must be {_kind_name(kind)}, got {value!r}")
