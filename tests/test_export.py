@@ -54,6 +54,20 @@ def test_adapter_export(tmp_path, lora_run):
     assert (out / "tokenizer.json").is_file()
 
 
+def test_full_model_export_loads_without_training_files(tmp_path, tiny_model_dir, data_file):
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+    assert main(["train", "--model", str(tiny_model_dir), "--data", str(data_file), "--output-dir", str(run), "--max-steps", "1",
+                 "--grad-accum", "1", "--max-length", "48", "--selection", "random", "--peft", "none"]) == 0
+    out = tmp_path / "full"
+    assert main(["export", str(run), "--out", str(out), "--merge"]) == 0  # nothing to merge: copied
+    assert not (out / "training_args.bin").exists()
+    ids = torch.arange(12)[None]
+    trained = AutoModelForCausalLM.from_pretrained(run / "model")
+    assert torch.equal(_logits(AutoModelForCausalLM.from_pretrained(out), ids), _logits(trained, ids))
+
+
 def _err(capsys):
     return capsys.readouterr().err.strip()
 

@@ -55,9 +55,13 @@ def _write_merged(adapter_dir: Path, run_dir: Path | None, target: Path) -> None
     AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(target)  # the run saved its tokenizer with the adapter
 
 
+# Written by Trainer.save_model next to the weights; a pickle of the run's settings, not part of a model.
+_NOT_EXPORTED = {"training_args.bin"}
+
+
 def _copy_model_files(model_dir: Path, target: Path) -> None:
     for item in model_dir.iterdir():
-        if item.is_file():
+        if item.is_file() and item.name not in _NOT_EXPORTED:
             shutil.copy2(item, target / item.name)
 
 
@@ -71,6 +75,6 @@ def _push(folder: Path, repo_id: str, private: bool) -> None:
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model")
     except Exception as exc:  # network, auth, permissions: all reported the same way
         raise TokenSeekError(
-            f"exported to {folder}, but pushing to {repo_id} failed ({first_line(exc)}): log in with `hf auth login` "
-            "and rerun, or upload the folder yourself"
+            f"exported to {folder}, but pushing to {repo_id} failed ({first_line(exc)}): once online and logged in "
+            f"(`hf auth login`), upload it with `hf upload {repo_id} {folder}`"
         ) from None
