@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from tokenseek.errors import TokenSeekError, first_line
-from tokenseek.utils.options import aliases, coerce, default_of, flag_name, options, value_type
+from tokenseek.utils.options import aliases, coerce, default_of, default_text, flag_name, options, value_type
 
 
 def add_options(parser: argparse.ArgumentParser, cls, *, only=None, skip=(), suppress: bool = True) -> None:
@@ -29,7 +29,7 @@ def add_options(parser: argparse.ArgumentParser, cls, *, only=None, skip=(), sup
         names = [f"--{flag_name(f)}"]
         if kind is not dict:  # a dict's alias is its YAML block name (training_args), not a flag
             names += [f"--{a.replace('_', '-')}" for a in f.metadata["aliases"]]
-        kwargs = {"dest": f.name, "help": _help(f, default), "default": argparse.SUPPRESS if suppress else default}
+        kwargs = {"dest": f.name, "help": _help(f), "default": argparse.SUPPRESS if suppress else default}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind in (dict, list):  # repeatable flag; a dict's items are KEY=VALUE
@@ -41,12 +41,11 @@ def add_options(parser: argparse.ArgumentParser, cls, *, only=None, skip=(), sup
         parser.add_argument(*names, **kwargs)
 
 
-def _help(f: dataclasses.Field, default) -> str:
+def _help(f: dataclasses.Field) -> str:
     text = f.metadata["help"]
     if f.metadata["choices"]:
         text += f"; one of {', '.join(map(str, f.metadata['choices']))}"
-    shown = f.metadata["shown"] or ("none" if default is None or default == {} else default)
-    return f"{text} (default: {shown})".replace("%", "%%")
+    return f"{text} (default: {default_text(f)})".replace("%", "%%")
 
 
 def from_args(cls, args: argparse.Namespace):
@@ -126,3 +125,14 @@ def read_yaml(cls, path: str, extra=None) -> dict:
     if unknown:
         raise TokenSeekError(f"{path}: unknown option(s) {', '.join(sorted(unknown))} (see `tokenseek <command> --help`)")
     return values
+
+
+def options_table(cls) -> str:
+    """The Markdown table of ``cls``'s options (docs/TRAINING.md holds TrainConfig's; a test compares)."""
+    rows = ["| flag | YAML key (aliases) | default | what it does |", "|---|---|---|---|"]
+    for f in options(cls):
+        text = f.metadata["help"] + (f"; one of {', '.join(map(str, f.metadata['choices']))}" if f.metadata["choices"] else "")
+        flag = f"--{flag_name(f)}" + (" KEY=VALUE" if value_type(cls, f.name) is dict else "")
+        keys = ", ".join([f.name, *f.metadata["aliases"]])
+        rows.append(f"| `{flag}` | `{keys}` | {default_text(f)} | {text.replace('|', chr(92) + '|')} |")
+    return "\n".join(rows)

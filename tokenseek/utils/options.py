@@ -57,6 +57,12 @@ def default_of(f: dataclasses.Field):
     return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
+def default_text(f: dataclasses.Field) -> str:
+    """How help and docs show a field's default."""
+    default = default_of(f)
+    return str(f.metadata["shown"] or ("none" if default is None or default == {} else default))
+
+
 def defaults(cls) -> dict:
     return {f.name: default_of(f) for f in dataclasses.fields(cls)}
 
