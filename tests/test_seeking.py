@@ -195,6 +195,46 @@ def test_store_refuses_other_data(tmp_path, tiny_model_dir, data_file, capsys):
     assert meta["complete"] and meta["data"]["examples"] == 24
 
 
+def test_store_identifies_the_model_by_weights_not_path(tmp_path, tiny_model_dir, data_file):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from tokenseek.data import load_records, tokenize_records
+    from tokenseek.models import load_model
+    from tokenseek.seeking.store import ScoreStore
+
+    out = tmp_path / "scores"
+    assert main([*_score_argv(tiny_model_dir, data_file, out), "--limit", "4"]) == 0
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(tiny_model_dir, copy)
+    model, tokenizer = load_model(str(copy))
+    data = tokenize_records(load_records(str(data_file), limit=4), tokenizer, max_length=64)
+    assert len(ScoreStore.open(out, data=data, model=model, model_id=str(copy))) == 4  # same weights, another path
+
+    # One value changed deep in the model (not in the embeddings the old probe read): another model.
+    weights = load_file(str(copy / "model.safetensors"))
+    name = next(k for k in weights if "layers.1.mlp.down_proj" in k)
+    weights[name] = weights[name].clone()
+    weights[name].view(-1)[0] += 1.0
+    save_file(weights, str(copy / "model.safetensors"), metadata={"format": "pt"})
+    changed, _ = load_model(str(copy))
+    with pytest.raises(TokenSeekError, match="made with another model"):
+        ScoreStore.open(out, data=data, model=changed, model_id=str(copy))
+
+
+def test_store_version_is_checked(tmp_path, tiny_model_dir, data_file, capsys):
+    out = tmp_path / "scores"
+    assert main([*_score_argv(tiny_model_dir, data_file, out), "--limit", "4"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "version": 99}))
+    capsys.readouterr()
+    code = main(["train", "--model", str(tiny_model_dir), "--data", str(data_file), "--limit", "4", "--max-length", "64",
+                 "--scores", str(out), "--output-dir", str(tmp_path / "run"), "--max-steps", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "format version 99" in err and len(err.splitlines()) == 1
+
+
 def test_score_survives_kill_9(tmp_path, tiny_model_dir):
     """A real SIGKILL in the middle of `tokenseek score`, then the same command finishes the store."""
     out = tmp_path / "scores"

@@ -192,12 +192,8 @@ def ratio_for_budget(cfg, max_seq_len: int) -> float:
     naming the smallest predicted peak when no ratio fits.
     """
     budget = parse_budget(cfg.memory_budget)
-    lora = {
-        "r": getattr(cfg, "lora_r", 8),
-        "alpha": getattr(cfg, "lora_alpha", 16),
-        "dropout": getattr(cfg, "lora_dropout", 0.05),
-    }
-    if getattr(cfg, "target_modules", None):
+    lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout}
+    if cfg.target_modules:
         lora["target_modules"] = cfg.target_modules
     peaks = measure_peaks(cfg.model, cfg.peft, max_seq_len, cfg.batch_size, FIT_RATIOS, lora, progress=logger.info)
     plan = make_plan(peaks, budget, context=f"{cfg.peft}, {max_seq_len} tokens, batch {cfg.batch_size}")

@@ -6,14 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from tokenseek.cli.common import add_dtype_arg, add_model_args
+from tokenseek.cli.common import add_adapter_args, add_dtype_arg, add_model_args
 
 
 def add_lora_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lora-r", type=int, default=8)
-    p.add_argument("--lora-alpha", type=int, default=16)
-    p.add_argument("--lora-dropout", type=float, default=0.05)
-    p.add_argument("--target-modules", help="comma-separated module names for adapters (default: all linear layers)")
+    add_adapter_args(p)
 
 
 def lora_kwargs(args: argparse.Namespace) -> dict:

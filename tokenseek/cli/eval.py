@@ -14,7 +14,9 @@ from tokenseek.errors import TokenSeekError
 
 
 def register(sub) -> None:
-    from tokenseek.eval.catalog import DATA_ENV, DEFAULT_TASKS
+    from tokenseek.cli.config import add_options
+    from tokenseek.eval.config import EvalConfig
+    from tokenseek.train.recipe import TrainConfig
 
     p = sub.add_parser(
         "eval",
@@ -25,24 +27,10 @@ def register(sub) -> None:
         ),
     )
     add_model_args(p)
-    p.add_argument("--adapter", help="PEFT adapter folder (or training output folder) to put on --model")
-    p.add_argument("--quantize", choices=["nf4"], help="load the base model in 4-bit NF4 (automatic for a QLoRA run's adapter)")
+    add_options(p, EvalConfig, suppress=False)
+    # How --heldout records become examples: the same options, defaults and help as `tokenseek train`.
+    add_options(p, TrainConfig, only=("fields", "template", "max_length"), suppress=False)
     add_dtype_arg(p)
-    p.add_argument(
-        "--tasks",
-        help=f"comma-separated tasks; 'paper' = the five paper tasks (default: {','.join(DEFAULT_TASKS)}, or none with --heldout)",
-    )
-    p.add_argument("--limit", type=int, help="at most N items per task (groups split N over subtasks) / N held-out records")
-    p.add_argument("--num-fewshot", help="shots for all tasks that are not 0-shot by design (e.g. 5), or per task: arc_challenge=0,mmlu=5")
-    p.add_argument("--data-dir", help=f"folder with the benchmark files (default: ${DATA_ENV}, else ../shared/data/eval)")
-    p.add_argument("--include-path", action="append", help="extra folder of lm-eval task YAMLs (repeatable)")
-    p.add_argument("--hub", action="store_true", help="use lm-eval's own (Hub) tasks for the paper names instead of the local files")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default: 8)")
-    p.add_argument("--output", help="write results JSON here (and the tables as .md next to it)")
-    p.add_argument("--heldout", help="held-out data (.json/.jsonl/.csv/.parquet, e.g. a run's heldout.json): report response-token loss")
-    p.add_argument("--fields", help="column mapping for --heldout, e.g. instruction=question,output=answer")
-    p.add_argument("--template", choices=["alpaca", "chat"], default="alpaca", help="prompt template for --heldout (default: alpaca)")
-    p.add_argument("--max-length", type=int, default=512, help="truncate --heldout examples to this many tokens (default: 512)")
     p.set_defaults(func=run, parser=p)
 
 
@@ -64,10 +52,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from tokenseek.cli.config import from_args
+    from tokenseek.eval.config import EvalConfig
     from tokenseek.eval.model import load_for_eval
     from tokenseek.eval.report import render
     from tokenseek.utils.io import write_json, write_text
 
+    from_args(EvalConfig, args)  # checks its choices
     started = time.time()
     tasks = args.tasks if args.tasks is not None or not args.heldout else ""
     if tasks == "" and not args.heldout:

@@ -12,7 +12,7 @@ import torch
 from tokenseek.errors import TokenSeekError
 
 # Subcommand modules register themselves; a missing optional module only hides its command.
-_COMMANDS = ("train", "score", "eval", "bench", "plan", "visualize", "experiment")
+_COMMANDS = ("train", "score", "eval", "export", "bench", "plan", "visualize", "experiment")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,11 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from tokenseek.cli.config import normalise_flag
+
+    return build_parser().parse_args([normalise_flag(a) for a in (sys.argv[1:] if argv is None else argv)])
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
+        build_parser().print_help()
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("tokenseek").setLevel(logging.INFO)

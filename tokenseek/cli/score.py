@@ -9,16 +9,15 @@ import time
 
 def register(sub) -> None:
     from tokenseek.cli.common import add_data_args, add_dtype_arg, add_model_args, add_selection_args
+    from tokenseek.cli.config import add_options
+    from tokenseek.seeking.config import ScoreConfig
 
     p = sub.add_parser("score", help="score every token of a dataset (token seeking)", description="Score every token with the model's own attention and gradients; resumable.")
     add_model_args(p)
     add_data_args(p)
-    add_selection_args(p, default="tokenseek")
+    add_selection_args(p)  # for the reference keep mask stored with the scores (any ratio can be re-selected later)
     p.add_argument("--out", required=True, help="score store directory (rerun the same command to resume)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--grad-layer", type=int, default=1, choices=[1, 2, 3], help="score the gradient at the input of layer N-1 (1, default), N-2 or N-3")
-    p.add_argument("--grad-mode", choices=["abs", "signed"], default="abs", help="sum |gradient| (default) or the signed gradient over the hidden dimension")
-    p.add_argument("--seed", type=int, default=0)
+    add_options(p, ScoreConfig, suppress=False)
     add_dtype_arg(p)
     p.set_defaults(func=run, parser=p)
 
@@ -27,10 +26,13 @@ def run(args: argparse.Namespace) -> int:
     from tokenseek.cli.common import load_data
     from tokenseek.data import tokenize_records
     from tokenseek.models import load_model
+    from tokenseek.cli.config import from_args
+    from tokenseek.seeking.config import ScoreConfig
     from tokenseek.seeking.select import check_selection
     from tokenseek.seeking.store import score_dataset
 
-    check_selection(args.selection, args.ratio, args.alpha, args.beta)
+    check_selection("tokenseek", args.ratio, args.alpha, args.beta)
+    from_args(ScoreConfig, args)  # checks its choices
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
         import torch.distributed as dist

@@ -17,7 +17,7 @@ _EPILOG = """modes:
 
 
 def register(sub) -> None:
-    from tokenseek.cli.common import add_data_args, add_model_args
+    from tokenseek.cli.common import add_data_args, add_model_args, add_selection_args
 
     p = sub.add_parser(
         "visualize",
@@ -39,9 +39,7 @@ def register(sub) -> None:
     p.add_argument("--summary", action="store_true", help="statistics over every example of the score store instead of one example")
     p.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="plot the training loss of these `tokenseek train` output dirs on one chart")
     p.add_argument("--output", help="output directory (example, --summary), or the image file for --runs (e.g. loss.png)")
-    p.add_argument("--ratio", type=float, default=0.1, help="fraction of each example's tokens marked as kept (default: 0.1)")
-    p.add_argument("--alpha", type=float, default=1.0, help="weight of log(context score) in Eq. 5 (default: 1)")
-    p.add_argument("--beta", type=float, default=1.0, help="weight of minmax(gradient score) in Eq. 5 (default: 1)")
+    add_selection_args(p)
     p.add_argument(
         "--grad-layer",
         type=int,
@@ -84,7 +82,7 @@ def _tokenized(args, tokenizer):
 
 def _example(args) -> int:
     from tokenseek.models import DEFAULT_MODEL_NAME, load_model, load_tokenizer
-    from tokenseek.seeking.store import ScoreStore, same_model
+    from tokenseek.seeking.store import ScoreStore
     from tokenseek.visualize import compute_example, render_example
     from tokenseek.visualize.outputs import EXAMPLE_FILES, staged_dir
 
@@ -110,8 +108,8 @@ def _example(args) -> int:
         )
 
     model, tokenizer = load_model(args.model)
-    if store is not None and not same_model(store.meta["model"], model, args.model, store.meta.get("precision")):
-        raise TokenSeekError(f"the score store {args.scores} was made with another model ({store.meta['model']['model']}): re-score with this model")
+    if store is not None:
+        store.check_model(model, args.model)
     view = compute_example(
         model,
         tokenizer,

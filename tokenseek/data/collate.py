@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from tokenseek.ditching.loss import IGNORE_INDEX, kept_targets
+from tokenseek.constants import IGNORE_INDEX
+from tokenseek.ditching.loss import kept_targets
 
 
 class DitchingCollator:

@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from tokenseek.data.chat import encode_chat_completion, encode_conversation
 from tokenseek.data.formats import is_conversational, record_format
 from tokenseek.data.templates import format_prompt
+from tokenseek.constants import IGNORE_INDEX
 from tokenseek.errors import TokenSeekError
-
-IGNORE_INDEX = -100
 
 
 @dataclass

@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from tokenseek.constants import IGNORE_INDEX
 from tokenseek.ditching.forward import ContextCache, ditched_forward, no_logits_kwargs
 from tokenseek.models.introspect import capture_final_hidden, logits_from_hidden
 
 # Rows of [positions, vocab] logits alive at once in the chunked loss: 128 x 49k fp32 is 25 MB
 # (and as much for its gradient). Fewer rows than this are one plain chunk.
 DEFAULT_LOSS_CHUNK = 128
-IGNORE_INDEX = -100
 
 
 @dataclass

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenseek.errors import TokenSeekError
+from tokenseek.errors import TokenSeekError, first_line
 from tokenseek.eval.catalog import TASKS_DIR, LocalTask, check_files, expand_task_list, local_names, lookup, resolve_data_dir
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def evaluate_tasks(
         except TokenSeekError:
             raise
         except Exception as exc:  # lm-eval raises many types; keep its first line
-            raise TokenSeekError(f"lm-eval failed: {_first_line(exc)} (rerun with -v for the traceback)") from exc
+            raise TokenSeekError(f"lm-eval failed: {first_line(exc)} (rerun with -v for the traceback)") from exc
         wall = time.time() - started
 
     return {
@@ -168,7 +168,7 @@ def _plan(name: str, paper: LocalTask | None, hub: bool, manager, exact_shots: i
         raise
     except Exception as exc:  # a Hub task without network, a broken user YAML, ...
         hint = "" if local else ": the Hugging Face Hub may be unreachable, use the local tasks instead"
-        raise TokenSeekError(f"could not load task {name!r} ({_first_line(exc)}){hint}") from exc
+        raise TokenSeekError(f"could not load task {name!r} ({first_line(exc)}){hint}") from exc
     groups, leaves = loaded["groups"], loaded["tasks"]
     obj = groups.get(lm_name) or (leaves[lm_name] if lm_name in leaves else None)
     if obj is None:  # a tag: several tasks, no aggregate
@@ -278,11 +278,6 @@ def _lm_eval_version() -> str:
     from importlib.metadata import version
 
     return version("lm_eval")
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 @contextlib.contextmanager

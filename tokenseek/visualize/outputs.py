@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tokenseek.errors import TokenSeekError
+from tokenseek.utils.io import atomic_file, publish
 
 EXAMPLE_FILES = ("tokens.html", "attention.png", "gradient_map.png", "context_score.png", "gradient_score.png", "gradient_layers.png", "example.json")
 SUMMARY_FILES = ("summary.json", "summary.md", "positions.png")
@@ -66,10 +67,7 @@ def staged_dir(target: str | Path, known: tuple[str, ...] = ()) -> Iterator[Path
     try:
         yield tmp
         if not target.exists():
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
-            os.replace(tmp, target)
+            publish(tmp, target)
         else:
             produced = {f.name for f in tmp.iterdir()}
             for name in known:
@@ -92,16 +90,9 @@ def staged_file(target: str | Path) -> Iterator[Path]:
     if target.is_dir():
         raise TokenSeekError(f"--output {target} is a directory: give the image file to write, e.g. {target / 'loss.png'}")
     created = _make_parents(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
     try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
+        with atomic_file(target) as tmp:
+            yield tmp
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
         _remove(created)
         raise

@@ -24,10 +24,10 @@ def run_label(summary: dict | None, fallback: str) -> str:
 def load_run(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_dir():
-        raise TokenSeekError(f"run directory not found: {path} (give directories written by `tokenseek train --out`)")
+        raise TokenSeekError(f"run directory not found: {path} (give directories written by `tokenseek train --output-dir`)")
     curve_file = path / "loss_curve.json"
     if not curve_file.is_file():
-        raise TokenSeekError(f"{path} has no loss_curve.json: give a directory written by a finished `tokenseek train --out` run")
+        raise TokenSeekError(f"{path} has no loss_curve.json: give a directory written by a finished `tokenseek train --output-dir` run")
     try:
         curve = json.loads(curve_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -1,0 +1,125 @@
+"""One config surface: TrainConfig owns defaults and help; YAML gives defaults; given flags win."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tokenseek.cli.main import main, parse_args
+from tokenseek.cli.train import config_from_args
+from tokenseek.errors import TokenSeekError
+from tokenseek.train.recipe import TrainConfig, training_arguments
+from tokenseek.utils.options import default_text, flag_name, options
+
+
+def _config(tmp_path, yaml_text: str | None, *argv: str) -> TrainConfig:
+    extra = []
+    if yaml_text is not None:
+        path = tmp_path / "train.yaml"
+        path.write_text(yaml_text)
+        extra = ["--config", str(path)]
+    return config_from_args(parse_args(["train", *extra, *argv]))
+
+
+def test_help_lists_every_option_with_its_default(capsys, monkeypatch):
+    import re
+
+    monkeypatch.setenv("COLUMNS", "400")  # no wrapping inside "(default: ...)"
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    # One entry per option: it starts on a line "  --flag ..." and runs until the next one.
+    entries = {re.split(r"[ ,]", e, maxsplit=1)[0]: " ".join(e.split()) for e in re.split(r"\n  (?=--)", text)[1:]}
+    for f in options(TrainConfig):
+        assert f"(default: {default_text(f)})" in entries[f"--{flag_name(f)}"], (f.name, entries.get(f"--{flag_name(f)}"))
+    assert len(options(TrainConfig)) == len(dataclasses.fields(TrainConfig))  # no field is left without a flag
+
+
+def test_flag_given_at_its_default_beats_yaml(tmp_path):
+    # Regression: --peft lora (the default) was overridden by `peft: qlora` in the YAML.
+    assert _config(tmp_path, "peft: qlora\n", "--peft", "lora").peft == "lora"
+    assert _config(tmp_path, "peft: qlora\n").peft == "qlora"
+    assert _config(tmp_path, "grad_accum: 4\n", "--grad-accum", "16").grad_accum == 16
+    assert _config(tmp_path, None).peft == "lora"  # the dataclass default
+
+
+def test_trainingarguments_names_are_accepted(tmp_path):
+    # YAML 1.1 reads 2e-4 as a string: it is converted to the field's type.
+    cfg = _config(tmp_path, "learning_rate: 2e-4\nper_device_train_batch_size: 2\nlr_scheduler_type: linear\n",
+                  "--gradient_accumulation_steps", "3", "--num-train-epochs", "2")
+    assert (cfg.lr, cfg.batch_size, cfg.scheduler, cfg.grad_accum, cfg.epochs) == (2e-4, 2, "linear", 3, 2.0)
+
+
+def test_yaml_lists_for_comma_options(tmp_path):
+    cfg = _config(tmp_path, "report_to: [tensorboard]\ntarget_modules: [q_proj, v_proj]\n")
+    assert (cfg.report_to, cfg.target_modules) == ("tensorboard", "q_proj,v_proj")
+
+
+def test_other_trainer_arguments_pass_through(tmp_path):
+    cfg = _config(tmp_path, "training_args: {adam_beta2: 0.95, adam_epsilon: 1.0e-6}\nhub_model_id: me/model\n",
+                  "--trainer-arg", "adam_beta2=0.9", "--trainer-arg", "dataloader_drop_last=true")
+    assert cfg.trainer_args == {"adam_beta2": 0.9, "adam_epsilon": 1e-6, "hub_model_id": "me/model", "dataloader_drop_last": True}
+    args = training_arguments(cfg, tmp_path / "run")
+    assert (args.adam_beta2, args.adam_epsilon, args.hub_model_id, args.dataloader_drop_last) == (0.9, 1e-6, "me/model", True)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--trainer-arg", "adam_beta=0.9"], "unknown trainer argument 'adam_beta' (did you mean adam_beta"),
+        (["--trainer-arg", "learning_rate=0.1"], "learning_rate is a tokenseek option: set it as --lr"),
+        (["--trainer-arg", "remove_unused_columns=true"], "cannot be overridden"),
+        (["--trainer-arg", "nonsense"], "--trainer-arg takes KEY=VALUE"),
+        (["--trainer-arg", "eval_strategy=weekly"], "the Trainer refused these settings"),
+        (["--eval-steps", "2"], "--eval-steps needs held-out data"),
+        (["--report-to", "tensorboard,nonexistent"], "--report-to: nonexistent is not supported"),
+        (["--peft", "adapterx"], "unknown --peft 'adapterx': choose one of"),
+    ],
+)
+def test_bad_trainer_settings_are_one_line(tmp_path, capsys, argv, message):
+    out = tmp_path / "run"
+    assert main(["train", "--output-dir", str(out), "--selection", "random", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_yaml_errors(tmp_path):
+    with pytest.raises(TokenSeekError, match="unknown option.*no_such_option"):
+        _config(tmp_path, "no_such_option: 1\n")
+    with pytest.raises(TokenSeekError, match="lr must be a number, got 'fast'"):
+        _config(tmp_path, "lr: fast\n")
+    with pytest.raises(TokenSeekError, match="set twice"):
+        _config(tmp_path, "lr: 0.1\nlearning_rate: 0.2\n")
+
+
+def test_new_options_leave_recorded_identities_alone():
+    """A run recorded before these options existed must stay resumable (a study depends on it)."""
+    recorded = {"model", "data", "fields", "limit", "template", "max_length", "train_on_prompt", "heldout", "selection", "ratio",
+                "alpha", "beta", "scores", "peft", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "epochs", "max_steps",
+                "batch_size", "grad_accum", "lr", "optim", "max_grad_norm", "scheduler", "warmup_ratio", "weight_decay", "seed",
+                "memory_budget"}
+    assert set(TrainConfig(select_from="all").identity()) == recorded
+    changed = TrainConfig(select_from="all", load_best_model_at_end=True, eval_steps=5, trainer_args={"adam_beta2": 0.9})
+    assert set(changed.identity()) == recorded | {"load_best_model_at_end", "trainer_args"}
+
+
+def test_experiment_defaults_come_from_trainconfig():
+    from tokenseek.experiment.config import train_defaults
+
+    defaults = train_defaults()
+    assert defaults["lr"] == TrainConfig().lr and defaults["trainer_args"] == {}
+
+
+def test_docs_options_table_matches_trainconfig():
+    """docs/TRAINING.md holds the generated table; regenerate it with
+    python3 -c "from tokenseek.cli.config import options_table; from tokenseek.train.recipe import TrainConfig; print(options_table(TrainConfig))"
+    """
+    from pathlib import Path
+
+    from tokenseek.cli.config import options_table
+
+    docs = (Path(__file__).parent.parent / "docs" / "TRAINING.md").read_text()
+    assert options_table(TrainConfig) in docs
+    assert docs.count("| `--") == len(options(TrainConfig))  # no stale row left beside the table

@@ -1,0 +1,28 @@
+"""The options of ``tokenseek eval`` that are its own (model and example-building options are TrainConfig's)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokenseek.eval.catalog import DATA_ENV, DEFAULT_TASKS
+from tokenseek.utils.options import check_options, option
+
+
+@dataclass
+class EvalConfig:
+    adapter: str | None = option(None, "PEFT adapter folder (or training output folder) to put on --model")
+    quantize: str | None = option(None, "load the base model in 4-bit NF4 (automatic for a QLoRA run's adapter)", choices=("nf4",))
+    tasks: str | None = option(
+        None, "comma-separated tasks; 'paper' = the five paper tasks", shown=f"{','.join(DEFAULT_TASKS)}, or none with --heldout"
+    )
+    limit: int | None = option(None, "at most N items per task (groups split N over subtasks) / N held-out records")
+    num_fewshot: str | None = option(None, "shots for all tasks that are not 0-shot by design (e.g. 5), or per task: arc_challenge=0,mmlu=5")
+    data_dir: str | None = option(None, "folder with the benchmark files", shown=f"${DATA_ENV}, else ../shared/data/eval")
+    include_path: list | None = option(None, "extra folder of lm-eval task YAMLs (repeatable)")
+    hub: bool = option(False, "use lm-eval's own (Hub) tasks for the paper names instead of the local files")
+    batch_size: int = option(8, "sequences per forward pass")
+    output: str | None = option(None, "write results JSON here (and the tables as .md next to it)")
+    heldout: str | None = option(None, "held-out data (.json/.jsonl/.csv/.parquet, e.g. a run's heldout.json): report response-token loss")
+
+    def __post_init__(self) -> None:
+        check_options(self)
