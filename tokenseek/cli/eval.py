@@ -37,6 +37,12 @@ def register(sub) -> None:
     p.add_argument("--include-path", action="append", help="extra folder of lm-eval task YAMLs (repeatable)")
     p.add_argument("--hub", action="store_true", help="use lm-eval's own (Hub) tasks for the paper names instead of the local files")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default: 8)")
+    p.add_argument(
+        "--lm-eval-model",
+        choices=["tokenseek-prefix", "hf"],
+        default="tokenseek-prefix",
+        help="tokenseek-prefix (default): each shared few-shot context runs once, same log-likelihoods as hf; hf: lm-eval's plain HFLM",
+    )
     p.add_argument("--output", help="write results JSON here (and the tables as .md next to it)")
     p.add_argument("--heldout", help="held-out data (.json/.jsonl/.csv/.parquet, e.g. a run's heldout.json): report response-token loss")
     p.add_argument("--fields", help="column mapping for --heldout, e.g. instruction=question,output=answer")
@@ -101,7 +107,7 @@ def _run(args: argparse.Namespace) -> int:
     if selection is not None:
         from tokenseek.eval.harness import evaluate_tasks
 
-        results.update(evaluate_tasks(model, tokenizer, selection, batch_size=args.batch_size, verbose=args.verbose))
+        results.update(evaluate_tasks(model, tokenizer, selection, batch_size=args.batch_size, lm_eval_model=args.lm_eval_model, verbose=args.verbose))
     if records is not None:
         from tokenseek.eval.heldout import heldout_loss
 
