@@ -134,7 +134,7 @@ def test_truncated_context_keeps_hflms_tokens(tokenizer):
     hf, prefix = _pair(model, tokenizer, batch_size=8, max_length=16)
     context = list(range(30))
     requests = [(("c", str(n)), context, [40 + i for i in range(n)]) for n in (1, 1, 4, 4, 9, 16)]
-    groups = {prefix._model_window(ctx, cont)[0] for _, ctx, cont in requests}
+    groups = {prefix._visible_context(ctx, cont) for _, ctx, cont in requests}
     assert [len(g) for g in sorted(groups, key=len)] == [1, 8, 13, 16]  # 17 - len(cont) context tokens each
     assert all(g == tuple(context[-len(g):]) for g in groups)  # the rightmost ones, as HFLM keeps
     _assert_same(hf._loglikelihood_tokens(requests, disable_tqdm=True), prefix._loglikelihood_tokens(requests, disable_tqdm=True))

@@ -46,7 +46,7 @@ class PrefixCachedLM(HFLM):
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         truncated = 0
         for i, (_, context_enc, continuation_enc) in enumerate(requests):
-            prefix, _ = self._model_window(context_enc, continuation_enc)
+            prefix = self._visible_context(context_enc, continuation_enc)
             truncated += len(prefix) < len(context_enc)
             groups[prefix].append(i)
         if truncated:
@@ -74,8 +74,8 @@ class PrefixCachedLM(HFLM):
         bar.close()
         return results
 
-    def _model_window(self, context_enc: list[int], continuation_enc: list[int]) -> tuple[tuple[int, ...], list[int]]:
-        """Split what HFLM feeds the model into (context it sees, continuation part).
+    def _visible_context(self, context_enc: list[int], continuation_enc: list[int]) -> tuple[int, ...]:
+        """The context tokens HFLM feeds the model for this request (positions 0..).
 
         HFLM's input is ``(context + continuation)[-(max_length + 1):][:-1]`` and it scores
         the last ``len(continuation)`` positions. That input is the kept context tokens
@@ -87,7 +87,7 @@ class PrefixCachedLM(HFLM):
         assert len(continuation_enc) <= self.max_length
         window = (context_enc + continuation_enc)[-(self.max_length + 1) :]
         kept = len(window) - len(continuation_enc)
-        return tuple(window[:kept]), continuation_enc
+        return tuple(window[:kept])
 
     def _score_group(self, prefix: tuple[int, ...], group, override_bs: int | None) -> list[tuple[float, bool]]:
         """Run ``prefix[:-1]`` once, then feed ``prefix[-1:] + continuation[:-1]`` per request.
