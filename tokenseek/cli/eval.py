@@ -93,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     if selection is not None:
         from tokenseek.eval.harness import evaluate_tasks
 
-        results.update(evaluate_tasks(model, tokenizer, selection, batch_size=args.batch_size, verbose=args.verbose))
+        results.update(evaluate_tasks(model, tokenizer, selection, batch_size=args.batch_size, lm_eval_model=args.lm_eval_model, verbose=args.verbose))
     if records is not None:
         from tokenseek.eval.heldout import heldout_loss
 

@@ -8,6 +8,7 @@ Exports are imported lazily: the CLI parser and lm-eval (which imports
 import importlib
 
 _EXPORTS = {
+    "PrefixCachedLM": "tokenseek.eval.prefix_lm",  # importing it registers lm-eval model "tokenseek-prefix"
     "TaskSelection": "tokenseek.eval.harness",
     "evaluate_tasks": "tokenseek.eval.harness",
     "exact_match": "tokenseek.eval.exact_match",

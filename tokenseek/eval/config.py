@@ -21,6 +21,11 @@ class EvalConfig:
     include_path: list | None = option(None, "extra folder of lm-eval task YAMLs (repeatable)")
     hub: bool = option(False, "use lm-eval's own (Hub) tasks for the paper names instead of the local files")
     batch_size: int = option(8, "sequences per forward pass")
+    lm_eval_model: str = option(
+        "tokenseek-prefix",
+        "tokenseek-prefix: each shared few-shot context runs once (same log-likelihoods as hf); hf: lm-eval's plain HFLM",
+        choices=("tokenseek-prefix", "hf"),
+    )
     output: str | None = option(None, "write results JSON here (and the tables as .md next to it)")
     heldout: str | None = option(None, "held-out data (.json/.jsonl/.csv/.parquet, e.g. a run's heldout.json): report response-token loss")
 

@@ -1,6 +1,8 @@
 """Run benchmarks in-process with lm-evaluation-harness and summarise what was measured.
 
-All scoring is lm-eval's (``HFLM`` + ``simple_evaluate``); this module only picks
+All scoring is lm-eval's (``simple_evaluate`` with ``HFLM``, by default its subclass
+``tokenseek-prefix`` from :mod:`tokenseek.eval.prefix_lm`, which runs each shared
+few-shot context once and gives the same log-likelihoods); this module only picks
 the tasks, limits the items, sets the shots and collects a small result record
 per task: the paper's metric, its stderr, items scored, shots used, requests sent
 and where the few-shot examples came from.
@@ -19,6 +21,9 @@ from tokenseek.errors import TokenSeekError, first_line
 from tokenseek.eval.catalog import TASKS_DIR, LocalTask, check_files, expand_task_list, local_names, lookup, resolve_data_dir
 
 logger = logging.getLogger(__name__)
+
+# lm-eval models evaluate_tasks can use: the shared-context one (default) and plain HFLM.
+LM_EVAL_MODELS = ("tokenseek-prefix", "hf")
 
 
 @dataclass
@@ -100,20 +105,26 @@ def evaluate_tasks(
     tasks: str | list[str] | TaskSelection | None = None,
     *,
     batch_size: int = 8,
+    lm_eval_model: str = "tokenseek-prefix",
+    log_samples: bool = False,
     verbose: bool = False,
     **select_kwargs,
 ) -> dict:
     """Evaluate ``model`` on ``tasks`` and return ``{"tasks": {name: record}, ...}``.
 
     ``tasks`` is a name list (``select_kwargs`` as for :func:`select_tasks`) or a
-    :class:`TaskSelection` made earlier.
+    :class:`TaskSelection` made earlier. ``lm_eval_model``: ``"tokenseek-prefix"``
+    (each shared context computed once) or ``"hf"`` (lm-eval's plain ``HFLM``).
+    ``log_samples``: also return lm-eval's per-item samples (``"lm_eval_samples"``,
+    with each request's raw ``resps``), e.g. to compare two models request by request.
     """
+    if lm_eval_model not in LM_EVAL_MODELS:
+        raise TokenSeekError(f"lm-eval model {lm_eval_model!r} is not one of {', '.join(LM_EVAL_MODELS)}")
     selection = tasks if isinstance(tasks, TaskSelection) else select_tasks(tasks, verbose=verbose, **select_kwargs)
     with _quiet_lm_eval(verbose):
         from lm_eval import simple_evaluate
-        from lm_eval.models.huggingface import HFLM
 
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+        lm = make_lm(model, tokenizer, batch_size=batch_size, lm_eval_model=lm_eval_model)
         started = time.time()
         try:
             out = simple_evaluate(
@@ -121,7 +132,7 @@ def evaluate_tasks(
                 tasks=selection.objects,
                 task_manager=selection.manager,
                 samples=selection.samples,
-                log_samples=False,
+                log_samples=log_samples,
             )
         except TokenSeekError:
             raise
@@ -129,14 +140,27 @@ def evaluate_tasks(
             raise TokenSeekError(f"lm-eval failed: {first_line(exc)} (rerun with -v for the traceback)") from exc
         wall = time.time() - started
 
-    return {
+    result = {
         "tasks": {plan["name"]: _record(plan, out) for plan in selection.plans},
         "data_dir": selection.data_dir,
         "limit": selection.limit,
         "batch_size": batch_size,
+        "lm_eval_model": lm_eval_model,
         "lm_eval_version": _lm_eval_version(),
         "eval_wall_time_s": round(wall, 2),
     }
+    if log_samples:
+        result["lm_eval_samples"] = out.get("samples", {})
+    return result
+
+
+def make_lm(model, tokenizer, *, batch_size: int = 8, lm_eval_model: str = "tokenseek-prefix", **kwargs):
+    """The lm-eval model object for an already loaded ``model`` (``kwargs`` go to ``HFLM``)."""
+    if lm_eval_model == "hf":
+        from lm_eval.models.huggingface import HFLM as cls
+    else:
+        from tokenseek.eval.prefix_lm import PrefixCachedLM as cls
+    return cls(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device), **kwargs)
 
 
 # ----------------------------------------------------------------------------- planning
