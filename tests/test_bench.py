@@ -195,7 +195,7 @@ def test_knobs_table_relates_every_setting_to_the_baseline(tiny_model, tmp_path)
     (g,) = doc["groups"]
     rows = {r["setting"]: r for r in g["rows"]}
     assert list(rows) == ["full-token", "TokenSeek 10 %, offline scores", "TokenSeek 10 %, online seeking"]
-    assert rows["full-token"]["relative"]["peak_bytes"] == 1.0
+    assert rows["full-token"]["relative"]["peak_bytes"] == rows["full-token"]["relative"]["step_peak_bytes"] == 1.0
     for r in rows.values():
         assert "error" not in r["result"], r["result"].get("error")
         assert r["relative"]["peak_bytes"] == r["result"]["memory"]["peak_bytes"] / rows["full-token"]["result"]["memory"]["peak_bytes"]

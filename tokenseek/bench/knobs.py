@@ -62,7 +62,7 @@ class KnobsConfig:
 
 
 def run_knobs(cfg: KnobsConfig, progress=print) -> dict:
-    from tokenseek.bench.run import FIGURES, _get, resolve, run_worker, short
+    from tokenseek.bench.run import resolve, run_worker, short
 
     table = presets(cfg.ratio)
     if cfg.preset not in table:
@@ -81,12 +81,7 @@ def run_knobs(cfg: KnobsConfig, progress=print) -> dict:
                 result = run_worker(spec, cfg.timeout)
                 progress(f"  {dtype} seq {seq_len} {name}: {short(result)}")
                 rows.append({"setting": name, "result": result})
-            baseline = next(r["result"] for r in rows if r["setting"] == BASELINE[cfg.preset])
-            for r in rows:
-                r["relative"] = {}
-                for figure, path in FIGURES.items():
-                    mine, ref = _get(r["result"], *path), _get(baseline, *path)
-                    r["relative"][figure] = mine / ref if mine is not None and ref else None
+            add_relative(rows, BASELINE[cfg.preset])
             groups.append({"dtype": dtype, "seq_len": seq_len, "baseline": BASELINE[cfg.preset], "rows": rows})
     doc = {"config": {**asdict(cfg), "model_resolved": model}, "groups": groups}
     out = Path(cfg.output)
@@ -94,6 +89,28 @@ def run_knobs(cfg: KnobsConfig, progress=print) -> dict:
     write_json(out / "knobs.json", doc)
     write_text(out / "knobs.md", markdown(doc))
     return doc
+
+
+def step_peak_bytes(result: dict) -> int | None:
+    """The step's peak live bytes above what was live before it (weights, optimizer state)."""
+    memory = result.get("memory") or {}
+    if memory.get("peak_bytes") is None or memory.get("baseline_bytes") is None:
+        return None
+    return memory["peak_bytes"] - memory["baseline_bytes"]
+
+
+def add_relative(rows: list[dict], baseline_name: str) -> None:
+    """Each row's figures as multiples of the baseline row's (``row["relative"]``)."""
+    from tokenseek.bench.run import FIGURES, _get
+
+    baseline = next(r["result"] for r in rows if r["setting"] == baseline_name)
+    for r in rows:
+        r["relative"] = {}
+        for figure, path in FIGURES.items():
+            mine, ref = _get(r["result"], *path), _get(baseline, *path)
+            r["relative"][figure] = mine / ref if mine is not None and ref else None
+        mine, ref = step_peak_bytes(r["result"]), step_peak_bytes(baseline)
+        r["relative"]["step_peak_bytes"] = mine / ref if mine is not None and ref else None
 
 
 def markdown(doc: dict) -> str:
@@ -113,18 +130,20 @@ def markdown(doc: dict) -> str:
             f"({env.get('device', '?')}, {env.get('threads', '?')} thread(s)); ratios against **{g['baseline']}**\n"
         )
         parts.append(
-            "| setting | peak live (MiB) | activations (MiB) | step (s) | peak × | activations × | step × |\n"
-            "|---|---:|---:|---:|---:|---:|---:|"
+            "| setting | step peak above weights (MiB) | peak live (MiB) | activations (MiB) | step (s) "
+            "| step peak × | activations × | step time × |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|"
         )
         for r in g["rows"]:
             res, rel = r["result"], r["relative"]
             if "error" in res:
-                parts.append(f"| {r['setting']} | failed: {res['error']} | | | | | |")
+                parts.append(f"| {r['setting']} | failed: {res['error']} | | | | | | |")
                 continue
             step = _get(res, "time", "step_s", "median")
             parts.append(
-                f"| {r['setting']} | {mib(_get(res, 'memory', 'peak_bytes'))} | {mib(_get(res, 'activations', 'saved_bytes'))} | "
-                f"{'–' if step is None else f'{step:.2f}'} | {times(rel['peak_bytes'])} | {times(rel['activation_bytes'])} | {times(rel['step_s'])} |"
+                f"| {r['setting']} | {mib(step_peak_bytes(res))} | {mib(_get(res, 'memory', 'peak_bytes'))} | "
+                f"{mib(_get(res, 'activations', 'saved_bytes'))} | {'–' if step is None else f'{step:.2f}'} | "
+                f"{times(rel['step_peak_bytes'])} | {times(rel['activation_bytes'])} | {times(rel['step_s'])} |"
             )
         parts.append("")
     return "\n".join(parts) + "\n"
