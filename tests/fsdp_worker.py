@@ -18,7 +18,7 @@ from torch.distributed.fsdp import fully_shard
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import padded_batch, random_keep, tiny_model  # noqa: E402
 
-from tokenseek.ditching.loss import ditched_loss_sum, kept_targets  # noqa: E402
+from tokenseek.ditching.loss import ditched_loss_sums, kept_targets  # noqa: E402
 from tokenseek.models.introspect import decoder_layers  # noqa: E402
 
 
@@ -41,7 +41,8 @@ def main(arch: str, out: str) -> None:
     fully_shard(model, mesh=mesh)
     sharded = sum(p.to_local().numel() < p.numel() for p in model.parameters())
     mine = slice(rank, rank + 1)
-    total, _ = ditched_loss_sum(model, input_ids[mine], targets[mine], keep[mine], attention_mask[mine])
+    # loss_chunk=0: the LM head runs inside the root module's forward, where FSDP2 gathers its weights.
+    total = ditched_loss_sums(model, input_ids[mine], targets[mine], keep[mine], attention_mask[mine], loss_chunk=0).total.sum()
     # FSDP averages gradients over ranks; the divisor already counts every rank's targets.
     (total * world / count).backward()
     grads = {k: p.grad.full_tensor() for k, p in model.named_parameters()}

@@ -332,7 +332,7 @@ def test_fsdp2_sharded_ditched_step_equals_one_process(tmp_path):
     """
     from fsdp_worker import batch
 
-    from tokenseek.ditching.loss import ditched_loss_sum
+    from tokenseek.ditching.loss import ditched_loss_sums
 
     out = tmp_path / "fsdp.pt"
     worker = os.path.join(os.path.dirname(__file__), "fsdp_worker.py")
@@ -344,8 +344,7 @@ def test_fsdp2_sharded_ditched_step_equals_one_process(tmp_path):
 
     model = tiny_model("llama")
     input_ids, attention_mask, targets, keep = batch()
-    total, count = ditched_loss_sum(model, input_ids, targets, keep, attention_mask)
-    (total / count).backward()
+    ditched_loss_sums(model, input_ids, targets, keep, attention_mask).token_mean().backward()
     want = grads(model)
     assert got["grads"].keys() == want.keys()
     for k in want:
