@@ -261,3 +261,14 @@ def test_score_survives_kill_9(tmp_path, tiny_model_dir):
 
     table = pq.read_table(out / "scores.parquet").to_pydict()
     assert sorted(table["index"]) == list(range(count))
+
+
+def test_weight_sample_indices_stay_inside_large_tensors():
+    """SmolLM2's embedding has 49,152 x 576 = 28,311,552 values: float spacing overshot its end."""
+    from tokenseek.seeking.store import spaced_indices
+
+    for length in (1, 2, 63, 64, 65, 28_311_552, 2**31 + 7):
+        idx = spaced_indices(length, 64)
+        assert len(idx) == min(64, length)
+        assert int(idx[0]) == 0 and int(idx[-1]) == length - 1
+        assert bool((idx[1:] > idx[:-1]).all())

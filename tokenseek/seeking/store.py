@@ -86,6 +86,16 @@ def model_precision(model) -> dict:
     return {"dtype": dtype_name(base.get_input_embeddings().weight.dtype), "quantization": None}
 
 
+def spaced_indices(length: int, count: int) -> torch.Tensor:
+    """``min(count, length)`` evenly spaced indices into ``range(length)``, first and last included.
+
+    Integer arithmetic: a float ``linspace`` rounds the last index of a tensor with more than
+    2**24 elements (an embedding matrix) past its end.
+    """
+    count = min(count, length)
+    return torch.arange(count, dtype=torch.int64) * (length - 1) // max(count - 1, 1)
+
+
 def _weights_sample(model) -> str:
     """Hash of every tensor's name, shape and 64 evenly spaced values: milliseconds, and any
     fine-tuned layer changes it (hashing all weights would read the whole model)."""
@@ -93,7 +103,7 @@ def _weights_sample(model) -> str:
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             flat = tensor.detach().reshape(-1)
-            picked = flat[torch.linspace(0, flat.numel() - 1, min(64, flat.numel())).long()] if flat.numel() else flat
+            picked = flat[spaced_indices(flat.numel(), 64)]
             digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
             digest.update(picked.float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
