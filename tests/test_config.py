@@ -100,9 +100,10 @@ def test_new_options_leave_recorded_identities_alone():
                 "alpha", "beta", "scores", "peft", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "epochs", "max_steps",
                 "batch_size", "grad_accum", "lr", "optim", "max_grad_norm", "scheduler", "warmup_ratio", "weight_decay", "seed",
                 "memory_budget"}
-    # run_train records the resolved dtype: "auto" is fp32 on a CPU, the precision of every earlier run.
-    assert set(TrainConfig(select_from="all", dtype="fp32").identity()) == recorded
-    changed = TrainConfig(select_from="all", dtype="fp32", load_best_model_at_end=True, eval_steps=5, trainer_args={"adam_beta2": 0.9})
+    # The identity records the resolved dtype: "auto" is fp32 on a CPU, the precision of every earlier run.
+    assert set(TrainConfig(select_from="all").identity()) == recorded
+    assert TrainConfig(select_from="all").identity() == TrainConfig(select_from="all", dtype="fp32").identity()
+    changed = TrainConfig(select_from="all", load_best_model_at_end=True, eval_steps=5, trainer_args={"adam_beta2": 0.9})
     assert set(changed.identity()) == recorded | {"load_best_model_at_end", "trainer_args"}
 
 

@@ -179,7 +179,7 @@ def test_toy_study_stops_resumes_and_reports(tmp_path, tiny_model_dir, data_file
 
     # Another study with a cell of the same settings reuses its run (no training, no scoring).
     other = _study(tmp_path, tiny_model_dir, data_file, study="toy2", results_dir=str(tmp_path / "results" / "toy2"))
-    other["cells"] = [{"name": "same-as-ts", "label": "tokenseek 50%", "selection": "tokenseek", "ratio": 0.5, "seed": 0}]
+    other["cells"] = [{"name": "same-as-ts", "label": "tokenseek 50%", "selection": "tokenseek", "ratio": 0.5, "select_from": "all", "seed": 0}]
     other["report"] = {"path": str(tmp_path / "RESULTS.md")}
     other_path = tmp_path / "toy2.yaml"
     other_path.write_text(yaml.safe_dump(other))

@@ -120,12 +120,13 @@ class TrainConfig:
         Options added after runs were first recorded appear only when they differ from the
         behaviour those runs had (``LEGACY_BEHAVIOUR``), so a run recorded before stays resumable.
         """
+        from tokenseek.models.placement import dtype_name, resolve_dtype
+
         ignore = {f.name for f in options(TrainConfig) if f.metadata["bookkeeping"]}
-        return {
-            k: v
-            for k, v in dataclasses.asdict(self).items()
-            if k not in ignore and not (k in LEGACY_BEHAVIOUR and LEGACY_BEHAVIOUR[k] == v)
-        }
+        # The precision that runs here ("auto" is fp32 on a CPU): the same whether the config
+        # was resolved by run_train already or not.
+        values = {**dataclasses.asdict(self), "dtype": dtype_name(resolve_dtype(self.dtype))}
+        return {k: v for k, v in values.items() if k not in ignore and not (k in LEGACY_BEHAVIOUR and LEGACY_BEHAVIOUR[k] == v)}
 
 
 # What runs recorded before an option existed did; see TrainConfig.identity.
