@@ -15,6 +15,8 @@ from tokenseek.models.introspect import capture_final_hidden, logits_from_hidden
 # Rows of [positions, vocab] logits alive at once in the chunked loss: 128 x 49k fp32 is 25 MB
 # (and as much for its gradient). Fewer rows than this are one plain chunk.
 DEFAULT_LOSS_CHUNK = 128
+# How a step's summed loss is divided (see tokenseek.train.trainer).
+LOSS_NORMS = ("token", "example")
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch
 
 from tokenseek.data.formats import FORMATS
 from tokenseek.data.templates import TEMPLATES
-from tokenseek.ditching.loss import DEFAULT_LOSS_CHUNK
+from tokenseek.ditching.loss import DEFAULT_LOSS_CHUNK, LOSS_NORMS
 from tokenseek.errors import TokenSeekError, first_line
 from tokenseek.models.adapters import PEFT_METHODS
 from tokenseek.models.placement import DTYPE_CHOICES
@@ -62,7 +62,7 @@ class TrainConfig:
     loss_norm: str = option(
         "token",
         "token: mean over all kept targets of the accumulation window; example: mean of per-example means (TokenTune)",
-        choices=("token", "example"),
+        choices=LOSS_NORMS,
     )
     loss_chunk: int = option(DEFAULT_LOSS_CHUNK, "apply the LM head and loss to this many positions at a time (0: all at once)", bookkeeping=True)
     gradient_checkpointing: bool = option(False, "recompute the kept pass's layers in backward (less memory, more time)", bookkeeping=True)

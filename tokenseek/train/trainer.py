@@ -23,11 +23,10 @@ import torch
 from transformers import Trainer
 
 from tokenseek.constants import IGNORE_INDEX
-from tokenseek.ditching.loss import DEFAULT_LOSS_CHUNK, kept_targets, step_loss_sums
+from tokenseek.ditching.loss import DEFAULT_LOSS_CHUNK, LOSS_NORMS, kept_targets, step_loss_sums
 from tokenseek.seeking.online import OnlineSeeker
 from tokenseek.seeking.select import KeptSetDrift, SelectionTally, keep_count
 
-LOSS_NORMS = ("token", "example")
 
 
 @dataclass
