@@ -7,6 +7,7 @@ measured in the same run:
 - ``memory``: what users run when memory is short — full-token training with gradient
   checkpointing and a chunked cross-entropy — against token ditching alone and stacked
   with the same two tools (issue: "Train the way GPU users train").
+- ``sweep``: the baseline against the best TokenSeek setting only, for a sequence-length sweep.
 - ``online``: full-token, ditching with offline selection, ditching with online seeking —
   what seeking inside the step costs.
 """
@@ -21,7 +22,11 @@ from tokenseek.errors import TokenSeekError
 from tokenseek.utils.io import write_json, write_text
 
 CHUNK = DEFAULT_LOSS_CHUNK
-BASELINE = {"memory": "full-token + checkpointing + chunked CE", "online": "full-token"}
+BASELINE = {
+    "memory": "full-token + checkpointing + chunked CE",
+    "sweep": "full-token + checkpointing + chunked CE",
+    "online": "full-token",
+}
 
 
 def presets(ratio: float) -> dict[str, list[tuple[str, dict]]]:
@@ -35,6 +40,10 @@ def presets(ratio: float) -> dict[str, list[tuple[str, dict]]]:
             (f"TokenSeek {pct} + chunked CE", dict(ratio=ratio, loss_chunk=CHUNK)),
             (f"TokenSeek {pct} + checkpointing + chunked CE", dict(ratio=ratio, loss_chunk=CHUNK, checkpointing=True)),
             (f"TokenSeek {pct} online + checkpointing + chunked CE", dict(ratio=ratio, loss_chunk=CHUNK, checkpointing=True, online=True)),
+        ],
+        "sweep": [
+            ("full-token + checkpointing + chunked CE", dict(ratio=1.0, loss_chunk=CHUNK, checkpointing=True)),
+            (f"TokenSeek {pct} + checkpointing + chunked CE", dict(ratio=ratio, loss_chunk=CHUNK, checkpointing=True)),
         ],
         "online": [
             ("full-token", dict(ratio=1.0, loss_chunk=CHUNK)),
@@ -52,6 +61,7 @@ class KnobsConfig:
     seq_lens: list[int] = field(default_factory=lambda: [1024])
     dtypes: list[str] = field(default_factory=lambda: ["fp32"])
     ratio: float = 0.1
+    target_share: float = 1.0
     steps: int = 3
     warmup: int = 1
     seed: int = 0
@@ -76,7 +86,7 @@ def run_knobs(cfg: KnobsConfig, progress=print) -> dict:
                 spec = {
                     "model": model, "peft": cfg.peft, "lora": cfg.lora, "seq_len": seq_len, "batch_size": 1,
                     "mode": "train", "steps": cfg.steps, "warmup": cfg.warmup, "seed": cfg.seed,
-                    "threads": cfg.threads, "dtype": dtype, **knobs,
+                    "threads": cfg.threads, "dtype": dtype, "target_share": cfg.target_share, **knobs,
                 }
                 result = run_worker(spec, cfg.timeout)
                 progress(f"  {dtype} seq {seq_len} {name}: {short(result)}")
@@ -126,7 +136,8 @@ def markdown(doc: dict) -> str:
     for g in doc["groups"]:
         env = next((r["result"].get("environment") for r in g["rows"] if "environment" in r["result"]), {}) or {}
         parts.append(
-            f"### {doc['config']['peft']}, {g['dtype']}, seq {g['seq_len']} "
+            f"### {doc['config']['peft']}, {g['dtype']}, seq {g['seq_len']}, "
+            f"labels on {100 * doc['config'].get('target_share', 1.0):g} % of positions "
             f"({env.get('device', '?')}, {env.get('threads', '?')} thread(s)); ratios against **{g['baseline']}**\n"
         )
         parts.append(

@@ -63,6 +63,7 @@ def default_spec() -> dict:
         "loss_chunk": DEFAULT_LOSS_CHUNK,  # LM head + loss on this many positions at a time; 0 = all at once
         "online": False,  # select inside the step with the current weights (online seeking)
         "dtype": "fp32",  # weights and compute: fp32, bf16 or fp16 (PEFT adapters stay fp32)
+        "target_share": 1.0,  # share of each example's positions with a label (the rest: a masked prompt)
     }
 
 
@@ -95,21 +96,31 @@ class PassTimer:
             h.remove()
 
 
-def synthetic_batch(vocab_size: int, seq_len: int, batch_size: int, ratio: float, seed: int, device) -> dict:
-    """Random tokens, labels on every token, a random keep mask (TokenTune) per example.
+def synthetic_batch(
+    vocab_size: int, seq_len: int, batch_size: int, ratio: float, seed: int, device, target_share: float = 1.0
+) -> dict:
+    """Random tokens; labels on the last ``target_share`` of each example (the rest is a masked
+    prompt, as in instruction data), a random keep mask per example drawn among the positions
+    that carry a target, as training's default ``--select-from targets`` does.
 
     The keep mask is built exactly like training builds it (``select_keep``); scored
     selections keep the same number of tokens, so they cost the same in training.
     """
+    from tokenseek.constants import IGNORE_INDEX
     from tokenseek.ditching.loss import kept_targets
-    from tokenseek.seeking.select import select_keep
+    from tokenseek.seeking.select import select_keep, target_positions
 
     gen = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=gen)
-    keep = torch.stack(
-        [torch.from_numpy(select_keep(seq_len, ratio, "random", seed=seed, index=i)) for i in range(batch_size)]
-    )
     labels = input_ids.clone()
+    labels[:, : seq_len - max(1, round(target_share * seq_len))] = IGNORE_INDEX
+    candidates = target_positions(labels[0].numpy()) if target_share < 1 else None
+    keep = torch.stack(
+        [
+            torch.from_numpy(select_keep(seq_len, ratio, "random", seed=seed, index=i, candidates=candidates))
+            for i in range(batch_size)
+        ]
+    )
     batch = {
         "input_ids": input_ids,
         "attention_mask": torch.ones_like(input_ids),
@@ -255,7 +266,7 @@ def run(spec: dict) -> dict:
     model = _load(spec, device)
     vocab = introspect.unwrap(model).get_input_embeddings().weight.shape[0]
     ratio = 1.0 if spec["mode"] == "score" else spec["ratio"]
-    batch = synthetic_batch(vocab, spec["seq_len"], spec["batch_size"], ratio, spec["seed"], device)
+    batch = synthetic_batch(vocab, spec["seq_len"], spec["batch_size"], ratio, spec["seed"], device, spec["target_share"])
     result["tokens"] = {"total": int(batch["keep"].numel()), "kept": int(batch["keep"].sum())}
     optimizer = None
     if spec["mode"] == "train":

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from tokenseek.cli.common import add_adapter_args, add_dtype_arg, add_model_args
+from tokenseek.errors import TokenSeekError
 
 
 def add_lora_args(p: argparse.ArgumentParser) -> None:
@@ -46,10 +47,18 @@ def register(sub) -> None:
     p.add_argument("--output", default="bench", help="output directory (default: bench)")
     p.add_argument(
         "--knobs",
-        choices=["memory", "online"],
+        choices=["memory", "sweep", "online"],
         help="instead of the ratio sweep, measure settings side by side against a baseline: 'memory' = full-token, "
-        "+ checkpointing, + chunked CE (the baseline) vs TokenSeek alone and stacked with both; 'online' = full-token vs "
+        "+ checkpointing, + chunked CE (the baseline) vs TokenSeek alone and stacked with both; 'sweep' = the baseline vs TokenSeek "
+        "+ checkpointing + chunked CE only (for many --seq-len values); 'online' = full-token vs "
         "offline vs online seeking. Uses the first --ratios value below 1 (default 0.1)",
+    )
+    p.add_argument(
+        "--target-share",
+        type=float,
+        default=1.0,
+        help="with --knobs: share of each example's positions that carry a label, the rest being a masked prompt "
+        "(default 1.0, labels on every token; Alpaca-style data is about 0.5)",
     )
     add_lora_args(p)
     add_dtype_arg(p)
@@ -90,11 +99,13 @@ def run_knobs_cli(args: argparse.Namespace) -> int:
     from tokenseek.bench.knobs import KnobsConfig, run_knobs
     from tokenseek.bench.run import parse_list
     ratios = [r for r in parse_list(args.ratios, float, "--ratios") if r < 1] or [0.1]
+    if not 0 < args.target_share <= 1:
+        raise TokenSeekError(f"--target-share must be in (0, 1], got {args.target_share}")
     output = args.output if args.output != "bench" else "bench-knobs"
     cfg = KnobsConfig(
         preset=args.knobs, model=args.model, peft=parse_list(args.peft, str, "--peft")[0], seq_lens=parse_list(args.seq_len, int, "--seq-len"),
         dtypes=[args.dtype], ratio=min(ratios, key=lambda r: abs(r - 0.1)), steps=args.steps, warmup=args.warmup, seed=args.seed,
-        threads=args.threads, timeout=args.timeout, lora=lora_kwargs(args), output=output,
+        threads=args.threads, timeout=args.timeout, lora=lora_kwargs(args), output=output, target_share=args.target_share,
     )
     run_knobs(cfg, progress=lambda message: print(message, file=sys.stderr, flush=True))
     print((Path(cfg.output) / "knobs.md").read_text())

@@ -86,31 +86,45 @@ def no_logits_kwargs(model, device) -> dict:
     return {}
 
 
+# Tokens per call of the context pass. Running the context in pieces against the growing
+# cache (chunked prefill) gives the same keys/values but bounds the pass's temporaries
+# (attention scores, MLP activations) by the chunk instead of the sequence: at seq 1024
+# on SmolLM2 the whole-sequence pass's peak sat 33 MiB above its 45 MiB cache.
+CONTEXT_CHUNK = 256
+
+
 def context_pass(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     *,
     observe: Callable[[], contextlib.AbstractContextManager] | None = None,
+    chunk: int | None = None,
 ) -> ContextCache:
     """Run every token once without grad (eval mode, no logits) and return the frozen cache.
 
+    ``chunk``: tokens per model call (default :data:`CONTEXT_CHUNK`; 0: the whole sequence at once).
     ``observe`` is entered around the pass: online seeking uses it to read the last layer's
-    attention and inputs while the context is computed anyway.
+    attention and inputs while the context is computed anyway; it needs the whole sequence
+    in one call, so ``chunk`` is ignored then.
     """
     check_supports_ditching(model)
     batch, length = input_ids.shape
     position_ids = torch.arange(length, device=input_ids.device).expand(batch, length)
+    chunk = CONTEXT_CHUNK if chunk is None else chunk
+    step = length if observe is not None or chunk <= 0 else chunk
     cache = ContextCache()
     with eval_mode(model), torch.no_grad(), (observe() if observe else contextlib.nullcontext()):
-        model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=cache,
-            use_cache=True,
-            **no_logits_kwargs(model, input_ids.device),
-        )
+        for start in range(0, length, step):
+            end = min(start + step, length)
+            model(
+                input_ids=input_ids[:, start:end],
+                attention_mask=attention_mask[:, :end],  # the cached tokens' padding, then this piece's
+                position_ids=position_ids[:, start:end],
+                past_key_values=cache,
+                use_cache=True,
+                **no_logits_kwargs(model, input_ids.device),
+            )
     return cache.freeze()
 
 

@@ -12,9 +12,11 @@ from tokenseek.constants import IGNORE_INDEX
 from tokenseek.ditching.forward import ContextCache, ditched_forward, no_logits_kwargs
 from tokenseek.models.introspect import capture_final_hidden, logits_from_hidden
 
-# Rows of [positions, vocab] logits alive at once in the chunked loss: 128 x 49k fp32 is 25 MB
-# (and as much for its gradient). Fewer rows than this are one plain chunk.
-DEFAULT_LOSS_CHUNK = 128
+# Rows of [positions, vocab] logits alive at once in the chunked loss. The backward of one
+# chunk holds about three such tensors (logits, log-softmax, their gradient): 32 x 49k fp32
+# is 6 MB each. At 128 rows this was the peak of a checkpointed ditched step at seq 1024
+# (111 MiB against 71 MiB at 32; `tokenseek bench --knobs memory`), for no measurable speed.
+DEFAULT_LOSS_CHUNK = 32
 # How a step's summed loss is divided (see tokenseek.train.trainer).
 LOSS_NORMS = ("token", "example")
 
