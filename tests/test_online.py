@@ -212,3 +212,24 @@ def test_kept_set_drift():
     drift.add(1, [0, 1, 1, 0])  # unchanged: 1
     drift.add(2, [1, 0, 0, 0])  # seen once: not counted
     assert drift.summary() == {"examples_revisited": 2, "mean_jaccard_first_last": pytest.approx((1 / 3 + 1) / 2)}
+
+
+@pytest.mark.parametrize("strategy,alpha,beta,skipped", [("tokenseek", 1, 0, "gradient"), ("context", 1, 1, "gradient"), ("gradient", 1, 1, "context")])
+def test_online_skips_the_score_the_selection_does_not_weigh(monkeypatch, strategy, alpha, beta, skipped):
+    """α,β = 1,0 selects exactly as offline seeking does, without running the LM head for the
+    gradient score (and β-only selection without the context score)."""
+    import tokenseek.seeking.online as online
+
+    model = tiny_model("llama").eval()
+    input_ids, attention_mask, labels = padded_batch(seed=8, lengths=(40, 25))
+    offline = seek(model, input_ids, labels, attention_mask, ratio=0.2, strategy=strategy, alpha=alpha, beta=beta, select_from="targets")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError(f"the {skipped} score was computed though the selection gives it no weight")
+
+    monkeypatch.setattr(online, "_gradient_score" if skipped == "gradient" else "capture_context_scores", must_not_run)
+    keep, _, scores = OnlineSeeker(ratio=0.2, strategy=strategy, alpha=alpha, beta=beta, select_from="targets")(
+        model, input_ids, labels, attention_mask
+    )
+    assert torch.equal(keep, offline.keep)
+    assert float(getattr(scores, skipped).abs().sum()) == 0.0

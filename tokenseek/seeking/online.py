@@ -29,7 +29,7 @@ from tokenseek.errors import TokenSeekError, UnsupportedModelError
 from tokenseek.models.introspect import capture_final_hidden, decoder, decoder_layers, eval_mode
 from tokenseek.seeking.context import capture_context_scores
 from tokenseek.seeking.gradient import per_example_loss_grad, reduce_gradient
-from tokenseek.seeking.select import check_selection, select_keep, target_positions
+from tokenseek.seeking.select import SCORE_WEIGHTS, check_selection, select_keep, target_positions
 
 _CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past")
 
@@ -94,21 +94,40 @@ def online_scores(
     *,
     layers_back: int = 1,
     grad_mode: str = "abs",
+    context: bool = True,
+    gradient: bool = True,
 ) -> tuple[OnlineScores, ContextCache]:
-    """Run the context pass, collecting both scores on the way; returns them and the frozen cache."""
+    """Run the context pass, collecting the scores on the way; returns them and the frozen cache.
+
+    ``context`` / ``gradient``: which scores the selection uses. One it gives no weight (the
+    paper's α,β = 1,0 needs no gradient score) is not computed and comes back as zeros — for
+    the gradient score that skips the LM head over every target, most of online seeking's cost.
+    """
     real = attention_mask.bool()
     labels = labels.masked_fill(~real, IGNORE_INDEX)
     stack = contextlib.ExitStack()
 
     def observe():
-        ctx = stack.enter_context(capture_context_scores(model, attention_mask))
-        inputs = stack.enter_context(_record_layer_inputs(model, layers_back))
-        final = stack.enter_context(capture_final_hidden(model))
-        state.update(ctx=ctx, inputs=inputs, final=final)
+        if context:
+            state["ctx"] = stack.enter_context(capture_context_scores(model, attention_mask))
+        if gradient:
+            state["inputs"] = stack.enter_context(_record_layer_inputs(model, layers_back))
+            state["final"] = stack.enter_context(capture_final_hidden(model))
         return stack
 
     state: dict = {}
-    cache = context_pass(model, input_ids, attention_mask, observe=observe)
+    # Nothing to observe: the context pass may run in pieces (less memory), as offline.
+    cache = context_pass(model, input_ids, attention_mask, observe=observe if context or gradient else None)
+    zeros = torch.zeros(real.shape, dtype=torch.float32, device=input_ids.device)
+    scores = OnlineScores(
+        context=state["ctx"].scores.masked_fill(~real, 0.0) if context else zeros,
+        gradient=_gradient_score(model, state, labels, layers_back, grad_mode).masked_fill(~real, 0.0) if gradient else zeros,
+    )
+    return scores, cache
+
+
+def _gradient_score(model, state: dict, labels: torch.Tensor, layers_back: int, grad_mode: str) -> torch.Tensor:
+    """|dL/dh| at the input of layer ``N - layers_back``, replayed from what the context pass recorded."""
     found, final = state["inputs"], state["final"]["hidden"]
     first_module, first_args, first_kwargs = found["calls"][0]
     start = first_args[0] if first_args else first_kwargs["hidden_states"]
@@ -124,11 +143,7 @@ def online_scores(
         # Only d(loss)/d(hidden): the parameters' .grad stay exactly as the kept pass leaves them.
         (grad,) = torch.autograd.grad(replayed, hidden, grad_outputs=grad_final)
     grad = grad.to(torch.promote_types(grad.dtype, torch.float32))
-    scores = OnlineScores(
-        context=state["ctx"].scores.masked_fill(~real, 0.0),
-        gradient=reduce_gradient(grad, grad_mode).masked_fill(~real, 0.0),
-    )
-    return scores, cache
+    return reduce_gradient(grad, grad_mode)
 
 
 @dataclass
@@ -151,8 +166,10 @@ class OnlineSeeker:
 
     def __call__(self, model, input_ids, labels, attention_mask, indices=None) -> tuple[torch.Tensor, ContextCache, OnlineScores]:
         """``(keep [B, n] bool, frozen context cache, scores)`` for one padded batch."""
+        alpha, beta = SCORE_WEIGHTS.get(self.strategy, (self.alpha, self.beta))
         scores, cache = online_scores(
-            model, input_ids, labels, attention_mask, layers_back=self.layers_back, grad_mode=self.grad_mode
+            model, input_ids, labels, attention_mask, layers_back=self.layers_back, grad_mode=self.grad_mode,
+            context=alpha != 0, gradient=beta != 0,
         )
         keep = torch.zeros_like(attention_mask, dtype=torch.bool)
         context, gradient = scores.context.cpu().numpy(), scores.gradient.cpu().numpy()

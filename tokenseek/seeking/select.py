@@ -13,6 +13,8 @@ import numpy as np
 from tokenseek.errors import TokenSeekError
 
 STRATEGIES = ("full", "random", "tokenseek", "context", "gradient", "mixed", "probe")
+# (α, β) of the strategies that fix them; the others use the user's --alpha / --beta.
+SCORE_WEIGHTS = {"random": (0.0, 0.0), "context": (1.0, 0.0), "gradient": (0.0, 1.0)}
 # Where the kept tokens may come from: every real token (the paper's and TokenTune's rule) or
 # only positions whose next token is a training target (the loss exists nowhere else).
 SELECT_FROM = ("targets", "all")
@@ -122,12 +124,7 @@ def select_keep(
         raise TokenSeekError(f"--selection {strategy} needs token scores: run `tokenseek score` and pass --scores")
     if len(context) != length or len(gradient) != length:
         raise TokenSeekError(f"example {index}: scores cover {len(context)} tokens but the example has {length}; re-score this data")
-    if strategy == "context":
-        score = combined_score(context, gradient, 1.0, 0.0)
-    elif strategy == "gradient":
-        score = combined_score(context, gradient, 0.0, 1.0)
-    else:
-        score = combined_score(context, gradient, alpha, beta)
+    score = combined_score(context, gradient, *SCORE_WEIGHTS.get(strategy, (alpha, beta)))
     if pool is not None:  # positions outside the pool rank last and are never taken
         score = np.where(candidates, score, -np.inf)
     if strategy == "mixed":
