@@ -49,6 +49,7 @@ def presets(ratio: float) -> dict[str, list[tuple[str, dict]]]:
             ("full-token", dict(ratio=1.0, loss_chunk=CHUNK)),
             (f"TokenSeek {pct}, offline scores", dict(ratio=ratio, loss_chunk=CHUNK)),
             (f"TokenSeek {pct}, online seeking", dict(ratio=ratio, loss_chunk=CHUNK, online=True)),
+            (f"TokenSeek {pct}, online seeking, α,β = 1,0", dict(ratio=ratio, loss_chunk=CHUNK, online=True, beta=0.0)),
         ],
     }
 

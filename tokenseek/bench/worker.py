@@ -62,6 +62,7 @@ def default_spec() -> dict:
         "checkpointing": False,  # gradient checkpointing (non-reentrant), as TrainingArguments turns it on
         "loss_chunk": DEFAULT_LOSS_CHUNK,  # LM head + loss on this many positions at a time; 0 = all at once
         "online": False,  # select inside the step with the current weights (online seeking)
+        "beta": 1.0,  # online seeking's gradient-score weight (0: the gradient score is not computed)
         "dtype": "fp32",  # weights and compute: fp32, bf16 or fp16 (PEFT adapters stay fp32)
         "target_share": 1.0,  # share of each example's positions with a label (the rest: a masked prompt)
     }
@@ -139,7 +140,7 @@ def training_loss(model, batch: dict, spec: dict | None = None) -> torch.Tensor:
     spec = {**default_spec(), **(spec or {})}
     keep, cache, shift_labels = batch["keep"], None, batch["shift_labels"]
     if spec["online"] and spec["ratio"] < 1:
-        keep, cache, _ = OnlineSeeker(ratio=spec["ratio"])(model, batch["input_ids"], batch["labels"], batch["attention_mask"])
+        keep, cache, _ = OnlineSeeker(ratio=spec["ratio"], beta=spec["beta"])(model, batch["input_ids"], batch["labels"], batch["attention_mask"])
         shift_labels = kept_targets(batch["labels"], keep)
     sums = step_loss_sums(
         model, batch["input_ids"], batch["attention_mask"], shift_labels, keep, cache=cache, loss_chunk=spec["loss_chunk"]
