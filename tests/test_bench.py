@@ -194,7 +194,9 @@ def test_knobs_table_relates_every_setting_to_the_baseline(tiny_model, tmp_path)
     doc = json.loads((out / "knobs.json").read_text())
     (g,) = doc["groups"]
     rows = {r["setting"]: r for r in g["rows"]}
-    assert list(rows) == ["full-token", "TokenSeek 10 %, offline scores", "TokenSeek 10 %, online seeking"]
+    assert list(rows) == [
+        "full-token", "TokenSeek 10 %, offline scores", "TokenSeek 10 %, online seeking", "TokenSeek 10 %, online seeking, α,β = 1,0",
+    ]
     assert rows["full-token"]["relative"]["peak_bytes"] == rows["full-token"]["relative"]["step_peak_bytes"] == 1.0
     for r in rows.values():
         assert "error" not in r["result"], r["result"].get("error")
@@ -202,3 +204,9 @@ def test_knobs_table_relates_every_setting_to_the_baseline(tiny_model, tmp_path)
     assert rows["TokenSeek 10 %, offline scores"]["result"]["tokens"]["kept"] == 13  # ceil(0.1 * 128)
     assert rows["TokenSeek 10 %, offline scores"]["relative"]["activation_bytes"] < 0.5
     assert "ratios against **full-token**" in (out / "knobs.md").read_text()
+    # Where the peak falls: the ditched step's passes mark themselves; full-token has no context pass.
+    phases = {name: r["result"]["memory"]["phase_peak_bytes"] for name, r in rows.items()}
+    assert set(phases["full-token"]) == {"tokenseek_bench_backward"}
+    for name in list(rows)[1:]:
+        assert set(phases[name]) == {"tokenseek::context_pass", "tokenseek::kept_pass", "tokenseek_bench_backward"}
+        assert max(phases[name].values()) <= rows[name]["result"]["memory"]["peak_bytes"]

@@ -124,6 +124,17 @@ def add_relative(rows: list[dict], baseline_name: str) -> None:
         r["relative"]["step_peak_bytes"] = mine / ref if mine is not None and ref else None
 
 
+def peak_phase(result: dict) -> str:
+    """The phase of the step (context pass, kept pass, backward) with the highest live bytes."""
+    from tokenseek.bench.memory import PHASES
+
+    phases = (result.get("memory") or {}).get("phase_peak_bytes") or {}
+    if not phases:
+        return "–"
+    top = max(phases, key=phases.get)
+    return PHASES.get(top, top)
+
+
 def markdown(doc: dict) -> str:
     from tokenseek.bench.run import _get
 
@@ -143,19 +154,20 @@ def markdown(doc: dict) -> str:
         )
         parts.append(
             "| setting | step peak above weights (MiB) | peak live (MiB) | activations (MiB) | step (s) "
-            "| step peak × | activations × | step time × |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|"
+            "| step peak × | activations × | step time × | peak in |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|"
         )
         for r in g["rows"]:
             res, rel = r["result"], r["relative"]
             if "error" in res:
-                parts.append(f"| {r['setting']} | failed: {res['error']} | | | | | | |")
+                parts.append(f"| {r['setting']} | failed: {res['error']} | | | | | | | |")
                 continue
             step = _get(res, "time", "step_s", "median")
             parts.append(
                 f"| {r['setting']} | {mib(step_peak_bytes(res))} | {mib(_get(res, 'memory', 'peak_bytes'))} | "
                 f"{mib(_get(res, 'activations', 'saved_bytes'))} | {'–' if step is None else f'{step:.2f}'} | "
-                f"{times(rel['step_peak_bytes'])} | {times(rel['activation_bytes'])} | {times(rel['step_s'])} |"
+                f"{times(rel['step_peak_bytes'])} | {times(rel['activation_bytes'])} | {times(rel['step_s'])} | "
+                f"{peak_phase(res)} |"
             )
         parts.append("")
     return "\n".join(parts) + "\n"

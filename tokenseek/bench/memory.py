@@ -31,6 +31,10 @@ STEP_RANGE = "tokenseek_bench_step"
 # state + update temporaries) does not depend on the ratio, unlike forward/backward's.
 OPTIMIZER_RANGE = "tokenseek_bench_optimizer"
 FORWARD_BACKWARD_RANGE = "tokenseek_bench_forward_backward"
+BACKWARD_RANGE = "tokenseek_bench_backward"
+# Where inside forward/backward the peak falls: the ditched step's two passes mark themselves
+# (tokenseek.ditching.forward) and the worker marks the backward.
+PHASES = {"tokenseek::context_pass": "context pass", "tokenseek::kept_pass": "kept pass", BACKWARD_RANGE: "backward"}
 
 
 
@@ -138,7 +142,7 @@ def measure_step_memory(device: torch.device) -> Iterator[dict]:
     events = prof.profiler.kineto_results.events()
     span = [e for e in events if e.name() == STEP_RANGE]
     start_ns, end_ns = (span[0].start_ns(), span[0].end_ns()) if span else (0, 0)
-    windows = {e.name(): (e.start_ns(), e.end_ns()) for e in events if e.name() in (OPTIMIZER_RANGE, FORWARD_BACKWARD_RANGE)}
+    windows = {e.name(): (e.start_ns(), e.end_ns()) for e in events if e.name() in (OPTIMIZER_RANGE, FORWARD_BACKWARD_RANGE, *PHASES)}
     memory = replay_memory_events(events, baseline, start_ns, end_ns, device.type, windows)
     if device.type == "cuda":
         # The allocator's own counter is the authority for the peak on CUDA.

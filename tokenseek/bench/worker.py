@@ -231,7 +231,8 @@ def _step_fn(spec: dict, model, batch: dict, optimizer) -> Callable[[dict], None
                 loss = training_loss(model, batch, spec)
             _sync(device)
             t1 = time.perf_counter()
-            loss.backward()
+            with torch.profiler.record_function(memory.BACKWARD_RANGE):
+                loss.backward()
             _sync(device)
         t2 = time.perf_counter()
         with torch.profiler.record_function(memory.OPTIMIZER_RANGE):
@@ -320,6 +321,8 @@ def run(spec: dict) -> dict:
         # optimizer update (parameters + gradients + AdamW state + temporaries) does not.
         "forward_backward_peak_bytes": m.window_peaks.get(memory.FORWARD_BACKWARD_RANGE),
         "optimizer_peak_bytes": m.window_peaks.get(memory.OPTIMIZER_RANGE),
+        # Peak live bytes inside each phase that ran (context pass, kept pass, backward).
+        "phase_peak_bytes": {name: m.window_peaks[name] for name in memory.PHASES if name in m.window_peaks},
         "method": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "profiler peak live tensor bytes",
     }
     result["loadavg"]["end"] = os.getloadavg()[0]

@@ -114,7 +114,10 @@ def context_pass(
     chunk = CONTEXT_CHUNK if chunk is None else chunk
     step = length if observe is not None or chunk <= 0 else chunk
     cache = ContextCache()
-    with eval_mode(model), torch.no_grad(), (observe() if observe else contextlib.nullcontext()):
+    # The named range shows the pass in a profiler trace (and lets `tokenseek bench` find its peak).
+    with torch.profiler.record_function("tokenseek::context_pass"), eval_mode(model), torch.no_grad(), (
+        observe() if observe else contextlib.nullcontext()
+    ):
         for start in range(0, length, step):
             end = min(start + step, length)
             model(
@@ -190,7 +193,7 @@ def kept_pass(
     }
     mask = masks if len(masks) > 1 else next(iter(masks.values()))
     extra = no_logits_kwargs(model, input_ids.device) if return_hidden else {}
-    with kept_pass_attention(model), checkpointing_for_kept_pass(model), (
+    with torch.profiler.record_function("tokenseek::kept_pass"), kept_pass_attention(model), checkpointing_for_kept_pass(model), (
         capture_final_hidden(model) if return_hidden else contextlib.nullcontext({})
     ) as final:
         out = model(
