@@ -78,21 +78,24 @@ class DitchedLossMixin:
         sums = step_loss_sums(
             model, inputs["input_ids"], inputs["attention_mask"], shift_labels, keep, cache=cache, loss_chunk=options.loss_chunk
         )
-        if options.loss_norm == "example":
-            total = sums.example_means().sum()
-        else:
-            total = sums.total.sum()
-        if num_items_in_batch is not None and self._count_in_advance and model.training:
+        loss = self._normalised(sums, num_items_in_batch if model.training else None)
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+    def _normalised(self, sums, num_items_in_batch) -> torch.Tensor:
+        """The step's summed loss divided as ``--loss-norm`` says (see the module docstring)."""
+        options = self.step_options
+        total = sums.example_means().sum() if options.loss_norm == "example" else sums.total.sum()
+        if num_items_in_batch is not None and self._count_in_advance:
+            # The divisor covers the whole accumulation window (and every process): Trainer must not rescale.
             self.loss_is_scaled_for_ga = True
             loss = total / torch.as_tensor(num_items_in_batch, device=total.device).clamp(min=1)
             if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
                 # DDP averages gradients over processes; the divisor already counted all of them.
                 loss = loss * self.accelerator.num_processes
-        else:
-            self.loss_is_scaled_for_ga = False
-            divisor = sums.count.sum() if options.loss_norm == "token" else torch.tensor(len(sums.count))
-            loss = total / divisor.clamp(min=1).to(total.device)
-        return (loss, {"loss": loss}) if return_outputs else loss
+            return loss
+        self.loss_is_scaled_for_ga = False
+        divisor = sums.count.sum() if options.loss_norm == "token" else torch.tensor(len(sums.count))
+        return total / divisor.clamp(min=1).to(total.device)
 
     def _tally(self, keep, inputs) -> None:
         real = inputs["attention_mask"].bool().cpu()
