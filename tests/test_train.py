@@ -140,6 +140,9 @@ def test_train_cli_writes_a_run_and_refuses_another(tmp_path, capsys, tiny_model
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 3 and summary["selection"] == "tokenseek"
     assert 0.25 < summary["kept_fraction"] < 0.45
+    # Scoring (into OUTPUT_DIR/scores) and the training loop are timed apart, inside the run's wall time.
+    assert 0 < summary["scoring_wall_time_s"] and 0 < summary["train_runtime_s"]
+    assert summary["scoring_wall_time_s"] + summary["train_runtime_s"] <= summary["wall_time_s"]
     assert (out / "model" / "adapter_config.json").is_file()
     assert json.loads((out / "loss_curve.json").read_text())
     capsys.readouterr()

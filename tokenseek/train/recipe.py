@@ -395,7 +395,9 @@ def run_train(cfg: TrainConfig) -> dict:
 
     if cfg.memory_budget:
         cfg = dataclasses.replace(cfg, ratio=_budget_ratio(cfg, out, train_examples, resuming))
+    scoring_started = time.time()
     tally = attach_keep(train_examples, cfg, _scores(cfg, model, tokenizer, data, out, state)) if cfg.seeking == "offline" else None
+    scoring_s = time.time() - scoring_started  # scoring into OUTPUT_DIR/scores, or reading --scores
 
     out.mkdir(parents=True, exist_ok=True)
     if state.is_main_process:
@@ -442,6 +444,8 @@ def run_train(cfg: TrainConfig) -> dict:
         **({"online_drift": trainer.online_drift.summary()} if cfg.seeking == "online" else {}),
         "train_loss": result.training_loss,
         "wall_time_s": round(time.time() - started, 2),
+        "scoring_wall_time_s": round(scoring_s, 2) if cfg.seeking == "offline" else None,
+        "train_runtime_s": round(result.metrics.get("train_runtime", float("nan")), 2),
         "peak_memory_bytes": peak_memory_bytes(state.device),
         "peak_memory_kind": "cuda max_memory_allocated" if torch.cuda.is_available() else "process peak RSS",
         "resumed_from": checkpoint,
