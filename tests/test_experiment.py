@@ -261,3 +261,27 @@ def test_qlora_cells_score_with_the_nf4_model_and_share_the_store(tmp_path, tiny
     results = [json.loads((tmp_path / "results" / "toy" / f"{n}.json").read_text()) for n in ("q-ts", "q-probe")]
     assert all(r["scoring"]["quantize"] == "nf4" and r["train"]["steps"] == 4 for r in results)
     assert results[0]["scoring"]["store"] == results[1]["scoring"]["store"]  # one store for both cells
+
+
+def test_committed_study_configs_load_and_share_runs():
+    """Every study in experiments/ parses, and cells with the same settings in two studies
+    (equal_time's full-token reference, alpaca_lmeval's cells) resolve to Study A's runs."""
+    from pathlib import Path
+
+    from tokenseek.experiment import load_study
+    from tokenseek.experiment.runner import train_dir
+
+    root = Path(__file__).resolve().parent.parent / "experiments"
+    studies = {p.stem: load_study(p) for p in sorted(root.glob("*.yaml"))}
+    assert {"alpaca", "equal_time", "shortanswer"} <= set(studies)
+    for study in studies.values():
+        assert len({c.name for c in study.cells}) == len(study.cells)
+
+    def cell(study, name):
+        return next(c for c in studies[study].cells if c.name == name)
+
+    assert train_dir(studies["equal_time"], cell("equal_time", "full-s0")) == train_dir(studies["alpaca"], cell("alpaca", "full-s0"))
+    # More epochs is a different run, never a reused one.
+    assert train_dir(studies["equal_time"], cell("equal_time", "equal-tokenseek10-a1b1-s0")) != train_dir(
+        studies["alpaca"], cell("alpaca", "targets-tokenseek10-a1b1-s0")
+    )
