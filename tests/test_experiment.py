@@ -282,6 +282,6 @@ def test_committed_study_configs_load_and_share_runs():
 
     assert train_dir(studies["equal_time"], cell("equal_time", "full-s0")) == train_dir(studies["alpaca"], cell("alpaca", "full-s0"))
     # More epochs is a different run, never a reused one.
-    assert train_dir(studies["equal_time"], cell("equal_time", "equal-tokenseek10-a1b1-s0")) != train_dir(
-        studies["alpaca"], cell("alpaca", "targets-tokenseek10-a1b1-s0")
+    assert train_dir(studies["equal_time"], cell("equal_time", "equal-tokenseek10-a1b0-s0")) != train_dir(
+        studies["alpaca"], cell("alpaca", "targets-tokenseek10-a1b0-s0")
     )
