@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tokenseek.bench.memory import PHASES
 from tokenseek.ditching.loss import DEFAULT_LOSS_CHUNK
 from tokenseek.errors import TokenSeekError
 from tokenseek.utils.io import write_json, write_text
@@ -126,8 +127,6 @@ def add_relative(rows: list[dict], baseline_name: str) -> None:
 
 def peak_phase(result: dict) -> str:
     """The phase of the step (context pass, kept pass, backward) with the highest live bytes."""
-    from tokenseek.bench.memory import PHASES
-
     phases = (result.get("memory") or {}).get("phase_peak_bytes") or {}
     if not phases:
         return "–"

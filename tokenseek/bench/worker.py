@@ -102,7 +102,8 @@ def synthetic_batch(
 ) -> dict:
     """Random tokens; labels on the last ``target_share`` of each example (the rest is a masked
     prompt, as in instruction data), a random keep mask per example drawn among the positions
-    that carry a target, as training's default ``--select-from targets`` does.
+    that carry a target, as training's default ``--select-from targets`` does (with labels on
+    every token: among all positions, as the tables before ``target_share`` existed).
 
     The keep mask is built exactly like training builds it (``select_keep``); scored
     selections keep the same number of tokens, so they cost the same in training.
