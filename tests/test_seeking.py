@@ -256,7 +256,11 @@ def test_score_survives_kill_9(tmp_path, tiny_model_dir):
     done_before = len(list((out / "shards").glob("*.parquet")))
     assert 0 < done_before < count, "the kill did not land mid-run"
     assert not (out / "scores.parquet").exists()
+    # What a kill during a shard write leaves (atomic_file's temporary, never cleaned up): the
+    # kill above lands there only sometimes, so make sure the resume meets one.
+    (out / "shards" / ".b999999.partial.parquet").write_bytes(b"half a shard")
     assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert not (out / "shards").exists()
     import pyarrow.parquet as pq
 
     table = pq.read_table(out / "scores.parquet").to_pydict()

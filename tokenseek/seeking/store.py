@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import logging
 from pathlib import Path
 
@@ -351,9 +352,9 @@ def score_dataset(
         _write_parquet(out / "scores.parquet", merged)
         meta["complete"] = True
         write_json(out / "meta.json", meta)
-        for file in shards:
-            file.unlink()
-        (out / "shards").rmdir()
+        # The whole folder: a writer killed mid-shard (SIGKILL skips its cleanup) leaves a
+        # hidden temporary file there that no glob of finished shards matches.
+        shutil.rmtree(out / "shards")
     if distributed:
         torch.distributed.barrier()  # the merged store is complete: only now may other ranks read it
     return ScoreStore.open(out, data=data, model=model, model_id=model_id)
