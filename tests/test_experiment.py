@@ -263,6 +263,23 @@ def test_qlora_cells_score_with_the_nf4_model_and_share_the_store(tmp_path, tiny
     assert results[0]["scoring"]["store"] == results[1]["scoring"]["store"]  # one store for both cells
 
 
+def test_base_cell_with_qlora_evaluates_the_nf4_model(tmp_path, tiny_model_dir, data_file):
+    """QLoRA rows start from the NF4-quantised model, so their base reference must be that model."""
+    pytest.importorskip("bitsandbytes")
+    config = _study(tmp_path, tiny_model_dir, data_file)
+    config["report"] = {"path": str(tmp_path / "RESULTS.md")}
+    config["defaults"]["peft"] = "lora"  # the study default must not leak into the fp32 base cell
+    config["cells"] = [
+        {"name": "base", "label": "base model", "train": False},
+        {"name": "qlora-base", "label": "NF4 base model", "train": False, "peft": "qlora"},
+    ]
+    assert main(["experiment", _write(tmp_path, config)]) == 0
+    fp32, nf4 = (json.loads((tmp_path / "results" / "toy" / f"{n}.json").read_text())["heldout"] for n in ("base", "qlora-base"))
+    assert fp32["loaded"]["quantize"] is None and nf4["loaded"]["quantize"] == "nf4"
+    assert fp32["tokens"] == nf4["tokens"] and abs(fp32["loss"] - nf4["loss"]) > 1e-4  # quantisation moved the loss
+    assert "| qlora-base | (base model) | — | — | — | qlora (NF4) |" in (tmp_path / "RESULTS.md").read_text()
+
+
 def test_committed_study_configs_load_and_share_runs():
     """Every study in experiments/ parses, and cells with the same settings in two studies
     (equal_time's full-token reference, alpaca_lmeval's cells) resolve to Study A's runs."""

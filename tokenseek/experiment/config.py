@@ -411,8 +411,12 @@ def _expand(path: Path, group: int, entry, base: dict, allowed: set[str]) -> lis
             params.update(point)
         params = _normalise(params)
         if not train:
-            # A base-model cell: only what loading/evaluating it needs.
+            # A base-model cell: only what loading/evaluating it needs; `peft: qlora` evaluates the
+            # NF4-quantised base, the starting point of the QLoRA cells.
+            quantised = params.get("peft") == "qlora"
             params = {k: params[k] for k in ("model", "template", "max_length") if k in params}
+            if quantised:
+                params["peft"] = "qlora"
         fmt = _format_values(params)
         try:
             name = str(entry["name"]).format(**fmt)

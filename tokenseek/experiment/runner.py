@@ -345,12 +345,14 @@ def evaluate_cell(study: Study, cell: Cell, data: dict, progress) -> dict:
             from tokenseek.eval.harness import select_tasks
 
             selection = select_tasks(ev["tasks"], data_dir=ev["data_dir"], limit=ev["limit"], num_fewshot=ev["num_fewshot"])
-        target = str(train_dir(study, cell)) if cell.train else cell.params.get("model")
-        model, tokenizer, info = load_for_eval(target)
+        if cell.train:
+            model, tokenizer, info = load_for_eval(str(train_dir(study, cell)))  # a QLoRA run is found to be one
+        else:
+            model, tokenizer, info = load_for_eval(cell.params.get("model"), quantize="nf4" if cell.params.get("peft") == "qlora" else None)
         if need_heldout:
             progress(f"  held-out loss of {cell.name}")
             with timed(folder, held_file[: -len(".json")]):
-                write_json(folder / held_file, heldout_per_example(model, tokenizer, study, cell, data))
+                write_json(folder / held_file, {**heldout_per_example(model, tokenizer, study, cell, data), "loaded": info})
         if need_em:
             progress(f"  exact match of greedy answers of {cell.name}")
             with timed(folder, em_file[: -len(".json")]):
@@ -482,7 +484,7 @@ def run_study(study: Study, only: list[str] | None = None, *, dry_run: bool = Fa
         for c in cells:
             setting = c.scoring()
             store = f" scores {store_dir(study, setting).name}" if setting else ""
-            what = "evaluate base model" if not c.train else _describe(c)
+            what = _describe(c) if c.train else ("evaluate NF4 base model" if c.params.get("peft") == "qlora" else "evaluate base model")
             progress(f"  {c.name:<40} {statuses[c.name]:<28} {what}{store}")
         return statuses
     todo = [c for c in cells if statuses[c.name] not in ("finished", "stale")]
