@@ -117,6 +117,11 @@ class Cell:
     group: int = 0  # index of the `cells:` entry it came from
 
     @property
+    def quantize(self) -> str | None:
+        """How the base model is loaded for this cell: NF4 for QLoRA cells, else as stored."""
+        return "nf4" if self.params.get("peft") == "qlora" else None
+
+    @property
     def seed(self) -> int:
         return int(self.params.get("seed", 0))
 
@@ -132,7 +137,7 @@ class Cell:
             "template": params["template"],
             "max_length": params["max_length"],
             "train_on_prompt": bool(params["train_on_prompt"]),
-            "quantize": "nf4" if self.params.get("peft") == "qlora" else None,
+            "quantize": self.quantize,
             "grad_layer": int(self.params["grad_layer"]),
             "grad_mode": self.params["grad_mode"],
             "batch_size": int(self.params["score_batch_size"]),
@@ -413,10 +418,8 @@ def _expand(path: Path, group: int, entry, base: dict, allowed: set[str]) -> lis
         if not train:
             # A base-model cell: only what loading/evaluating it needs; `peft: qlora` evaluates the
             # NF4-quantised base, the starting point of the QLoRA cells.
-            quantised = params.get("peft") == "qlora"
-            params = {k: params[k] for k in ("model", "template", "max_length") if k in params}
-            if quantised:
-                params["peft"] = "qlora"
+            keep = ("model", "template", "max_length") + (("peft",) if params.get("peft") == "qlora" else ())
+            params = {k: params[k] for k in keep if k in params}
         fmt = _format_values(params)
         try:
             name = str(entry["name"]).format(**fmt)

@@ -358,7 +358,7 @@ def cell_table(study: Study, results: dict[str, dict]) -> str:
             f"{p['ratio']:g}" if trained else "—",
             f"{p['alpha']:g},{p['beta']:g}" if trained and p.get("selection") in ("tokenseek", "mixed", "probe") else "—",
             f"N-{p['grad_layer']}" if cell.scoring() else "—",
-            p.get("peft", "—") if trained else ("qlora (NF4)" if cell.params.get("peft") == "qlora" else "—"),
+            p.get("peft", "—") if trained else ("qlora (NF4)" if cell.quantize else "—"),
             str(p.get("seed", 0)) if trained else "—",
             str(t.get("steps", "—")) if r else "—",
             f"{100 * t['kept_fraction']:.1f}%" if t.get("kept_fraction") is not None else "—",

@@ -348,7 +348,7 @@ def evaluate_cell(study: Study, cell: Cell, data: dict, progress) -> dict:
         if cell.train:
             model, tokenizer, info = load_for_eval(str(train_dir(study, cell)))  # a QLoRA run is found to be one
         else:
-            model, tokenizer, info = load_for_eval(cell.params.get("model"), quantize="nf4" if cell.params.get("peft") == "qlora" else None)
+            model, tokenizer, info = load_for_eval(cell.params.get("model"), quantize=cell.quantize)
         if need_heldout:
             progress(f"  held-out loss of {cell.name}")
             with timed(folder, held_file[: -len(".json")]):
@@ -484,7 +484,7 @@ def run_study(study: Study, only: list[str] | None = None, *, dry_run: bool = Fa
         for c in cells:
             setting = c.scoring()
             store = f" scores {store_dir(study, setting).name}" if setting else ""
-            what = _describe(c) if c.train else ("evaluate NF4 base model" if c.params.get("peft") == "qlora" else "evaluate base model")
+            what = _describe(c) if c.train else f"evaluate {'NF4 ' if c.quantize else ''}base model"
             progress(f"  {c.name:<40} {statuses[c.name]:<28} {what}{store}")
         return statuses
     todo = [c for c in cells if statuses[c.name] not in ("finished", "stale")]
