@@ -302,3 +302,56 @@ def test_committed_study_configs_load_and_share_runs():
     assert train_dir(studies["equal_time"], cell("equal_time", "equal-tokenseek10-a1b0-s0")) != train_dir(
         studies["alpaca"], cell("alpaca", "targets-tokenseek10-a1b0-s0")
     )
+
+
+def test_ratio_sweep_figure_from_result_files(tmp_path):
+    """Fig. 3 data: one line per spread across ratios, mean/min/max over the finished seeds,
+    the reference row as a level; drawn once, and unchanged on a second report."""
+    from tokenseek.experiment.report import ratio_panels, rows, write_report
+    from tokenseek.experiment.runner import result_path
+
+    config = {
+        "study": "sweep",
+        "data": {"path": "x.json", "sample": 4, "heldout": 2},
+        "results_dir": str(tmp_path / "results"),
+        "runs_dir": str(tmp_path / "runs"),
+        "eval": {"heldout": True, "exact_match": True},
+        "report": {
+            "path": str(tmp_path / "RESULTS.md"),
+            "reference": "full-token",
+            "spreads": [
+                {"claim": "random across ratios", "metric": "exact_match", "labels": ["random 5%", "random 20%"]},
+                {"claim": "one ratio only: no line", "labels": ["random 5%"]},
+            ],
+        },
+        "cells": [
+            {"name": "full-s{seed}", "label": "full-token", "selection": "full", "ratio": 1.0, "grid": {"seed": [0, 1]}},
+            {"name": "rnd{pct}-s{seed}", "label": "random {pct}%", "selection": "random", "grid": {"ratio": [0.05, 0.2], "seed": [0, 1, 2]}},
+        ],
+    }
+    study = parse_study(config, path=tmp_path / "sweep.yaml")
+    accuracy = {"full-s0": 0.8, "full-s1": 0.6, "rnd5-s0": 0.3, "rnd5-s1": 0.1, "rnd5-s2": 0.4, "rnd20-s0": 0.7, "rnd20-s1": 0.5}
+    for name, acc in accuracy.items():  # rnd20-s2 is not finished
+        path = result_path(study, study.cell(name))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"exact_match": {"accuracy": acc, "per_example_correct": [1, 0]}}))
+
+    from tokenseek.experiment.report import load_results
+
+    (panel,) = ratio_panels(study, rows(study, load_results(study)))
+    (line,) = panel["series"]
+    assert line["label"] == "random"
+    assert line["points"] == [
+        (0.05, pytest.approx(100 * (0.1 + 0.4 + 0.3) / 3), pytest.approx(10.0), pytest.approx(40.0)),
+        (0.2, pytest.approx(60.0), pytest.approx(50.0), pytest.approx(70.0)),
+    ]
+    assert panel["reference"]["value"] == pytest.approx(70.0)
+
+    written = write_report(study)
+    figure = tmp_path / "results" / "ratio_sweep.png"
+    assert written["ratio_figure"] == str(figure) and figure.read_bytes()[:4] == b"\x89PNG"
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "![Quality against ratio, study sweep](results/ratio_sweep.png)" in report
+    before = figure.stat().st_mtime_ns, report
+    write_report(study)
+    assert (figure.stat().st_mtime_ns, (tmp_path / "RESULTS.md").read_text()) == before

@@ -1,4 +1,4 @@
-"""Tables, claim checks and the loss-curve figure of a study, generated from its result JSONs only.
+"""Tables, claim checks and the figures (loss curves, quality against ratio) of a study, generated from its result JSONs only.
 
 Nothing here runs a model or reads the runs directory: ``tokenseek experiment CONFIG
 --report`` regenerates the same text from the same JSONs, byte for byte.
@@ -456,10 +456,24 @@ def spread_verdict(spread_rows: list[dict], metric: str = "heldout") -> str:
     )
 
 
-# ----------------------------------------------------------------------------- figure
+# ----------------------------------------------------------------------------- figures
+def _publish_figure(path: Path, draw) -> None:
+    """Draw into a temporary file and replace ``path`` only when the bytes change, so an
+    unchanged study leaves its figures untouched (and a failed draw leaves no half file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        draw(tmp)
+        if not (path.is_file() and Path(tmp).read_bytes() == path.read_bytes()):
+            publish(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def loss_figure(study: Study, table_rows: list[dict], path: Path) -> bool:
-    """Fig. 5-style training loss curves, one line per row (mean over its seeds). Written only
-    when the bytes change, so an unchanged study leaves the file untouched."""
+    """Fig. 5-style training loss curves, one line per row (mean over its seeds)."""
     from tokenseek.visualize.plots import plot_loss_curves
 
     runs = []
@@ -473,22 +487,60 @@ def loss_figure(study: Study, table_rows: list[dict], path: Path) -> bool:
         runs.append({"label": label, "curve": means})
     if not runs:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        plot_loss_curves(runs, tmp)
-        if path.is_file() and Path(tmp).read_bytes() == path.read_bytes():
-            return True
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _publish_figure(path, lambda tmp: plot_loss_curves(runs, tmp))
+    return True
+
+
+_AXIS_LABEL = {"heldout": "held-out loss (lower is better)", "exact_match": "exact match, % (higher is better)"}
+
+
+def _row_ratio(row: dict) -> float:
+    return float(effective(row["cells"][0].params).get("ratio", 1.0))
+
+
+def ratio_panels(study: Study, table_rows: list[dict]) -> list[dict]:
+    """The Fig. 3 data: every ``report.spreads`` entry whose rows differ in ratio is one line
+    (its finished rows only), grouped into one panel per metric."""
+    by_label = {r["label"]: r for r in table_rows}
+    scale = {"heldout": 1.0, "exact_match": 100.0}
+    panels: dict[str, dict] = {}
+    for spread in study.report["spreads"]:
+        metric = spread.get("metric", "heldout")
+        spread_rows = [by_label[lab] for lab in spread["labels"]]
+        if len({_row_ratio(r) for r in spread_rows}) < 2:
+            continue
+        points = []
+        for row in spread_rows:
+            values = [scale[metric] * v for v in metric_values(row, metric)]
+            if values:
+                points.append((_row_ratio(row), _mean(values), min(values), max(values)))
+        if not points:
+            continue
+        # The line is named by its first row's label without the percentage ("TokenSeek 5%, targets").
+        name = re.sub(r"\s*\d+(\.\d+)?\s*%", "", spread_rows[0]["label"]).strip(" ,")
+        panel = panels.setdefault(metric, {"ylabel": _AXIS_LABEL[metric], "series": [], "reference": None})
+        panel["series"].append({"label": name, "points": sorted(points)})
+    reference = by_label.get(study.report["reference"]) if study.report["reference"] else None
+    for metric, panel in panels.items():
+        values = metric_values(reference, metric) if reference else []
+        if values:
+            panel["reference"] = {"label": f"{reference['label']} (mean of {len(values)})", "value": scale[metric] * _mean(values)}
+    return [panels[m] for m in METRICS if m in panels]
+
+
+def ratio_figure(study: Study, table_rows: list[dict], path: Path) -> bool:
+    """Fig. 3-style quality against ratio, drawn when the study has a ratio spread with results."""
+    from tokenseek.visualize.plots import plot_ratio_sweep
+
+    panels = ratio_panels(study, table_rows)
+    if not panels:
+        return False
+    _publish_figure(path, lambda tmp: plot_ratio_sweep(panels, tmp))
     return True
 
 
 # ----------------------------------------------------------------------------- section
-def section(study: Study, results: dict[str, dict], figure: Path | None, report_path: Path) -> str:
+def section(study: Study, results: dict[str, dict], figure: Path | None, report_path: Path, ratio_plot: Path | None = None) -> str:
     table_rows = rows(study, results)
     n_done = len(results)
     out = [
@@ -516,6 +568,12 @@ def section(study: Study, results: dict[str, dict], figure: Path | None, report_
         metrics = {e.get("metric", "heldout") for e in study.report["comparisons"] + study.report["spreads"]}
         legend = "held-out loss; lower is better" if metrics == {"heldout"} else "held-out loss: lower is better; exact match: higher is better"
         out += [f"**Claims checked ({legend})**", "", claim_text, ""]
+    if ratio_plot is not None:
+        rel = Path(os.path.relpath(ratio_plot, report_path.parent)).as_posix()
+        out += [f"![Quality against ratio, study {study.study}]({rel})", "", (
+            "_Fig. 3 style: each line is one selection across ratios (mean over its finished seeds, bars from the lowest "
+            "to the highest seed); the dashed line is the reference row._"
+        ), ""]
     if figure is not None:
         rel = Path(os.path.relpath(figure, report_path.parent)).as_posix()
         out += [f"![Training loss curves, study {study.study}]({rel})", "", (
@@ -540,17 +598,20 @@ def write_report(study: Study, report_path: str | Path | None = None) -> dict:
     """Regenerate the study's table file, figure and report section; returns what was written."""
     report_path = Path(report_path or study.report["path"])
     results = load_results(study)
-    figure = None
+    figure = ratio_plot = None
     if study.report["figure"]:
         target = study.results_dir / "loss_curves.png"
         figure = target if loss_figure(study, rows(study, results), target) else None
-    text = section(study, results, figure, report_path)
+        target = study.results_dir / "ratio_sweep.png"
+        ratio_plot = target if ratio_figure(study, rows(study, results), target) else None
+    text = section(study, results, figure, report_path, ratio_plot)
     table_file = study.results_dir / "table.md"
-    standalone = section(study, results, figure, table_file).splitlines()[1:-1]  # without the markers
+    standalone = section(study, results, figure, table_file, ratio_plot).splitlines()[1:-1]  # without the markers
     _write_if_changed(table_file, "\n".join(standalone) + "\n")
     document = report_path.read_text() if report_path.is_file() else DEFAULT_HEADER
     _write_if_changed(report_path, replace_section(document, study.study, text))
-    return {"report": str(report_path), "table": str(table_file), "figure": str(figure) if figure else None, "finished": len(results), "cells": len(study.cells)}
+    return {"report": str(report_path), "table": str(table_file), "figure": str(figure) if figure else None,
+            "ratio_figure": str(ratio_plot) if ratio_plot else None, "finished": len(results), "cells": len(study.cells)}
 
 
 def _write_if_changed(path: Path, text: str) -> None:

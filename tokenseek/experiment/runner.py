@@ -526,5 +526,7 @@ def _describe(cell: Cell) -> str:
         parts.append(f"a={p.get('alpha'):g} b={p.get('beta'):g}")
     if cell.scoring():
         parts.append(f"N-{p['grad_layer']}")
+    elif p.get("seeking") == "online" and sel in ("tokenseek", "probe", "mixed"):
+        parts.append("online (scored in each step)")
     parts.append(f"seed {p.get('seed', 0)}")
     return " ".join(parts)

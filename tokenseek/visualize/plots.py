@@ -223,3 +223,29 @@ def plot_loss_curves(runs: list[dict], path: str | Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def plot_ratio_sweep(panels: list[dict], path: str | Path) -> None:
+    """Fig. 3: a metric against the kept-token ratio, one line per selection (mean over seeds,
+    bars from the lowest to the highest seed), one panel per metric, with the full-token
+    reference as a dashed line.
+
+    ``panels``: ``[{"ylabel", "series": [{"label", "points": [(ratio, mean, low, high), ...]}],
+    "reference": {"label", "value"} | None}]``.
+    """
+    fig = _figure(5.0 * len(panels), 4.2)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        for series in panel["series"]:
+            ratios, means, lows, highs = (np.array(v, dtype=float) for v in zip(*series["points"]))
+            bars = np.vstack([means - lows, highs - means])
+            ax.errorbar(100 * ratios, means, yerr=bars, marker="o", markersize=4, capsize=3, linewidth=1.4, label=series["label"])
+        reference = panel.get("reference")
+        if reference is not None:
+            ax.axhline(reference["value"], color="0.4", linestyle="--", linewidth=1, label=reference["label"])
+        ax.set_xlabel("ratio: % of each example's tokens back-propagated")
+        ax.set_ylabel(panel["ylabel"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Quality against ratio (mean; bars: min–max over seeds)", fontsize=10)
+    _save(fig, path)
