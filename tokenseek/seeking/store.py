@@ -269,12 +269,6 @@ def score_dataset(
     batches that have no shard yet. With ``world_size > 1`` each rank scores every
     ``world_size``-th batch; rank 0 merges once all shards exist.
     """
-    from tqdm.auto import tqdm
-
-    from tokenseek.data.collate import DitchingCollator
-    from tokenseek.seeking.seek import score_batch
-    from tokenseek.seeking.select import select_keep
-
     out = Path(out)
     meta = {
         "version": STORE_VERSION,
@@ -288,10 +282,32 @@ def score_dataset(
     distributed = world_size > 1 and torch.distributed.is_initialized()
     # Every rank looks at the directory before rank 0 writes into it (a rank looking later
     # would see rank 0's temporary files and take the folder for something else).
+    if _existing_store_is_complete(out, meta, model):
+        return ScoreStore.open(out, data=data, model=model, model_id=model_id)
+    if distributed:
+        torch.distributed.barrier()
+    if rank == 0:
+        write_json(out / "meta.json", meta)
+
+    _score_shards(model, tokenizer, data, out, meta, rank=rank, world_size=world_size, progress=progress)
+
+    if distributed:
+        torch.distributed.barrier()  # every shard is written
+    if rank == 0:
+        _merge_shards(out, meta)
+    if distributed:
+        torch.distributed.barrier()  # the merged store is complete: only now may other ranks read it
+    return ScoreStore.open(out, data=data, model=model, model_id=model_id)
+
+
+def _existing_store_is_complete(out: Path, meta: dict, model) -> bool:
+    """True when ``out`` holds a complete store. Otherwise refuses an unfinished store started
+    with another model, precision, data or scoring setting (it could not be resumed), and a
+    non-empty directory that is not a store."""
     if (out / "meta.json").is_file():
         previous = json.loads((out / "meta.json").read_text())
         if previous.get("complete"):
-            return ScoreStore.open(out, data=data, model=model, model_id=model_id)
+            return True
         check_version(out, previous)
         same = (
             same_model(previous.get("model", {}), model, previous.get("precision"))
@@ -305,15 +321,27 @@ def score_dataset(
             )
     elif out.exists() and any(out.iterdir()):
         raise TokenSeekError(f"--out {out} exists and is not a score store: choose another directory")
-    if distributed:
-        torch.distributed.barrier()
-    if rank == 0:
-        write_json(out / "meta.json", meta)
+    return False
 
+
+def _shard_path(out: Path, batch: int) -> Path:
+    return out / "shards" / f"b{batch:06d}.parquet"
+
+
+def _score_shards(model, tokenizer, data, out: Path, meta: dict, *, rank: int, world_size: int, progress: bool) -> None:
+    """Score this rank's batches that have no shard yet (settings from the store's ``meta``),
+    one parquet shard per batch."""
+    from tqdm.auto import tqdm
+
+    from tokenseek.data.collate import DitchingCollator
+    from tokenseek.seeking.seek import score_batch
+    from tokenseek.seeking.select import select_keep
+
+    scoring, selection = meta["scoring"], meta["selection"]
+    batch_size = scoring["batch_size"]
     collate = DitchingCollator(tokenizer.pad_token_id)
     batches = [data.examples[i : i + batch_size] for i in range(0, len(data.examples), batch_size)]
-    shard = lambda b: out / "shards" / f"b{b:06d}.parquet"  # noqa: E731
-    todo = [b for b in range(rank, len(batches), world_size) if not shard(b).is_file()]
+    todo = [b for b in range(rank, len(batches), world_size) if not _shard_path(out, b).is_file()]
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -325,8 +353,8 @@ def score_dataset(
                 batch["input_ids"].to(device),
                 batch["labels"].to(device),
                 batch["attention_mask"].to(device),
-                layers_back=layers_back,
-                grad_mode=grad_mode,
+                layers_back=scoring["layers_back"],
+                grad_mode=scoring["grad_mode"],
             )
             rows = []
             for j, ex in enumerate(batches[b]):
@@ -334,30 +362,27 @@ def score_dataset(
                 ctx, grad = context[j, :n].cpu().numpy(), gradient[j, :n].cpu().numpy()
                 if not (np.isfinite(ctx).all() and np.isfinite(grad).all()):
                     raise TokenSeekError(f"example {ex['index']} got NaN/inf scores (model weights or inputs overflow): check the model in float32")
-                keep = select_keep(n, ratio, "tokenseek", context=ctx, gradient=grad, alpha=alpha, beta=beta, seed=seed, index=ex["index"])
+                keep = select_keep(n, selection["ratio"], "tokenseek", context=ctx, gradient=grad, alpha=selection["alpha"],
+                                   beta=selection["beta"], seed=selection["seed"], index=ex["index"])
                 rows.append({"index": ex["index"], "context": ctx, "gradient": grad, "keep": keep})
-            _write_parquet(shard(b), rows)
+            _write_parquet(_shard_path(out, b), rows)
     finally:
         model.train(was_training)
 
-    if distributed:
-        torch.distributed.barrier()  # every shard is written
-    if rank == 0:
-        shards = sorted((out / "shards").glob("b*.parquet"))
-        rows = _read_rows(shards)
-        merged = [
-            {"index": i, "context": r["context"], "gradient": r["gradient"], "keep": _mask(r["keep"], len(r["context"]))}
-            for i, r in sorted(rows.items())
-        ]
-        _write_parquet(out / "scores.parquet", merged)
-        meta["complete"] = True
-        write_json(out / "meta.json", meta)
-        # The whole folder: a writer killed mid-shard (SIGKILL skips its cleanup) leaves a
-        # hidden temporary file there that no glob of finished shards matches.
-        shutil.rmtree(out / "shards")
-    if distributed:
-        torch.distributed.barrier()  # the merged store is complete: only now may other ranks read it
-    return ScoreStore.open(out, data=data, model=model, model_id=model_id)
+
+def _merge_shards(out: Path, meta: dict) -> None:
+    """One ``scores.parquet`` in example order from every shard, then mark the store complete."""
+    shards = sorted((out / "shards").glob("b*.parquet"))
+    rows = _read_rows(shards)
+    merged = [
+        {"index": i, "context": r["context"], "gradient": r["gradient"], "keep": _mask(r["keep"], len(r["context"]))}
+        for i, r in sorted(rows.items())
+    ]
+    _write_parquet(out / "scores.parquet", merged)
+    write_json(out / "meta.json", {**meta, "complete": True})
+    # The whole folder: a writer killed mid-shard (SIGKILL skips its cleanup) leaves a
+    # hidden temporary file there that no glob of finished shards matches.
+    shutil.rmtree(out / "shards")
 
 
 def _mask(positions: np.ndarray, length: int) -> np.ndarray:
