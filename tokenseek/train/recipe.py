@@ -364,11 +364,10 @@ def peak_memory_bytes(device: torch.device | None = None) -> int:
 def run_train(cfg: TrainConfig) -> dict:
     from transformers import set_seed
 
-    from tokenseek.data import DitchingCollator, load_records, tokenize_records
-    from tokenseek.models import apply_peft, load_model
+    from tokenseek.data import load_records
+    from tokenseek.models import load_model
     from tokenseek.models.loading import resolve_model
     from tokenseek.models.placement import dtype_name, resolve_dtype, storage_dtype
-    from tokenseek.train.trainer import TokenSeekTrainer
 
     validate(cfg)
     state = _distributed_state()
@@ -388,42 +387,18 @@ def run_train(cfg: TrainConfig) -> dict:
     model, tokenizer = load_model(
         cfg.model, quantize="nf4" if cfg.peft == "qlora" else None, dtype=storage_dtype(compute, cfg.peft), device=state.device
     )
-    data = tokenize_records(records, tokenizer, template=cfg.template, max_length=cfg.max_length, train_on_prompt=cfg.train_on_prompt)
-    logger.info("data: %s", data.report())
-    train_examples, heldout_examples = _split_heldout(data.examples, cfg.heldout, cfg.seed)
-    eval_examples = _eval_examples(cfg, heldout_examples, tokenizer) if cfg.eval_steps else []
+    data, train_examples, heldout_examples, eval_examples = _setup_data(cfg, records, tokenizer)
 
     if cfg.memory_budget:
         cfg = dataclasses.replace(cfg, ratio=_budget_ratio(cfg, out, train_examples, resuming))
     scoring_started = time.time()
     tally = attach_keep(train_examples, cfg, _scores(cfg, model, tokenizer, data, out, state)) if cfg.seeking == "offline" else None
     scoring_s = time.time() - scoring_started  # scoring into OUTPUT_DIR/scores, or reading --scores
-
     out.mkdir(parents=True, exist_ok=True)
     if state.is_main_process:
-        write_json(out / "run_config.json", identity)
-        if cfg.memory_budget:
-            write_json(out / "memory_budget.json", {"memory_budget": cfg.memory_budget, "ratio": cfg.ratio})
-        if heldout_examples:
-            write_json(out / "heldout.json", [records[e["index"]] for e in heldout_examples])
+        _write_run_files(out, cfg, identity, [records[e["index"]] for e in heldout_examples])
 
-    model = apply_peft(
-        model,
-        cfg.peft,
-        r=cfg.lora_r,
-        alpha=cfg.lora_alpha,
-        dropout=cfg.lora_dropout,
-        target_modules=cfg.target_modules.split(",") if cfg.target_modules else None,
-    )
-    trainer = TokenSeekTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_examples,
-        # No keep mask on evaluation examples: the collator keeps every token (full-token loss).
-        eval_dataset=eval_examples or None,
-        data_collator=DitchingCollator(tokenizer.pad_token_id),
-        step=step_options(cfg),
-    )
+    trainer = _setup_trainer(cfg, model, tokenizer, args, train_examples, eval_examples)
     checkpoint = _last_checkpoint(out / "checkpoints") if resuming else None
     result = trainer.train(resume_from_checkpoint=checkpoint)
 
@@ -454,6 +429,52 @@ def run_train(cfg: TrainConfig) -> dict:
     write_json(out / "train_summary.json", summary)
     _log_selection(selected)
     return summary
+
+
+def _setup_data(cfg: TrainConfig, records: list[dict], tokenizer):
+    """Tokenized data, split into training, held-out and (with --eval-steps) evaluation examples."""
+    from tokenseek.data import tokenize_records
+
+    data = tokenize_records(records, tokenizer, template=cfg.template, max_length=cfg.max_length, train_on_prompt=cfg.train_on_prompt)
+    logger.info("data: %s", data.report())
+    train_examples, heldout_examples = _split_heldout(data.examples, cfg.heldout, cfg.seed)
+    eval_examples = _eval_examples(cfg, heldout_examples, tokenizer) if cfg.eval_steps else []
+    return data, train_examples, heldout_examples, eval_examples
+
+
+def _write_run_files(out: Path, cfg: TrainConfig, identity: dict, heldout_records: list[dict]) -> None:
+    """What a resumed run and `tokenseek eval` read back: the run's identity, the resolved
+    --memory-budget ratio and the held-out records."""
+    write_json(out / "run_config.json", identity)
+    if cfg.memory_budget:
+        write_json(out / "memory_budget.json", {"memory_budget": cfg.memory_budget, "ratio": cfg.ratio})
+    if heldout_records:
+        write_json(out / "heldout.json", heldout_records)
+
+
+def _setup_trainer(cfg: TrainConfig, model, tokenizer, args, train_examples: list, eval_examples: list):
+    """The PEFT-wrapped model in a TokenSeekTrainer with the ditching collator and step options."""
+    from tokenseek.data import DitchingCollator
+    from tokenseek.models import apply_peft
+    from tokenseek.train.trainer import TokenSeekTrainer
+
+    model = apply_peft(
+        model,
+        cfg.peft,
+        r=cfg.lora_r,
+        alpha=cfg.lora_alpha,
+        dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules.split(",") if cfg.target_modules else None,
+    )
+    return TokenSeekTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_examples,
+        # No keep mask on evaluation examples: the collator keeps every token (full-token loss).
+        eval_dataset=eval_examples or None,
+        data_collator=DitchingCollator(tokenizer.pad_token_id),
+        step=step_options(cfg),
+    )
 
 
 def _save_outputs(out: Path, trainer, tokenizer) -> tuple[list, list]:
