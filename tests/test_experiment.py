@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -355,3 +356,45 @@ def test_ratio_sweep_figure_from_result_files(tmp_path):
     before = figure.stat().st_mtime_ns, report
     write_report(study)
     assert (figure.stat().st_mtime_ns, (tmp_path / "RESULTS.md").read_text()) == before
+
+
+def test_a_cell_another_process_holds_is_skipped_and_a_busy_store_is_waited_for(tmp_path, tiny_model_dir, data_file, capsys):
+    """Two runner processes on one study: the cell lock sends the second past a running cell,
+    and a score store being written by one is waited for by the other (not scored twice)."""
+    import threading
+
+    from tokenseek.experiment import load_study
+    from tokenseek.experiment.runner import ensure_scores, lock_path, run_dir, sample_data, store_dir
+    from tokenseek.utils.io import file_lock
+
+    config = _study(tmp_path, tiny_model_dir, data_file)
+    config["cells"].insert(0, {"name": "base", "label": "base model", "train": False})
+    path = _write(tmp_path, config)
+    study = load_study(path)
+    results = tmp_path / "results" / "toy"
+
+    with file_lock(lock_path(run_dir(study, study.cell("full-s0"))), wait=False) as held:
+        assert held
+        assert main(["experiment", path, "--only", "base", "full-s0", "--no-report"]) == 0
+        out = capsys.readouterr().out
+        assert "full-s0: running in another process; skipped" in out
+        assert sorted(p.name for p in results.glob("*.json")) == ["base.json"]
+        assert main(["experiment", path, "--dry-run"]) == 0
+        assert re.search(r"full-s0\s+running, todo", capsys.readouterr().out)
+    assert main(["experiment", path, "--only", "full-s0", "--no-report"]) == 0  # released: it runs now
+    assert (results / "full-s0.json").is_file()
+
+    cell = study.cell("ts50-s0")
+    folder = store_dir(study, cell.scoring())
+    data = sample_data(study)
+    lines: list[str] = []
+    lock = file_lock(lock_path(folder), wait=False)
+    assert lock.__enter__()
+    timer = threading.Timer(1.0, lambda: lock.__exit__(None, None, None))
+    timer.start()
+    try:
+        assert ensure_scores(study, cell, data, lines.append) == folder
+    finally:
+        timer.join()
+    assert lines[0] == f"  waiting for another process to finish scoring {folder}"
+    assert json.loads((folder / "meta.json").read_text())["complete"]

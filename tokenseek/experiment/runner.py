@@ -9,7 +9,10 @@ Everything is resumable, at three levels:
   benchmark evaluation is kept in the cell's run directory until the result file is written.
 
 So the job can be stopped at any point (Ctrl-C, kill, a power cut) and rerun with the same
-command. Large outputs (models, checkpoints, scores, sampled data) go to ``runs_dir``
+command. Several processes may run the same command side by side (one per free core): each
+cell and each score store is locked by the process working on it (``file_lock``, released by
+the operating system when that process dies), so the others skip a running cell and wait for
+a store being written. Large outputs (models, checkpoints, scores, sampled data) go to ``runs_dir``
 (git-ignored); only the small result JSONs go to ``results_dir``.
 """
 
@@ -28,7 +31,7 @@ from pathlib import Path
 from tokenseek.errors import TokenSeekError
 from tokenseek.experiment.config import SCORING_KEYS, Cell, Study, eval_identity, short_hash
 from tokenseek.train.recipe import TrainConfig, run_train
-from tokenseek.utils.io import write_json
+from tokenseek.utils.io import file_lock, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +54,12 @@ def work_spec(study: Study, cell: Cell) -> dict:
 def run_dir(study: Study, cell: Cell) -> Path:
     """The cell's work folder: ``train/`` (the run_train output), timings and kept evaluations."""
     return study.runs_dir / "cells" / short_hash(work_spec(study, cell))
+
+
+def lock_path(folder: Path) -> Path:
+    """The lock that says a process works on ``folder``: a hidden sibling, so the folder itself
+    stays exactly what its writer expects (a score store refuses a non-empty directory)."""
+    return folder.parent / f".{folder.name}.lock"
 
 
 def train_dir(study: Study, cell: Cell) -> Path:
@@ -209,7 +218,8 @@ def train_config(study: Study, cell: Cell, data: dict, scores: Path | None) -> T
 
 # ----------------------------------------------------------------------------- status
 def cell_status(study: Study, cell: Cell) -> str:
-    """finished | stale (finished under another config) | trained | training (step N) | todo."""
+    """finished | stale (finished under another config) | trained | training (step N) | todo
+    (``run_study`` adds "running" for a cell another process holds)."""
     done = read_json(result_path(study, cell))
     if done is not None:
         return "finished" if is_current(study, cell, done) else "stale"
@@ -237,9 +247,16 @@ def ensure_scores(study: Study, cell: Cell, data: dict, progress) -> Path | None
     if setting is None:
         return None
     folder = store_dir(study, setting)
-    meta = read_json(folder / "meta.json")
-    if meta and meta.get("complete"):
-        return folder
+    # Two runner processes may need the same store at once: one scores, the other waits for it.
+    waiting = lambda: progress(f"  waiting for another process to finish scoring {folder}")  # noqa: E731
+    with file_lock(lock_path(folder), wait=True, on_wait=waiting):
+        meta = read_json(folder / "meta.json")
+        if not (meta and meta.get("complete")):
+            _score_store(folder, setting, data, progress)
+    return folder
+
+
+def _score_store(folder: Path, setting: dict, data: dict, progress) -> None:
     from tokenseek.data import load_records, tokenize_records
     from tokenseek.models import load_model
     from tokenseek.seeking.store import score_dataset
@@ -265,7 +282,6 @@ def ensure_scores(study: Study, cell: Cell, data: dict, progress) -> Path | None
         del model
         gc.collect()
     write_json(folder / "setting.json", setting)
-    return folder
 
 
 def train_cell(study: Study, cell: Cell, data: dict, scores: Path | None, progress) -> dict:
@@ -475,11 +491,18 @@ def run_cell(study: Study, cell: Cell, data: dict, progress) -> dict:
     return result
 
 
+RUNNING_ELSEWHERE = "running"  # another process holds the cell's lock
+
+
 def run_study(study: Study, only: list[str] | None = None, *, dry_run: bool = False, progress=print) -> dict:
     """Run every (selected) cell that is not finished; returns ``{cell name: status}``."""
     cells = study.select(only)
     statuses = {c.name: cell_status(study, c) for c in cells}
     if dry_run:
+        for c in cells:
+            with file_lock(lock_path(run_dir(study, c)), wait=False) as free:
+                if not free:
+                    statuses[c.name] = f"{RUNNING_ELSEWHERE}, {statuses[c.name]}"
         progress(f"study {study.study}: {len(cells)} cell(s); results -> {study.results_dir}, runs -> {study.runs_dir}")
         for c in cells:
             setting = c.scoring()
@@ -500,9 +523,17 @@ def run_study(study: Study, only: list[str] | None = None, *, dry_run: bool = Fa
     progress(f"study {study.study}: {len(todo)} of {len(cells)} cell(s) to run")
     data = sample_data(study)
     for i, c in enumerate(todo, 1):
-        progress(f"[{i}/{len(todo)}] {c.name} ({statuses[c.name]})")
-        started = time.time()
-        result = run_cell(study, c, data, progress)
+        # Several runner processes may work on one study (or on studies sharing runs): each
+        # cell is run by whichever takes its lock first; the others move on to the next cell.
+        with file_lock(lock_path(run_dir(study, c)), wait=False) as mine:
+            status = cell_status(study, c) if mine else RUNNING_ELSEWHERE
+            if status in ("finished", "stale", RUNNING_ELSEWHERE):
+                progress(f"[{i}/{len(todo)}] {c.name}: {status} in another process; skipped")
+                statuses[c.name] = status
+                continue
+            progress(f"[{i}/{len(todo)}] {c.name} ({status})")
+            started = time.time()
+            result = run_cell(study, c, data, progress)
         held = (result.get("heldout") or {}).get("loss")
         em = (result.get("exact_match") or {}).get("accuracy")
         progress(

@@ -58,6 +58,38 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+@contextlib.contextmanager
+def file_lock(path: str | Path, *, wait: bool, on_wait=None) -> Iterator[bool]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the block.
+
+    The operating system drops the lock when its process dies, so a killed job never leaves a
+    stale lock behind. Yields False at once when another process holds it and ``wait`` is off;
+    with ``wait`` on, calls ``on_wait()`` (if given) and blocks until it is free. Where
+    ``fcntl.flock`` does not exist (Windows) nothing is locked and it yields True.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield True
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                yield False
+                return
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def publish(tmp: str | Path, path: str | Path) -> None:
     """Give a finished temporary file or folder normal permissions (mkstemp/mkdtemp make it private) and rename it into place."""
     umask = os.umask(0)
