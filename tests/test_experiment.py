@@ -398,3 +398,22 @@ def test_a_cell_another_process_holds_is_skipped_and_a_busy_store_is_waited_for(
         timer.join()
     assert lines[0] == f"  waiting for another process to finish scoring {folder}"
     assert json.loads((folder / "meta.json").read_text())["complete"]
+
+
+def test_lower_seed_variance_is_an_f_test():
+    """Claim (iii): 'a varies less than b' is held only when an F-test says so; with three seeds
+    each, F(2, 2) has the closed form P(F > x) = 1 / (1 + x)."""
+    from tokenseek.experiment.report import verdict
+
+    def row(losses):
+        return {"label": "x", "cells": [None] * len(losses), "done": [(None, {"heldout": {"loss": v}}) for v in losses]}
+
+    steady, noisy, noisier = row([1.0, 1.001, 1.002]), row([1.0, 1.01, 1.02]), row([1.0, 1.03, 1.06])
+    # var(noisy) / var(steady) = 100 -> p = 1/101 < 0.05: held.
+    text = verdict("lower_seed_variance", steady, noisy)
+    assert text.startswith("**held**") and "F = 100.00" in text and f"p = {1 / 101:.3f}" in text
+    # var ratio 9 -> p = 0.1: lower, but not beyond noise.
+    text = verdict("lower_seed_variance", noisy, noisier)
+    assert text.startswith("**not shown**") and "F = 9.00" in text and "p = 0.100" in text
+    assert verdict("lower_seed_variance", noisier, noisy).startswith("**not held**")
+    assert verdict("lower_seed_variance", row([1.0, 1.1]), noisy).startswith("**not testable**")

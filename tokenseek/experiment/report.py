@@ -147,6 +147,18 @@ def compare(row_a: dict, row_b: dict, metric: str = "heldout") -> dict | None:
     return {"delta": delta, "example_se": example_se, "seed_se": seed_se, "se": se, "n_a": len(va), "n_b": len(vb)}
 
 
+def variance_ratio_test(a: list[float], b: list[float]) -> tuple[float, float]:
+    """F = var(b) / var(a) and the one-sided p-value of "a varies less than b" (F-test for
+    two normal samples' variances: under equal variances F ~ F(n_b - 1, n_a - 1))."""
+    from scipy.stats import f as f_distribution
+
+    var_a, var_b = statistics.variance(a), statistics.variance(b)
+    if var_a == 0:
+        return math.inf, 0.0 if var_b > 0 else 1.0
+    ratio = var_b / var_a
+    return ratio, float(f_distribution.sf(ratio, len(b) - 1, len(a) - 1))
+
+
 def benchmark_summary(row: dict) -> dict:
     """``{task: (value, noise, kind)}`` plus ``"average"``; noise is lm-eval's stderr for one run,
     the seed sd for several."""
@@ -406,11 +418,14 @@ def verdict(kind: str, a: dict, b: dict, metric: str = "heldout") -> str:
         if len(va) < 3 or len(vb) < 3:
             return f"**not testable**: needs ≥ 3 finished seeds per row to compare spreads (have {len(va)} and {len(vb)})."
         sa, sb = _sd(va), _sd(vb)
-        word = "held" if sa < sb else "not held"
-        return (
-            f"**{word}**: {show['name']} seed sd {show['size'](sa)} (n={len(va)}) vs {show['size'](sb)} (n={len(vb)}); "
-            f"with this few seeds an sd ratio ({sa / sb if sb else math.inf:.2f}) is itself very uncertain."
-        )
+        numbers = f"{show['name']} seed sd {show['size'](sa)} (n={len(va)}) vs {show['size'](sb)} (n={len(vb)})"
+        if sa >= sb:
+            return f"**not held**: {numbers}."
+        f_stat, p = variance_ratio_test(va, vb)
+        test = f"F = {f_stat:.2f}, one-sided p = {p:.3f} (F-test of equal variances)" if math.isfinite(f_stat) else "a's seeds are identical"
+        if p < 0.05:
+            return f"**held**: {numbers}; lower beyond noise: {test}."
+        return f"**not shown**: {numbers}; lower, but with this few seeds not beyond noise: {test}."
     c = compare(a, b, metric)
     if c is None:
         return "**not run yet** (a row has no finished cell)."
