@@ -417,3 +417,21 @@ def test_lower_seed_variance_is_an_f_test():
     assert text.startswith("**not shown**") and "F = 9.00" in text and "p = 0.100" in text
     assert verdict("lower_seed_variance", noisier, noisy).startswith("**not held**")
     assert verdict("lower_seed_variance", row([1.0, 1.1]), noisy).startswith("**not testable**")
+
+
+def test_claims_list_the_difference_seed_by_seed():
+    """Rows are compared seed with seed (same data order and initialisation); a seed only one
+    row finished is left out."""
+    from types import SimpleNamespace
+
+    from tokenseek.experiment.report import verdict
+
+    def row(losses):
+        done = [(SimpleNamespace(params={"seed": s}), {"heldout": {"loss": v, "per_example_loss": [v, v + 0.1], "per_example_tokens": [3, 5]}})
+                for s, v in losses.items()]
+        return {"label": "x", "cells": [c for c, _ in done], "done": done}
+
+    a, b = row({0: 1.90, 1: 1.95, 2: 1.80}), row({0: 1.92, 2: 1.85, 3: 2.0})
+    text = verdict("beats", a, b)
+    assert text.endswith("; per seed: s0 -0.0200, s2 -0.0500.")
+    assert "per seed" not in verdict("beats", a, row({1: 1.9, 4: 1.9}))  # one shared seed: no list

@@ -144,7 +144,21 @@ def compare(row_a: dict, row_b: dict, metric: str = "heldout") -> dict | None:
         many = va if len(va) >= 2 else vb
         seed_se = _sd(many) / math.sqrt(len(many))
     se = max([s for s in (example_se, seed_se) if s is not None], default=None)
-    return {"delta": delta, "example_se": example_se, "seed_se": seed_se, "se": se, "n_a": len(va), "n_b": len(vb)}
+    return {"delta": delta, "example_se": example_se, "seed_se": seed_se, "se": se, "n_a": len(va), "n_b": len(vb),
+            "per_seed": per_seed_deltas(row_a, row_b, metric)}
+
+
+def _by_seed(row: dict, metric: str) -> dict[int, float]:
+    key = "loss" if metric == "heldout" else "accuracy"
+    return {int(effective(c.params).get("seed", 0)): r[metric][key] for c, r in row["done"] if c is not None and r.get(metric)}
+
+
+def per_seed_deltas(row_a: dict, row_b: dict, metric: str = "heldout") -> list[tuple[int, float]]:
+    """a − b seed by seed, for the seeds both rows finished. Cells of one seed share the data
+    order and the adapter's initialisation, so a difference that holds in every seed is
+    visible here even when the seeds' unpaired spread (the verdict's noise) is wide."""
+    a, b = _by_seed(row_a, metric), _by_seed(row_b, metric)
+    return [(s, a[s] - b[s]) for s in sorted(a.keys() & b.keys())]
 
 
 def variance_ratio_test(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -443,6 +457,8 @@ def verdict(kind: str, a: dict, b: dict, metric: str = "heldout") -> str:
             text = f"**not shown**: {numbers} (the difference is within noise)"
         else:
             text = f"**not held**: {numbers} (a is worse beyond noise)"
+    if len(c["per_seed"]) >= 2:
+        text += "; per seed: " + ", ".join(f"s{seed} {show['delta'](d)}" for seed, d in c["per_seed"])
     ba, bb = benchmark_summary(a).get("average"), benchmark_summary(b).get("average")
     if ba and bb:
         se = math.sqrt(ba[1] ** 2 + bb[1] ** 2) if ba[1] is not None and bb[1] is not None else None
