@@ -73,10 +73,14 @@ def _per_example(result: dict, metric: str) -> tuple[list, list] | None:
     return (e["per_example_correct"], [1] * len(e["per_example_correct"])) if e else None
 
 
+def _value(result: dict, metric: str) -> float:
+    """One cell's held-out loss or exact-match accuracy (the caller checks it was measured)."""
+    return result[metric]["loss" if metric == "heldout" else "accuracy"]
+
+
 def metric_values(row: dict, metric: str = "heldout") -> list[float]:
     """The row's value per finished seed: held-out loss or exact-match accuracy."""
-    key = "loss" if metric == "heldout" else "accuracy"
-    return [r[metric][key] for _, r in row["done"] if r.get(metric)]
+    return [_value(r, metric) for _, r in row["done"] if r.get(metric)]
 
 
 def heldout_values(row: dict) -> list[float]:
@@ -149,8 +153,7 @@ def compare(row_a: dict, row_b: dict, metric: str = "heldout") -> dict | None:
 
 
 def _by_seed(row: dict, metric: str) -> dict[int, float]:
-    key = "loss" if metric == "heldout" else "accuracy"
-    return {int(effective(c.params).get("seed", 0)): r[metric][key] for c, r in row["done"] if c is not None and r.get(metric)}
+    return {int(effective(c.params).get("seed", 0)): _value(r, metric) for c, r in row["done"] if c is not None and r.get(metric)}
 
 
 def per_seed_deltas(row_a: dict, row_b: dict, metric: str = "heldout") -> list[tuple[int, float]]:
@@ -631,10 +634,11 @@ def write_report(study: Study, report_path: str | Path | None = None) -> dict:
     results = load_results(study)
     figure = ratio_plot = None
     if study.report["figure"]:
+        table_rows = rows(study, results)
         target = study.results_dir / "loss_curves.png"
-        figure = target if loss_figure(study, rows(study, results), target) else None
+        figure = target if loss_figure(study, table_rows, target) else None
         target = study.results_dir / "ratio_sweep.png"
-        ratio_plot = target if ratio_figure(study, rows(study, results), target) else None
+        ratio_plot = target if ratio_figure(study, table_rows, target) else None
     text = section(study, results, figure, report_path, ratio_plot)
     table_file = study.results_dir / "table.md"
     standalone = section(study, results, figure, table_file, ratio_plot).splitlines()[1:-1]  # without the markers
