@@ -216,3 +216,45 @@ def test_chunked_context_pass_equals_reference(arch, monkeypatch):
     ref_loss, ref_g = _reference_grads(model, input_ids, attention_mask, labels, keep)
     assert torch.allclose(loss, ref_loss, rtol=1e-5)
     assert max_relative_error(g, ref_g) <= 1e-4
+
+
+class _TakesCache(torch.nn.Module):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None):
+        return None
+
+
+class _TakesPastKeyValues(torch.nn.Module):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None):
+        return None
+
+
+class _TakesNoCache(torch.nn.Module):
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        return None
+
+
+def test_the_cache_goes_under_the_name_the_model_takes():
+    """transformers 5.24 renamed ``past_key_values`` to ``cache``; both must keep working."""
+    from types import SimpleNamespace
+
+    from tokenseek.models.introspect import output_cache, with_cache
+
+    marker = object()
+    assert with_cache(_TakesCache(), marker) == {"cache": marker}
+    assert with_cache(_TakesPastKeyValues(), marker) == {"past_key_values": marker}
+    with pytest.raises(UnsupportedModelError, match="_TakesNoCache.forward takes no KV cache"):
+        with_cache(_TakesNoCache(), marker)
+    assert output_cache(SimpleNamespace(cache=marker)) is marker
+    assert output_cache(SimpleNamespace(past_key_values=marker)) is marker
+    assert output_cache(SimpleNamespace(cache=None, past_key_values=marker)) is marker
+
+
+def test_ditching_passes_no_deprecated_argument():
+    """A deprecated argument name would warn on every step (and break when transformers drops it)."""
+    import warnings
+
+    model = tiny_model("llama").eval()
+    input_ids, attention_mask, labels = padded_batch()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*(past_key_values|deprecated).*")
+        ditched_loss(model, input_ids, labels, random_keep(attention_mask, 0.5), attention_mask).backward()

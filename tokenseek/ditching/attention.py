@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from tokenseek.errors import UnsupportedModelError
-from tokenseek.models.introspect import attention_configs, unwrap
+from tokenseek.models.introspect import attention_configs, cache_argument, unwrap
 
 KEPT_PASS_ATTENTION = "tokenseek_gqa_sdpa"
 _SUPPORTED_LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -138,7 +138,9 @@ def check_supports_ditching(model: torch.nn.Module) -> None:
     if getattr(config, "is_encoder_decoder", False):
         raise UnsupportedModelError(f"{type(unwrap(model)).__name__} is an encoder-decoder model; token ditching needs a decoder-only causal LM")
     forward = inspect.signature(unwrap(model).forward).parameters
-    for needed in ("past_key_values", "position_ids", "attention_mask"):
+    if cache_argument(model) is None:
+        raise UnsupportedModelError(f"{type(unwrap(model)).__name__}.forward takes no KV cache (`cache` / `past_key_values`), which token ditching needs")
+    for needed in ("position_ids", "attention_mask"):
         if needed not in forward:
             raise UnsupportedModelError(f"{type(unwrap(model)).__name__}.forward has no `{needed}` argument, which token ditching needs")
     attention_windows(config)

@@ -35,7 +35,7 @@ from tokenseek.ditching.attention import (
     kept_pass_attention,
     kept_pass_mask,
 )
-from tokenseek.models.introspect import capture_final_hidden, decoder_layers, eval_mode, unwrap
+from tokenseek.models.introspect import capture_final_hidden, decoder_layers, eval_mode, unwrap, with_cache
 
 
 class ContextCache(DynamicCache):
@@ -124,7 +124,7 @@ def context_pass(
                 input_ids=input_ids[:, start:end],
                 attention_mask=attention_mask[:, :end],  # the cached tokens' padding, then this piece's
                 position_ids=position_ids[:, start:end],
-                past_key_values=cache,
+                **with_cache(model, cache),
                 use_cache=True,
                 **no_logits_kwargs(model, input_ids.device),
             )
@@ -135,7 +135,7 @@ def context_pass(
 def checkpointing_for_kept_pass(model: torch.nn.Module) -> Iterator[None]:
     """Make transformers' gradient checkpointing (if the user turned it on) work in the kept pass.
 
-    - A ``GradientCheckpointingLayer`` drops ``past_key_values`` under checkpointing unless the
+    - A ``GradientCheckpointingLayer`` drops the cache argument under checkpointing unless the
       layer declares it only reads the cache — true of the frozen :class:`ContextCache`.
     - The recompute in backward runs after this pass has returned, so it must switch to the
       kept-pass attention itself (else it would run another attention function and save
@@ -200,7 +200,7 @@ def kept_pass(
             input_ids=torch.gather(input_ids, 1, positions),
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
+            **with_cache(model, cache),
             use_cache=True,
             **extra,
         )

@@ -30,6 +30,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
+from tokenseek.models.introspect import output_cache, with_cache
+
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "tokenseek-prefix"
@@ -136,7 +138,7 @@ class PrefixCachedLM(HFLM):
         return self._forward(inputs, None, use_cache=True, logits_to_keep=1, want_cache=True)
 
     def _forward(self, inputs: torch.Tensor, past, *, use_cache: bool | None = None, logits_to_keep: int | None = None, want_cache: bool = False):
-        kwargs = {"past_key_values": past} if past is not None else {}
+        kwargs = with_cache(self.model, past) if past is not None else {}
         if use_cache is not None:
             kwargs["use_cache"] = use_cache
         if logits_to_keep is not None:
@@ -151,5 +153,5 @@ class PrefixCachedLM(HFLM):
                 # A model without logits_to_keep: all positions' logits, same cache.
                 kwargs.pop("logits_to_keep")
                 output = self.model(input_ids=inputs, **kwargs)
-        return output.past_key_values if want_cache else output.logits
+        return output_cache(output) if want_cache else output.logits
 

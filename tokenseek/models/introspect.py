@@ -9,7 +9,8 @@ hidden states into logits.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import inspect
+from typing import Any, Iterator
 
 import torch
 
@@ -27,6 +28,31 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             model = model._fsdp_wrapped_module
         else:
             return model
+
+
+# The forward argument that takes a KV cache: transformers 5.24 renamed ``past_key_values`` to
+# ``cache`` (the old name is accepted with a deprecation warning until 5.40); newest first.
+CACHE_ARGUMENTS = ("cache", "past_key_values")
+
+
+def cache_argument(model: torch.nn.Module) -> str | None:
+    """The name under which ``model.forward`` takes a KV cache, or None if it takes none."""
+    parameters = inspect.signature(unwrap(model).forward).parameters
+    return next((name for name in CACHE_ARGUMENTS if name in parameters), None)
+
+
+def with_cache(model: torch.nn.Module, cache: Any) -> dict:
+    """``{argument: cache}`` for ``model(**...)`` under the name this transformers version uses."""
+    name = cache_argument(model)
+    if name is None:
+        raise UnsupportedModelError(f"{type(unwrap(model)).__name__}.forward takes no KV cache (no `cache` or `past_key_values` argument)")
+    return {name: cache}
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a forward returned (``output.cache`` from transformers 5.24, ``past_key_values`` before)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
 def text_config(model):

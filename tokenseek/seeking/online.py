@@ -31,7 +31,8 @@ from tokenseek.seeking.context import capture_context_scores
 from tokenseek.seeking.gradient import per_example_loss_grad, reduce_gradient
 from tokenseek.seeking.select import SCORE_WEIGHTS, check_selection, select_keep, target_positions
 
-_CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past")
+# Every name a decoder layer has taken its cache under (``cache`` from transformers 5.24).
+_CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")
 
 
 @dataclass
