@@ -8,7 +8,7 @@ import torch
 from conftest import VOCAB, padded_batch, random_keep, tiny_model
 from reference import grads, max_relative_error, reference_loss
 from tokenseek.ditching.loss import full_loss_sums, kept_targets, step_loss_sums
-from tokenseek.models.introspect import decoder_layers
+from tokenseek.models.introspect import decoder_layers, disable_checkpointing, enable_checkpointing
 
 CHECKPOINT_ARCHS = ["llama", "gemma3_text", "qwen3", "gpt_neox"]
 
@@ -82,7 +82,7 @@ def test_chunked_loss_never_saves_more_than_one_chunk_of_logits():
 @pytest.mark.parametrize("reentrant", [False, True])
 def test_checkpointed_kept_pass_equals_reference_full_finetuning(arch, reentrant):
     model = tiny_model(arch)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    enable_checkpointing(model, use_reentrant=reentrant)
     model.config.use_cache = True
     model.train()
     for module in model.modules():  # training mode for checkpointing, but no dropout to compare against
@@ -95,7 +95,7 @@ def test_checkpointed_kept_pass_equals_reference_full_finetuning(arch, reentrant
     if reentrant:  # reentrant checkpointing needs an input that requires grad (transformers' own rule)
         model.enable_input_require_grads()
     loss, g = _ditched_grads(model, ids, mask, labels, keep, chunk=8)
-    model.gradient_checkpointing_disable()
+    disable_checkpointing(model)
     ref = reference_loss(model, ids, mask, labels, keep, decoder_layers(model))
     ref.backward()
     assert torch.allclose(loss, ref.detach(), rtol=1e-5)
@@ -108,7 +108,7 @@ def test_checkpointed_kept_pass_equals_reference_lora(arch, reentrant):
     from tokenseek.models import apply_peft
 
     model = apply_peft(tiny_model(arch), "lora", r=4, alpha=8, dropout=0.0)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    enable_checkpointing(model, use_reentrant=reentrant)
     if reentrant:
         model.enable_input_require_grads()
     model.train()
@@ -116,7 +116,7 @@ def test_checkpointed_kept_pass_equals_reference_lora(arch, reentrant):
     keep = random_keep(mask, 0.25, seed=4)
     loss, g = _ditched_grads(model, ids, mask, labels, keep, chunk=8)
     assert g and all("lora" in k for k in g)
-    model.base_model.model.gradient_checkpointing_disable()
+    disable_checkpointing(model.base_model.model)
     reference_loss(model, ids, mask, labels, keep, decoder_layers(model)).backward()
     assert max_relative_error(g, grads(model)) <= 1e-4
 
@@ -146,6 +146,6 @@ def test_checkpointing_saves_less_than_without():
         return sum(seen.values())
 
     without = saved_bytes()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_checkpointing(model, use_reentrant=False)
     with_checkpointing = saved_bytes()
     assert with_checkpointing < 0.6 * without

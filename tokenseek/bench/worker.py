@@ -183,7 +183,7 @@ def _load(spec: dict, device: torch.device):
             lora["target_modules"] = lora["target_modules"].split(",")
         model = apply_peft(model, spec["peft"], **lora)
         if spec["checkpointing"]:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            introspect.enable_checkpointing(model, use_reentrant=False)
         model.train()
     return model
 

@@ -55,6 +55,21 @@ def output_cache(output: Any) -> Any:
     return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
+def enable_checkpointing(model: torch.nn.Module, *, use_reentrant: bool = False) -> None:
+    """Turn on transformers' activation (gradient) checkpointing under this version's name
+    (``activation_checkpointing_enable`` from 5.24; the old name warns until v6 removes it)."""
+    kwargs = {"use_reentrant": use_reentrant}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def disable_checkpointing(model: torch.nn.Module) -> None:
+    """Turn activation checkpointing off again (see :func:`enable_checkpointing`)."""
+    (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+
+
 def text_config(model):
     """The decoder's config (the text part of a multimodal config)."""
     config = unwrap(model).config
