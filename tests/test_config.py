@@ -64,6 +64,22 @@ def test_other_trainer_arguments_pass_through(tmp_path):
     assert (args.adam_beta2, args.adam_epsilon, args.hub_model_id, args.dataloader_drop_last) == (0.9, 1e-6, "me/model", True)
 
 
+def test_checkpointing_reaches_the_trainer_without_a_deprecated_name(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*checkpointing.*deprecated.*")
+        args = training_arguments(_config(tmp_path, "", "--gradient-checkpointing"), tmp_path / "run")
+        off = training_arguments(_config(tmp_path, ""), tmp_path / "run")
+    # The user's own settings win, under the old name too (which is theirs to see warned about).
+    own = training_arguments(
+        _config(tmp_path, "activation_checkpointing: true\ntraining_args: {gradient_checkpointing_kwargs: {use_reentrant: true}}\n"), tmp_path / "run"
+    )
+    assert args.gradient_checkpointing is True and args.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    assert off.gradient_checkpointing is False
+    assert own.gradient_checkpointing is True and own.gradient_checkpointing_kwargs == {"use_reentrant": True}
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -165,6 +165,25 @@ def test_train_cli_peft_methods(tmp_path, tiny_model_dir, data_file, peft_method
         assert json.loads((out / "model" / "adapter_config.json").read_text())["peft_type"] == peft_method.upper()
 
 
+def test_train_cli_gradient_checkpointing_reaches_the_kept_pass(tmp_path, tiny_model_dir, data_file, monkeypatch):
+    """--gradient-checkpointing turns on the layers' checkpointing through the Trainer (under
+    whichever name this transformers version takes) and the ditched kept pass runs under it."""
+    import tokenseek.ditching.forward as forward
+    from tokenseek.models.introspect import decoder_layers
+
+    seen, original = [], forward.checkpointing_for_kept_pass
+
+    def spy(model):
+        seen.append(sum(bool(getattr(layer, "gradient_checkpointing", False)) for layer in decoder_layers(model)))
+        return original(model)
+
+    monkeypatch.setattr(forward, "checkpointing_for_kept_pass", spy)
+    argv = ["train", "--model", str(tiny_model_dir), "--data", str(data_file), "--output-dir", str(tmp_path / "run"), "--max-steps", "2",
+            "--grad-accum", "1", "--max-length", "48", "--selection", "random", "--ratio", "0.5", "--gradient-checkpointing"]
+    assert main(argv) == 0
+    assert seen and all(n > 0 for n in seen)
+
+
 def test_yaml_config(tmp_path, tiny_model_dir, data_file):
     config = tmp_path / "train.yaml"
     config.write_text(f"model: {tiny_model_dir}\ndata: {data_file}\nmax_steps: 1\ngrad_accum: 1\nselection: random\nratio: 0.5\nmax_length: 48\n")

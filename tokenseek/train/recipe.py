@@ -65,7 +65,9 @@ class TrainConfig:
         choices=LOSS_NORMS,
     )
     loss_chunk: int = option(DEFAULT_LOSS_CHUNK, "apply the LM head and loss to this many positions at a time (0: all at once)", bookkeeping=True)
-    gradient_checkpointing: bool = option(False, "recompute the kept pass's layers in backward (less memory, more time)", bookkeeping=True)
+    gradient_checkpointing: bool = option(
+        False, "recompute the kept pass's layers in backward (less memory, more time)", aliases=("activation_checkpointing",), bookkeeping=True
+    )
     scores: str | None = option(None, "score store from `tokenseek score` for the scored selections", shown="score into OUTPUT_DIR/scores first")
     peft: str = option("lora", "adapter method (qlora: LoRA on a 4-bit NF4 base)", choices=PEFT_METHODS)
     dtype: str = option(
@@ -241,13 +243,17 @@ def training_arguments(cfg: TrainConfig, out: Path):
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
         disable_tqdm=False,
         **trainer_precision(resolve_dtype(cfg.dtype)),  # autocast; fp32 adapters / master weights (tokenseek.models.placement)
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        # Non-reentrant: works with frozen inputs (PEFT) and keyword arguments; the ditched kept pass supports both.
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
     )
+    # transformers 5.24 renamed gradient_checkpointing to activation_checkpointing (the old name warns).
+    prefix = "activation" if "activation_checkpointing" in _trainer_arg_names() else "gradient"
+    kwargs[f"{prefix}_checkpointing"] = cfg.gradient_checkpointing
+    # Non-reentrant: works with frozen inputs (PEFT) and keyword arguments; the ditched kept pass supports both.
+    kwargs[f"{prefix}_checkpointing_kwargs"] = {"use_reentrant": False} if cfg.gradient_checkpointing else None
     if cfg.eval_steps:
         # Trainer.evaluate reports eval_loss; load_best_model_at_end then keeps the lowest one.
         kwargs.update(eval_strategy="steps", eval_steps=cfg.eval_steps, load_best_model_at_end=cfg.load_best_model_at_end)
+    if {"gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"} & cfg.trainer_args.keys():
+        del kwargs[f"{prefix}_checkpointing_kwargs"]  # the user's own, under either name, wins
     kwargs.update(cfg.trainer_args)
     try:
         args = TrainingArguments(**kwargs)
