@@ -435,3 +435,41 @@ def test_claims_list_the_difference_seed_by_seed():
     text = verdict("beats", a, b)
     assert text.endswith("; per seed: s0 -0.0200, s2 -0.0500.")
     assert "per seed" not in verdict("beats", a, row({1: 1.9, 4: 1.9}))  # one shared seed: no list
+
+
+def test_exact_match_per_task_table_averages_the_seeds(tmp_path):
+    from tokenseek.experiment.report import load_results, rows, task_table, write_report
+    from tokenseek.experiment.runner import result_path
+
+    config = {
+        "study": "tasks",
+        "data": {"path": "x.json", "sample": 4, "heldout": 2},
+        "results_dir": str(tmp_path / "results"),
+        "runs_dir": str(tmp_path / "runs"),
+        "eval": {"heldout": True, "exact_match": True},
+        "report": {"path": str(tmp_path / "RESULTS.md"), "reference": "full-token"},
+        "cells": [
+            {"name": "full-s{seed}", "label": "full-token", "selection": "full", "ratio": 1.0, "grid": {"seed": [0, 1]}},
+            {"name": "rnd-s{seed}", "label": "random 10%", "selection": "random", "ratio": 0.1, "grid": {"seed": [0, 1]}},
+        ],
+    }
+    study = parse_study(config, path=tmp_path / "tasks.yaml")
+    assert task_table(rows(study, load_results(study))) is None  # nothing measured: no table
+    per_task = {
+        "full-s0": {"roman": 0.5, "clock": 1.0},
+        "full-s1": {"roman": 0.25, "clock": 0.5},
+        "rnd-s0": {"roman": 0.0},  # rnd-s1 is not finished; this cell saw no clock item
+    }
+    for name, tasks in per_task.items():
+        path = result_path(study, study.cell(name))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        breakdown = {t: {"records": 4, "accuracy": a} for t, a in tasks.items()}
+        path.write_text(json.dumps({"exact_match": {"accuracy": 0.5, "per_example_correct": [1, 0], "per_task": breakdown}}))
+
+    table = task_table(rows(study, load_results(study)))
+    lines = table.splitlines()
+    assert lines[0] == "| setting | runs | `clock` | `roman` |"
+    assert lines[2] == "| full-token | 2 | 75.0 | 37.5 |"
+    assert lines[3] == "| random 10% | 1 | — | 0.0 |"
+    write_report(study)
+    assert "<details><summary>Exact match per task</summary>" in (tmp_path / "RESULTS.md").read_text()
