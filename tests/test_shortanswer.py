@@ -177,6 +177,40 @@ def test_too_small_answer_budget_is_a_one_line_error(loud_model_dir):
         exact_match(model, tokenizer, records, max_new_tokens=3)
 
 
+def test_eval_cli_exact_match_on_a_users_file(loud_model_dir, tmp_path, capsys):
+    """`tokenseek eval --heldout FILE --exact-match`: records whose output is the model's own
+    greedy answer count as right, the others as wrong; bad requests are one-line errors."""
+    from tokenseek.eval.model import load_for_eval
+
+    model, tokenizer, _ = load_for_eval(str(loud_model_dir))
+    candidates = shortanswer_splits(0, 24, seed=3)[1]
+    answers = [extract_answer(a) for a in greedy_answers(model, tokenizer, candidates, max_new_tokens=24, batch_size=4)]
+    # Same budget below, so the same answers; one that re-tokenises longer than the budget is refused, not compared.
+    fits = [bool(a) and len(tokenizer(a, add_special_tokens=False)["input_ids"]) <= 24 for a in answers]
+    picked = [(r, a) for r, a, ok in zip(candidates, answers, fits) if ok][:4]
+    assert len(picked) == 4
+    records = [{"instruction": r["instruction"], "input": r["input"], "output": a if i < 2 else "(not the answer)"} for i, (r, a) in enumerate(picked)]
+    data, out = tmp_path / "test.json", tmp_path / "em.json"
+    data.write_text(json.dumps(records))
+
+    argv = ["eval", "--model", str(loud_model_dir), "--heldout", str(data), "--exact-match", "--max-new-tokens", "24", "--output", str(out)]
+    assert main(argv) == 0
+    em = json.loads(out.read_text())["exact_match"]
+    assert em["per_example_correct"] == [1, 1, 0, 0] and em["accuracy"] == 0.5
+    assert "exact match 50.0 % (2 of 4 greedy answers" in capsys.readouterr().out
+
+    chat = tmp_path / "chat.json"
+    chat.write_text(json.dumps([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]))
+    for bad, message in [
+        (["--exact-match"], "--exact-match compares answers with held-out records: give --heldout DATA"),
+        (["--heldout", str(chat), "--exact-match"], "--exact-match needs Alpaca records"),
+        (["--heldout", str(data), "--exact-match", "--max-new-tokens", "1"], "raise --max-new-tokens to at least"),
+    ]:
+        assert main(["eval", "--model", str(loud_model_dir), *bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
 # ----------------------------------------------------------------------------- study config
 def _config(tmp_path, model_dir, **extra) -> dict:
     config = {

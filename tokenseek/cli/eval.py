@@ -1,4 +1,4 @@
-"""``tokenseek eval``: few-shot benchmarks (lm-eval, local data) and held-out loss."""
+"""``tokenseek eval``: few-shot benchmarks (lm-eval, local data), held-out loss and exact match."""
 
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "eval",
-        help="benchmark a model (paper's few-shot tasks) and/or its held-out loss",
+        help="benchmark a model (paper's few-shot tasks) and/or its held-out loss and exact match",
         description=(
             "Evaluate a base model, a fine-tuned model folder, a training run's output folder or a PEFT adapter "
-            "on the paper's few-shot benchmarks with lm-evaluation-harness (local data), and/or measure held-out loss."
+            "on the paper's few-shot benchmarks with lm-evaluation-harness (local data), and/or measure held-out loss "
+            "and the exact match of its greedy answers."
         ),
     )
     add_model_args(p)
@@ -87,6 +88,8 @@ def _run(args: argparse.Namespace) -> int:
         from tokenseek.data import load_records
 
         records = load_records(args.heldout, fields=args.fields, limit=args.limit)  # before the slow model load
+    if args.exact_match:
+        _check_exact_match(args, records)
 
     model, tokenizer, info = load_for_eval(args.model, args.adapter, args.quantize, args.dtype)
     results: dict = {**info}
@@ -99,6 +102,14 @@ def _run(args: argparse.Namespace) -> int:
 
         held = heldout_loss(model, tokenizer, records, template=args.template, max_length=args.max_length, batch_size=args.batch_size)
         results["heldout"] = {"data": args.heldout, **held}
+    if args.exact_match:
+        from tokenseek.eval.exact_match import exact_match
+
+        em = exact_match(
+            model, tokenizer, records, template=args.template, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+            budget_setting="--max-new-tokens",
+        )
+        results["exact_match"] = {"data": args.heldout, **em}
     results["wall_time_s"] = round(time.time() - started, 2)
 
     label = _label(info)
@@ -110,8 +121,31 @@ def _run(args: argparse.Namespace) -> int:
         write_text(Path(args.output).with_suffix(".md"), text + "\n")
         print(f"saved to {args.output}")
     else:
-        print(json.dumps({k: v for k, v in results.items() if k not in ("tasks", "table_markdown")}))
+        print(json.dumps(_summary(results)))
     return 0
+
+
+def _check_exact_match(args: argparse.Namespace, records: list[dict] | None) -> None:
+    """Refuse --exact-match without answers to compare with, before the slow model load."""
+    from tokenseek.data.formats import record_format
+
+    if records is None:
+        raise TokenSeekError("--exact-match compares answers with held-out records: give --heldout DATA")
+    formats = sorted({record_format(r) for r in records})
+    if formats != ["alpaca"]:
+        raise TokenSeekError(
+            f"--exact-match needs Alpaca records (instruction, optional input, output); {args.heldout} has {', '.join(formats)} records"
+        )
+    if args.max_new_tokens < 1:
+        raise TokenSeekError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+
+
+def _summary(results: dict) -> dict:
+    """What stdout's JSON line shows: no per-task or per-example lists (--output has them)."""
+    out = {k: v for k, v in results.items() if k not in ("tasks", "table_markdown")}
+    if "exact_match" in out:
+        out["exact_match"] = {k: v for k, v in out["exact_match"].items() if k not in ("per_example_correct", "answers")}
+    return out
 
 
 def _label(info: dict) -> str:

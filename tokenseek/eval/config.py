@@ -28,6 +28,10 @@ class EvalConfig:
     )
     output: str | None = option(None, "write results JSON here (and the tables as .md next to it)")
     heldout: str | None = option(None, "held-out data (.json/.jsonl/.csv/.parquet, e.g. a run's heldout.json): report response-token loss")
+    exact_match: bool = option(
+        False, "with --heldout (Alpaca records): also answer each prompt greedily and report the share whose first answer line equals its output"
+    )
+    max_new_tokens: int = option(40, "with --exact-match: tokens generated per answer at most")
 
     def __post_init__(self) -> None:
         check_options(self)

@@ -91,13 +91,14 @@ def greedy_answers(model, tokenizer, records: list[dict], *, template: str = "al
     return answers
 
 
-def check_answer_budget(tokenizer, records: list[dict], max_new_tokens: int) -> None:
-    """Refuse a budget too small for a reference answer (it could never be matched)."""
+def check_answer_budget(tokenizer, records: list[dict], max_new_tokens: int, setting: str = "eval.exact_match_max_new_tokens") -> None:
+    """Refuse a budget too small for a reference answer (it could never be matched);
+    ``setting`` names where the user sets the budget (a study key or a CLI flag)."""
     longest = max((len(tokenizer(r["output"], add_special_tokens=False)["input_ids"]) for r in records), default=0)
     if longest > max_new_tokens:
         raise TokenSeekError(
             f"a reference answer is {longest} tokens but exact match generates at most {max_new_tokens}: "
-            f"raise eval.exact_match_max_new_tokens to at least {longest}"
+            f"raise {setting} to at least {longest}"
         )
 
 
@@ -110,11 +111,12 @@ def exact_match(
     max_new_tokens: int = 40,
     batch_size: int = 8,
     tasks: list[str | None] | None = None,
+    budget_setting: str = "eval.exact_match_max_new_tokens",
 ) -> dict:
     """Accuracy of greedy answers against each record's ``output``, with the per-example
     correctness (so two models on the same records can be compared pairwise) and the answers.
     ``tasks`` (one name per record) adds a per-task breakdown."""
-    check_answer_budget(tokenizer, records, max_new_tokens)
+    check_answer_budget(tokenizer, records, max_new_tokens, budget_setting)
     answers = greedy_answers(model, tokenizer, records, template=template, max_new_tokens=max_new_tokens, batch_size=batch_size)
     correct = [int(is_correct(a, r["output"])) for a, r in zip(answers, records)]
     out = {

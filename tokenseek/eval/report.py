@@ -57,11 +57,14 @@ def detail_table(results: dict) -> str:
 
 
 def render(results: dict, label: str = "model") -> str:
-    """Everything ``tokenseek eval`` prints: paper table, details, held-out loss."""
+    """Everything ``tokenseek eval`` prints: paper table, details, held-out loss, exact match."""
     parts = []
     if results.get("tasks"):
         parts += [paper_table({label: results}), "", detail_table(results)]
     held = results.get("heldout")
     if held:
         parts += ["", f"held-out loss {held['loss']:.4f} (perplexity {held['perplexity']:.2f}) over {held['tokens']} response tokens in {held['examples']} examples"]
+    em = results.get("exact_match")
+    if em:
+        parts += [f"exact match {100 * em['accuracy']:.1f} % ({em['correct']} of {em['records']} greedy answers, at most {em['max_new_tokens']} new tokens)"]
     return "\n".join(parts)
