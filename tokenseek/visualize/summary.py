@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -17,23 +18,58 @@ def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return int((a & b).sum()) / union if union else 1.0
 
 
+PAIRS = {"context_vs_gradient": ("context", "gradient"), "combined_vs_context": ("combined", "context"), "combined_vs_gradient": ("combined", "gradient")}
+
+
+@dataclass
+class _Tally:
+    """What the per-example pass accumulates for every selection (and for all tokens)."""
+
+    relative: dict = field(default_factory=lambda: {name: [] for name in (*NAMES, "all tokens")})  # kept positions / (n-1)
+    kept_prompt: dict = field(default_factory=lambda: dict.fromkeys(NAMES, 0))
+    kept_total: dict = field(default_factory=lambda: dict.fromkeys(NAMES, 0))
+    first_kept: dict = field(default_factory=lambda: dict.fromkeys(NAMES, 0))
+    response_kept_fraction: dict = field(default_factory=lambda: {name: [] for name in NAMES})
+    counters: dict = field(default_factory=lambda: {name: Counter() for name in NAMES})
+    occurrences: Counter = field(default_factory=Counter)
+    jaccards: dict = field(default_factory=lambda: {key: [] for key in PAIRS})
+    pooled: dict = field(default_factory=lambda: {key: [0, 0] for key in PAIRS})  # intersection, union
+    total_tokens: int = 0
+    prompt_tokens: int = 0
+    prompt_fractions: list = field(default_factory=list)
+
+    def add(self, ex: dict, masks: dict) -> None:
+        n = len(ex["input_ids"])
+        p = min(int(ex["prompt_length"]), n)
+        self.total_tokens += n
+        self.prompt_tokens += p
+        self.prompt_fractions.append(p / n)
+        rel = np.arange(n) / max(n - 1, 1)
+        self.relative["all tokens"].append(rel)
+        ids = np.asarray(ex["input_ids"])
+        self.occurrences.update(ids.tolist())
+        for name in NAMES:
+            mask = masks[name]
+            positions = np.flatnonzero(mask)
+            self.relative[name].append(rel[positions])
+            self.kept_total[name] += len(positions)
+            self.kept_prompt[name] += int((positions < p).sum())
+            self.first_kept[name] += int(mask[0])
+            if n > p:
+                self.response_kept_fraction[name].append(float(mask[p:].mean()))
+            self.counters[name].update(ids[positions].tolist())
+        for key, (a, b) in PAIRS.items():
+            self.jaccards[key].append(_jaccard(masks[a], masks[b]))
+            self.pooled[key][0] += int((masks[a] & masks[b]).sum())
+            self.pooled[key][1] += int((masks[a] | masks[b]).sum())
+
+    def positions(self, name: str) -> np.ndarray:
+        return np.concatenate(self.relative[name]) if self.relative[name] else np.zeros(0)
+
+
 def compute_summary(data, store, tokenizer, *, ratio: float = 0.1, alpha: float = 1.0, beta: float = 1.0, bins: int = 20, top: int = 20) -> dict:
     """Statistics over every example of ``data`` with the selections recomputed from the stored scores."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    relative = {name: [] for name in (*NAMES, "all tokens")}
-    kept_prompt = dict.fromkeys(NAMES, 0)
-    kept_total = dict.fromkeys(NAMES, 0)
-    first_kept = dict.fromkeys(NAMES, 0)
-    response_kept_fraction = {name: [] for name in NAMES}
-    counters = {name: Counter() for name in NAMES}
-    occurrences: Counter = Counter()
-    pairs = {"context_vs_gradient": ("context", "gradient"), "combined_vs_context": ("combined", "context"), "combined_vs_gradient": ("combined", "gradient")}
-    jaccards = {key: [] for key in pairs}
-    pooled = {key: [0, 0] for key in pairs}  # intersection, union
-    text_of: dict[int, str] = {}
-    total_tokens = prompt_tokens = 0
-    prompt_fractions = []
-
+    tally = _Tally()
     for ex in data.examples:
         row = store.get(ex["index"])
         n = len(ex["input_ids"])
@@ -43,89 +79,8 @@ def compute_summary(data, store, tokenizer, *, ratio: float = 0.1, alpha: float 
                 "re-score with the same --data/--template/--max-length"
             )
         _, masks = keep_masks(row["context"], row["gradient"], ratio, alpha, beta)
-        p = min(int(ex["prompt_length"]), n)
-        total_tokens += n
-        prompt_tokens += p
-        prompt_fractions.append(p / n)
-        rel = np.arange(n) / max(n - 1, 1)
-        relative["all tokens"].append(rel)
-        ids = np.asarray(ex["input_ids"])
-        occurrences.update(ids.tolist())
-        for name in NAMES:
-            mask = masks[name]
-            positions = np.flatnonzero(mask)
-            relative[name].append(rel[positions])
-            kept_total[name] += len(positions)
-            kept_prompt[name] += int((positions < p).sum())
-            first_kept[name] += int(mask[0])
-            if n > p:
-                response_kept_fraction[name].append(float(mask[p:].mean()))
-            counters[name].update(ids[positions].tolist())
-        for key, (a, b) in pairs.items():
-            jaccards[key].append(_jaccard(masks[a], masks[b]))
-            pooled[key][0] += int((masks[a] & masks[b]).sum())
-            pooled[key][1] += int((masks[a] | masks[b]).sum())
-
-    def text(token_id: int) -> str:
-        if token_id not in text_of:
-            text_of[token_id] = token_texts(tokenizer, [token_id])[0]
-        return text_of[token_id]
-
+        tally.add(ex, masks)
     examples = len(data.examples)
-    all_rel = np.concatenate(relative["all tokens"])
-    share = {}
-    for name in NAMES:
-        rel = np.concatenate(relative[name]) if relative[name] else np.zeros(0)
-        share[name] = {
-            "prompt": kept_prompt[name] / max(kept_total[name], 1),
-            "response": 1 - kept_prompt[name] / max(kept_total[name], 1),
-            "kept": kept_total[name],
-            "kept_in_prompt": kept_prompt[name],
-            "kept_in_response": kept_total[name] - kept_prompt[name],
-            "mean_relative_position": float(rel.mean()) if rel.size else None,
-            "median_relative_position": float(np.median(rel)) if rel.size else None,
-            "first_token_kept": first_kept[name] / max(examples, 1),
-            "response_tokens_kept_fraction": float(np.mean(response_kept_fraction[name])) if response_kept_fraction[name] else None,
-        }
-    share["all tokens"] = {
-        "prompt": prompt_tokens / max(total_tokens, 1),
-        "response": 1 - prompt_tokens / max(total_tokens, 1),
-        "kept": total_tokens,
-        "kept_in_prompt": prompt_tokens,
-        "kept_in_response": total_tokens - prompt_tokens,
-        "mean_relative_position": float(all_rel.mean()),
-        "median_relative_position": float(np.median(all_rel)),
-        "first_token_kept": 1.0,
-        "response_tokens_kept_fraction": 1.0,
-    }
-    density, counts = {}, {}
-    for name in (*NAMES, "all tokens"):
-        rel = np.concatenate(relative[name]) if relative[name] else np.zeros(0)
-        c, _ = np.histogram(rel, bins=edges)
-        counts[name] = c.tolist()
-        density[name] = (c / max(c.sum(), 1) / (edges[1] - edges[0])).tolist()
-    top_tokens = {
-        name: [
-            {
-                "token": text(token_id),
-                "id": int(token_id),
-                "kept": count,
-                "share_of_kept": count / max(kept_total[name], 1),
-                "occurrences": occurrences[token_id],
-                "kept_rate": count / max(occurrences[token_id], 1),
-            }
-            for token_id, count in counters[name].most_common(top)
-        ]
-        for name in NAMES
-    }
-    overlap = {
-        key: {
-            "mean_jaccard": float(np.mean(values)),
-            "median_jaccard": float(np.median(values)),
-            "pooled_jaccard": pooled[key][0] / max(pooled[key][1], 1),
-        }
-        for key, values in jaccards.items()
-    }
     return {
         "examples": examples,
         "store": str(store.path),
@@ -134,16 +89,94 @@ def compute_summary(data, store, tokenizer, *, ratio: float = 0.1, alpha: float 
         "data_settings": data.settings,
         "selection": {"ratio": ratio, "alpha": alpha, "beta": beta},
         "tokens": {
-            "total": total_tokens,
-            "prompt": prompt_tokens,
-            "response": total_tokens - prompt_tokens,
-            "mean_length": total_tokens / max(examples, 1),
-            "mean_prompt_fraction": float(np.mean(prompt_fractions)),
+            "total": tally.total_tokens,
+            "prompt": tally.prompt_tokens,
+            "response": tally.total_tokens - tally.prompt_tokens,
+            "mean_length": tally.total_tokens / max(examples, 1),
+            "mean_prompt_fraction": float(np.mean(tally.prompt_fractions)),
         },
-        "share": share,
-        "positions": {"bin_edges": edges.tolist(), "density": density, "counts": counts},
-        "overlap": overlap,
-        "top_tokens": top_tokens,
+        "share": _shares(tally, examples),
+        "positions": _position_histograms(tally, bins),
+        "overlap": _overlaps(tally),
+        "top_tokens": _top_tokens(tally, tokenizer, top),
+    }
+
+
+def _shares(tally: _Tally, examples: int) -> dict:
+    """Per selection: how its kept tokens split between prompt and response, and where they sit."""
+    share = {}
+    for name in NAMES:
+        rel = tally.positions(name)
+        kept, in_prompt = tally.kept_total[name], tally.kept_prompt[name]
+        share[name] = {
+            "prompt": in_prompt / max(kept, 1),
+            "response": 1 - in_prompt / max(kept, 1),
+            "kept": kept,
+            "kept_in_prompt": in_prompt,
+            "kept_in_response": kept - in_prompt,
+            "mean_relative_position": float(rel.mean()) if rel.size else None,
+            "median_relative_position": float(np.median(rel)) if rel.size else None,
+            "first_token_kept": tally.first_kept[name] / max(examples, 1),
+            "response_tokens_kept_fraction": float(np.mean(tally.response_kept_fraction[name])) if tally.response_kept_fraction[name] else None,
+        }
+    every = tally.positions("all tokens")
+    share["all tokens"] = {
+        "prompt": tally.prompt_tokens / max(tally.total_tokens, 1),
+        "response": 1 - tally.prompt_tokens / max(tally.total_tokens, 1),
+        "kept": tally.total_tokens,
+        "kept_in_prompt": tally.prompt_tokens,
+        "kept_in_response": tally.total_tokens - tally.prompt_tokens,
+        "mean_relative_position": float(every.mean()),
+        "median_relative_position": float(np.median(every)),
+        "first_token_kept": 1.0,
+        "response_tokens_kept_fraction": 1.0,
+    }
+    return share
+
+
+def _position_histograms(tally: _Tally, bins: int) -> dict:
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    density, counts = {}, {}
+    for name in (*NAMES, "all tokens"):
+        c, _ = np.histogram(tally.positions(name), bins=edges)
+        counts[name] = c.tolist()
+        density[name] = (c / max(c.sum(), 1) / (edges[1] - edges[0])).tolist()
+    return {"bin_edges": edges.tolist(), "density": density, "counts": counts}
+
+
+def _overlaps(tally: _Tally) -> dict:
+    return {
+        key: {
+            "mean_jaccard": float(np.mean(values)),
+            "median_jaccard": float(np.median(values)),
+            "pooled_jaccard": tally.pooled[key][0] / max(tally.pooled[key][1], 1),
+        }
+        for key, values in tally.jaccards.items()
+    }
+
+
+def _top_tokens(tally: _Tally, tokenizer, top: int) -> dict:
+    """The most often kept token ids of each selection, with how often each occurs at all."""
+    text_of: dict[int, str] = {}
+
+    def text(token_id: int) -> str:
+        if token_id not in text_of:
+            text_of[token_id] = token_texts(tokenizer, [token_id])[0]
+        return text_of[token_id]
+
+    return {
+        name: [
+            {
+                "token": text(token_id),
+                "id": int(token_id),
+                "kept": count,
+                "share_of_kept": count / max(tally.kept_total[name], 1),
+                "occurrences": tally.occurrences[token_id],
+                "kept_rate": count / max(tally.occurrences[token_id], 1),
+            }
+            for token_id, count in tally.counters[name].most_common(top)
+        ]
+        for name in NAMES
     }
 
 
