@@ -26,7 +26,7 @@ import torch
 from tokenseek.data.collate import with_keep
 from tokenseek.data.tokenize import TokenizedData, tokenizer_fingerprint
 from tokenseek.errors import TokenSeekError
-from tokenseek.seeking.select import SCORED, check_selection, keep_for_labels
+from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM, SCORED, check_selection, keep_for_labels
 from tokenseek.seeking.online import OnlineSeeker
 from tokenseek.train.trainer import DitchedLossMixin, StepOptions
 
@@ -117,11 +117,11 @@ class TokenSeekSFTTrainer(DitchedLossMixin, SFTTrainer):
     def __init__(
         self,
         *args,
-        ratio: float = 0.1,
+        ratio: float = DEFAULT_RATIO,
         selection: str = "random",
-        select_from: str = "targets",
-        alpha: float = 1.0,
-        beta: float = 1.0,
+        select_from: str = DEFAULT_SELECT_FROM,
+        alpha: float = DEFAULT_ALPHA,
+        beta: float = DEFAULT_BETA,
         scores: str | Path | None = None,
         seeking: str = "offline",
         loss_norm: str = "token",

@@ -29,7 +29,7 @@ from tokenseek.errors import TokenSeekError, UnsupportedModelError
 from tokenseek.models.introspect import capture_final_hidden, decoder, decoder_layers, eval_mode
 from tokenseek.seeking.context import capture_context_scores
 from tokenseek.seeking.gradient import per_example_loss_grad, reduce_gradient
-from tokenseek.seeking.select import SCORE_WEIGHTS, check_selection, select_keep, target_positions
+from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM, SCORE_WEIGHTS, check_selection, select_keep, target_positions
 
 # Every name a decoder layer has taken its cache under (``cache`` from transformers 5.24).
 _CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")
@@ -151,11 +151,11 @@ def _gradient_score(model, state: dict, labels: torch.Tensor, layers_back: int, 
 class OnlineSeeker:
     """Select the kept tokens of each batch inside the training step (``--seeking online``)."""
 
-    ratio: float = 0.1
+    ratio: float = DEFAULT_RATIO
     strategy: str = "tokenseek"
-    alpha: float = 1.0
-    beta: float = 1.0
-    select_from: str = "targets"
+    alpha: float = DEFAULT_ALPHA
+    beta: float = DEFAULT_BETA
+    select_from: str = DEFAULT_SELECT_FROM
     layers_back: int = 1
     grad_mode: str = "abs"
     seed: int = 0

@@ -10,7 +10,7 @@ from tokenseek.constants import IGNORE_INDEX
 from tokenseek.seeking.context import capture_context_scores
 from tokenseek.models.introspect import capture_final_hidden, eval_mode
 from tokenseek.seeking.gradient import frozen, leaf_at_layer, per_example_loss_grad, reduce_gradient
-from tokenseek.seeking.select import combined_score, select_keep, target_positions
+from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM, combined_score, select_keep, target_positions
 
 
 @dataclass
@@ -57,15 +57,15 @@ def seek(
     input_ids: torch.Tensor,
     labels: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
-    alpha: float = 1.0,
-    beta: float = 1.0,
-    ratio: float = 0.1,
+    alpha: float = DEFAULT_ALPHA,
+    beta: float = DEFAULT_BETA,
+    ratio: float = DEFAULT_RATIO,
     strategy: str = "tokenseek",
     *,
     layers_back: int = 1,
     grad_mode: str = "abs",
     seed: int = 0,
-    select_from: str = "targets",
+    select_from: str = DEFAULT_SELECT_FROM,
 ) -> SeekResult:
     """Score every token and choose the kept ones (keep mask feeds :func:`tokenseek.ditched_loss`).
 

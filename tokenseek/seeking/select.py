@@ -15,9 +15,14 @@ from tokenseek.errors import TokenSeekError
 STRATEGIES = ("full", "random", "tokenseek", "context", "gradient", "mixed", "probe")
 # (α, β) of the strategies that fix them; the others use the user's --alpha / --beta.
 SCORE_WEIGHTS = {"random": (0.0, 0.0), "context": (1.0, 0.0), "gradient": (0.0, 1.0)}
+# The defaults of every entry point (CLI, TRL trainer, seek(), online seeking, stores, views):
+# the share of each example's tokens kept, and Eq. 5's weights (only α:β matters; (1, 1) is
+# the paper's [5, 5]).
+DEFAULT_RATIO, DEFAULT_ALPHA, DEFAULT_BETA = 0.1, 1.0, 1.0
 # Where the kept tokens may come from: every real token (the paper's and TokenTune's rule) or
 # only positions whose next token is a training target (the loss exists nowhere else).
 SELECT_FROM = ("targets", "all")
+DEFAULT_SELECT_FROM = "targets"
 # Strategies that need stored context/gradient scores.
 SCORED = ("tokenseek", "context", "gradient", "mixed", "probe")
 
@@ -26,7 +31,7 @@ def keep_count(length: int, ratio: float) -> int:
     return max(1, min(length, math.ceil(ratio * length - 1e-9)))
 
 
-def check_selection(strategy: str, ratio: float, alpha: float = 1.0, beta: float = 1.0, select_from: str = "all") -> None:
+def check_selection(strategy: str, ratio: float, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA, select_from: str = "all") -> None:
     if select_from not in SELECT_FROM:
         raise TokenSeekError(f"unknown --select-from {select_from!r}: choose one of {', '.join(SELECT_FROM)}")
     if strategy not in STRATEGIES:
@@ -46,7 +51,7 @@ def minmax(values: np.ndarray) -> np.ndarray:
     return (values - lo) / (hi - lo)
 
 
-def combined_score(context: np.ndarray, gradient: np.ndarray, alpha: float = 1.0, beta: float = 1.0) -> np.ndarray:
+def combined_score(context: np.ndarray, gradient: np.ndarray, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA) -> np.ndarray:
     """Eq. 5: ``alpha * log(context) + beta * minmax(gradient)``.
 
     Only the ratio alpha:beta matters for which tokens win *within* an example up to the
@@ -80,8 +85,8 @@ def select_keep(
     *,
     context: np.ndarray | None = None,
     gradient: np.ndarray | None = None,
-    alpha: float = 1.0,
-    beta: float = 1.0,
+    alpha: float = DEFAULT_ALPHA,
+    beta: float = DEFAULT_BETA,
     seed: int = 0,
     index: int = 0,
     explore: float = 0.5,
@@ -215,10 +220,10 @@ def keep_for_labels(
     ratio: float,
     strategy: str,
     *,
-    select_from: str = "targets",
+    select_from: str = DEFAULT_SELECT_FROM,
     stored: dict | None = None,
-    alpha: float = 1.0,
-    beta: float = 1.0,
+    alpha: float = DEFAULT_ALPHA,
+    beta: float = DEFAULT_BETA,
     seed: int = 0,
     index: int = 0,
 ) -> np.ndarray:

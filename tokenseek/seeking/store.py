@@ -26,6 +26,7 @@ import torch
 
 from tokenseek.errors import TokenSeekError
 from tokenseek.seeking.config import ScoreConfig
+from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO
 from tokenseek.utils.io import atomic_file, write_json
 
 STORE_VERSION = 1
@@ -255,9 +256,9 @@ def score_dataset(
     batch_size: int = ScoreConfig.batch_size,
     layers_back: int = ScoreConfig.grad_layer,
     grad_mode: str = ScoreConfig.grad_mode,
-    ratio: float = 0.1,
-    alpha: float = 1.0,
-    beta: float = 1.0,
+    ratio: float = DEFAULT_RATIO,
+    alpha: float = DEFAULT_ALPHA,
+    beta: float = DEFAULT_BETA,
     seed: int = ScoreConfig.seed,
     rank: int = 0,
     world_size: int = 1,

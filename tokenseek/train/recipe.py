@@ -19,7 +19,7 @@ from tokenseek.ditching.loss import DEFAULT_LOSS_CHUNK, LOSS_NORMS
 from tokenseek.errors import TokenSeekError, first_line
 from tokenseek.models.adapters import PEFT_METHODS
 from tokenseek.models.placement import DTYPE_CHOICES
-from tokenseek.seeking.select import SELECT_FROM, STRATEGIES
+from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM, SELECT_FROM, STRATEGIES
 from tokenseek.utils.io import write_json
 from tokenseek.utils.options import check_options, flag_name, option, options
 
@@ -47,11 +47,11 @@ class TrainConfig:
     train_on_prompt: bool = option(False, "also compute the loss on prompt tokens")
     heldout: float = option(0.0, "hold out this fraction (<1) or count (>=1) of records for evaluation")
     selection: str = option("tokenseek", "which tokens to back-propagate", choices=STRATEGIES)
-    ratio: float = option(0.1, "fraction of each example's tokens to keep")
-    alpha: float = option(1.0, "weight of log(context score) in Eq. 5")
-    beta: float = option(1.0, "weight of minmax(gradient score) in Eq. 5")
+    ratio: float = option(DEFAULT_RATIO, "fraction of each example's tokens to keep")
+    alpha: float = option(DEFAULT_ALPHA, "weight of log(context score) in Eq. 5")
+    beta: float = option(DEFAULT_BETA, "weight of minmax(gradient score) in Eq. 5")
     select_from: str = option(
-        "targets", "rank only positions with a training target (targets) or every token (all: the paper's rule)", choices=SELECT_FROM
+        DEFAULT_SELECT_FROM, "rank only positions with a training target (targets) or every token (all: the paper's rule)", choices=SELECT_FROM
     )
     seeking: str = option(
         "offline",

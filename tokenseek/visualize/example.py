@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from tokenseek.errors import TokenSeekError
+from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO
 
 # Names of the three selections shown side by side, with the strategy that makes each.
 SELECTIONS = {"context": "context", "gradient": "gradient", "combined": "tokenseek"}
@@ -105,9 +106,9 @@ def compute_example(
     example: dict,
     *,
     position: int,
-    ratio: float = 0.1,
-    alpha: float = 1.0,
-    beta: float = 1.0,
+    ratio: float = DEFAULT_RATIO,
+    alpha: float = DEFAULT_ALPHA,
+    beta: float = DEFAULT_BETA,
     stored: dict | None = None,
     score_source: str = "recomputed",
     layers_back: int = 1,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tokenseek.errors import TokenSeekError
+from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO
 from tokenseek.visualize.example import keep_masks, token_texts
 
 NAMES = ("context", "gradient", "combined")
@@ -67,7 +68,7 @@ class _Tally:
         return np.concatenate(self.relative[name]) if self.relative[name] else np.zeros(0)
 
 
-def compute_summary(data, store, tokenizer, *, ratio: float = 0.1, alpha: float = 1.0, beta: float = 1.0, bins: int = 20, top: int = 20) -> dict:
+def compute_summary(data, store, tokenizer, *, ratio: float = DEFAULT_RATIO, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA, bins: int = 20, top: int = 20) -> dict:
     """Statistics over every example of ``data`` with the selections recomputed from the stored scores."""
     tally = _Tally()
     for ex in data.examples:
