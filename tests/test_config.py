@@ -144,8 +144,8 @@ def test_docs_options_table_matches_trainconfig():
 
 
 def test_every_entry_point_defaults_to_the_cli_selection():
-    """ratio, α, β and select_from default alike in the CLI/YAML, seek(), online seeking, the TRL
-    trainer, score stores' keep masks and the views (one place: tokenseek.seeking.select)."""
+    """ratio, α, β and select_from default alike in the CLI/YAML, seek(), online seeking, the
+    trainers, score stores' keep masks and the views (one place: tokenseek.seeking.select)."""
     import dataclasses
     import inspect
 
@@ -153,25 +153,21 @@ def test_every_entry_point_defaults_to_the_cli_selection():
     from tokenseek.seeking.seek import seek
     from tokenseek.seeking.select import keep_for_labels
     from tokenseek.seeking.store import score_dataset
+    from tokenseek.train.selection import SelectionOptions
     from tokenseek.visualize.example import compute_example
     from tokenseek.visualize.summary import compute_summary
 
     cli = TrainConfig()
     entry_points = [seek, keep_for_labels, score_dataset, compute_example, compute_summary]
-    try:
-        from tokenseek.integrations.trl import TokenSeekSFTTrainer
-
-        entry_points.append(TokenSeekSFTTrainer.__init__)
-    except ImportError:  # the optional TRL extra
-        pass
     checked = 0
     for fn in entry_points:
         for name, parameter in inspect.signature(fn).parameters.items():
             if name in ("ratio", "alpha", "beta", "select_from") and parameter.default is not inspect.Parameter.empty:
                 assert parameter.default == getattr(cli, name), f"{fn.__qualname__}({name}={parameter.default!r})"
                 checked += 1
-    for f in dataclasses.fields(OnlineSeeker):
-        if f.name in ("ratio", "alpha", "beta", "select_from"):
-            assert f.default == getattr(cli, f.name), f"OnlineSeeker.{f.name}"
-            checked += 1
+    for cls in (OnlineSeeker, SelectionOptions):  # the latter: TokenSeekTrainer's and TRL's TokenSeekSFTTrainer's keywords
+        for f in dataclasses.fields(cls):
+            if f.name in ("ratio", "alpha", "beta", "select_from"):
+                assert f.default == getattr(cli, f.name), f"{cls.__name__}.{f.name}"
+                checked += 1
     assert checked >= 20

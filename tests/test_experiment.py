@@ -305,39 +305,48 @@ def test_committed_study_configs_load_and_share_runs():
     )
 
 
-def test_ratio_sweep_figure_from_result_files(tmp_path):
-    """Fig. 3 data: one line per spread across ratios, mean/min/max over the finished seeds,
-    the reference row as a level; drawn once, and unchanged on a second report."""
-    from tokenseek.experiment.report import ratio_panels, rows, write_report
-    from tokenseek.experiment.runner import result_path
-
+def _results_only_study(tmp_path, name: str, cells: list, **report):
+    """A study whose results are written by the test (no data, no training): for report checks."""
     config = {
-        "study": "sweep",
+        "study": name,
         "data": {"path": "x.json", "sample": 4, "heldout": 2},
         "results_dir": str(tmp_path / "results"),
         "runs_dir": str(tmp_path / "runs"),
         "eval": {"heldout": True, "exact_match": True},
-        "report": {
-            "path": str(tmp_path / "RESULTS.md"),
-            "reference": "full-token",
-            "spreads": [
-                {"claim": "random across ratios", "metric": "exact_match", "labels": ["random 5%", "random 20%"]},
-                {"claim": "one ratio only: no line", "labels": ["random 5%"]},
-            ],
-        },
-        "cells": [
+        "report": {"path": str(tmp_path / "RESULTS.md"), "reference": "full-token", **report},
+        "cells": cells,
+    }
+    return parse_study(config, path=tmp_path / f"{name}.yaml")
+
+
+def _write_results(study, results: dict) -> None:
+    from tokenseek.experiment.runner import result_path
+
+    for name, result in results.items():
+        path = result_path(study, study.cell(name))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result))
+
+
+def test_ratio_sweep_figure_from_result_files(tmp_path):
+    """Fig. 3 data: one line per spread across ratios, mean/min/max over the finished seeds,
+    the reference row as a level; drawn once, and unchanged on a second report."""
+    from tokenseek.experiment.report import load_results, ratio_panels, rows, write_report
+
+    study = _results_only_study(
+        tmp_path, "sweep",
+        [
             {"name": "full-s{seed}", "label": "full-token", "selection": "full", "ratio": 1.0, "grid": {"seed": [0, 1]}},
             {"name": "rnd{pct}-s{seed}", "label": "random {pct}%", "selection": "random", "grid": {"ratio": [0.05, 0.2], "seed": [0, 1, 2]}},
         ],
-    }
-    study = parse_study(config, path=tmp_path / "sweep.yaml")
+        spreads=[
+            {"claim": "random across ratios", "metric": "exact_match", "labels": ["random 5%", "random 20%"]},
+            {"claim": "one ratio only: no line", "labels": ["random 5%"]},
+        ],
+    )
     accuracy = {"full-s0": 0.8, "full-s1": 0.6, "rnd5-s0": 0.3, "rnd5-s1": 0.1, "rnd5-s2": 0.4, "rnd20-s0": 0.7, "rnd20-s1": 0.5}
-    for name, acc in accuracy.items():  # rnd20-s2 is not finished
-        path = result_path(study, study.cell(name))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"exact_match": {"accuracy": acc, "per_example_correct": [1, 0]}}))
-
-    from tokenseek.experiment.report import load_results
+    # rnd20-s2 is not finished
+    _write_results(study, {name: {"exact_match": {"accuracy": acc, "per_example_correct": [1, 0]}} for name, acc in accuracy.items()})
 
     (panel,) = ratio_panels(study, rows(study, load_results(study)))
     (line,) = panel["series"]
@@ -439,32 +448,21 @@ def test_claims_list_the_difference_seed_by_seed():
 
 def test_exact_match_per_task_table_averages_the_seeds(tmp_path):
     from tokenseek.experiment.report import load_results, rows, task_table, write_report
-    from tokenseek.experiment.runner import result_path
 
-    config = {
-        "study": "tasks",
-        "data": {"path": "x.json", "sample": 4, "heldout": 2},
-        "results_dir": str(tmp_path / "results"),
-        "runs_dir": str(tmp_path / "runs"),
-        "eval": {"heldout": True, "exact_match": True},
-        "report": {"path": str(tmp_path / "RESULTS.md"), "reference": "full-token"},
-        "cells": [
-            {"name": "full-s{seed}", "label": "full-token", "selection": "full", "ratio": 1.0, "grid": {"seed": [0, 1]}},
-            {"name": "rnd-s{seed}", "label": "random 10%", "selection": "random", "ratio": 0.1, "grid": {"seed": [0, 1]}},
-        ],
-    }
-    study = parse_study(config, path=tmp_path / "tasks.yaml")
+    study = _results_only_study(tmp_path, "tasks", [
+        {"name": "full-s{seed}", "label": "full-token", "selection": "full", "ratio": 1.0, "grid": {"seed": [0, 1]}},
+        {"name": "rnd-s{seed}", "label": "random 10%", "selection": "random", "ratio": 0.1, "grid": {"seed": [0, 1]}},
+    ])
     assert task_table(rows(study, load_results(study))) is None  # nothing measured: no table
     per_task = {
         "full-s0": {"roman": 0.5, "clock": 1.0},
         "full-s1": {"roman": 0.25, "clock": 0.5},
         "rnd-s0": {"roman": 0.0},  # rnd-s1 is not finished; this cell saw no clock item
     }
-    for name, tasks in per_task.items():
-        path = result_path(study, study.cell(name))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        breakdown = {t: {"records": 4, "accuracy": a} for t, a in tasks.items()}
-        path.write_text(json.dumps({"exact_match": {"accuracy": 0.5, "per_example_correct": [1, 0], "per_task": breakdown}}))
+    _write_results(study, {
+        name: {"exact_match": {"accuracy": 0.5, "per_example_correct": [1, 0], "per_task": {t: {"records": 4, "accuracy": a} for t, a in tasks.items()}}}
+        for name, tasks in per_task.items()
+    })
 
     table = task_table(rows(study, load_results(study)))
     lines = table.splitlines()

@@ -10,6 +10,7 @@ import torch
 from conftest import padded_batch, random_keep, tiny_model
 from tokenseek.cli.main import main
 from tokenseek.data import DitchingCollator
+from tokenseek.errors import TokenSeekError
 
 
 def _one_sgd_step(model, features, batch_size, grad_accum, tmp_path):
@@ -218,3 +219,73 @@ def test_memory_budget_run_resumes_with_its_ratio(tmp_path, tiny_model_dir, data
     assert main(argv) == 0
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["resumed_from"] and summary["ratio"] == 0.5
+
+
+# ----------------------------------------------------------------------------- drop-in for Trainer users
+def _user_dataset(tokenizer, n: int = 8):
+    """What a Trainer user has: tokenised examples, labels -100 on the prompt (no tokenseek helper)."""
+    from datasets import Dataset
+
+    rows = []
+    for i in range(n):
+        prompt = tokenizer(f"Question {i}: what is {i} plus {i}? Answer:")["input_ids"]
+        answer = tokenizer(f" {2 * i}, because {i} + {i} = {2 * i}.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append({"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer})
+    return Dataset.from_list(rows)
+
+
+def _user_trainer(tmp_path, tiny_model_dir, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+
+    from tokenseek.train import TokenSeekTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+        learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
+    )
+    return TokenSeekTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=args, train_dataset=_user_dataset(tokenizer),
+        processing_class=tokenizer, **kwargs,
+    )
+
+
+def test_trainer_drop_in_random_selection_trains_with_the_ditched_loss(tmp_path, tiny_model_dir, monkeypatch):
+    from trainer_checks import check_keep, spy_on_loss
+
+    trainer = _user_trainer(tmp_path, tiny_model_dir, ratio=0.3)  # no collator given: DitchingCollator pads
+    seen = spy_on_loss(trainer, monkeypatch)
+    trainer.train()
+    assert len(seen) == 4  # 2 steps x 2 accumulated micro-batches
+    for window in (seen[0:2], seen[2:4]):
+        counts = [int((w["inputs"]["shift_labels"] != -100).sum()) for w in window]
+        assert int(window[0]["num_items"]) == sum(counts)
+        for w, count in zip(window, counts):
+            check_keep(w["inputs"], 0.3)
+            assert w["ditched_forwards"] == 1
+            torch.testing.assert_close(w["loss"] * w["num_items"], w["reference"] * count, rtol=1e-5, atol=1e-5)
+
+
+def test_trainer_drop_in_scored_and_online_selection(tmp_path, tiny_model_dir):
+    from trainer_checks import check_stored_keep
+
+    trainer = _user_trainer(tmp_path, tiny_model_dir, selection="tokenseek", ratio=0.3, scores=tmp_path / "scores")
+    assert (tmp_path / "scores" / "scores.parquet").is_file()
+    check_stored_keep(trainer, 0.3)
+
+    online = _user_trainer(tmp_path, tiny_model_dir, selection="tokenseek", seeking="online", ratio=0.3, beta=0.0)
+    assert online.offline_keep is None and online.step_options.online.beta == 0.0
+    online.train()
+    assert online.online_tally.examples == 8 and online.online_tally.kept_targets > 0
+
+
+def test_trainer_drop_in_bad_keywords_are_one_line_errors(tmp_path, tiny_model_dir):
+    from tokenseek.train.trainer import StepOptions
+
+    for kwargs, message in [
+        ({"selection": "tokenseek"}, "needs token scores: pass scores=DIR"),
+        ({"ratio": 1.5}, "ratio"),
+        ({"ratio": 0.1, "step": StepOptions()}, "either selection keywords"),
+    ]:
+        with pytest.raises(TokenSeekError, match=message):
+            _user_trainer(tmp_path, tiny_model_dir, **kwargs)

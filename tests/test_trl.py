@@ -10,6 +10,7 @@ pytest.importorskip("trl", reason="TRL is an optional extra (pip install 'tokens
 from tokenseek import ditched_loss  # noqa: E402
 from tokenseek.errors import TokenSeekError  # noqa: E402
 from tokenseek.seeking.select import target_positions  # noqa: E402
+from trainer_checks import check_keep as _check_keep, check_stored_keep, spy_on_loss as _spy_on_loss  # noqa: E402
 
 PROMPTS = [{"prompt": f"Question {i}: what is {i} plus {i}? Answer:", "completion": f" {2 * i}, because {i} + {i} = {2 * i}."} for i in range(8)]
 
@@ -38,39 +39,6 @@ def _trainer(tmp_path, tiny_model_dir, dataset_rows=PROMPTS, *, config=None, tok
         processing_class=tokenizer or AutoTokenizer.from_pretrained(tiny_model_dir),
         **kwargs,
     )
-
-
-def _spy_on_loss(trainer, monkeypatch):
-    """Record, for every training micro-batch, TRL's batch, the trainer's loss, the reference, and
-    how many two-pass ditched forwards the trainer ran (the loss value alone cannot tell: a full
-    forward scored at the kept positions gives the same number, without saving any memory)."""
-    import tokenseek.ditching.loss as loss_module
-
-    seen, compute_loss, forwards = [], trainer.compute_loss, []
-    ditched_forward = loss_module.ditched_forward
-    monkeypatch.setattr(loss_module, "ditched_forward", lambda *a, **k: forwards.append(1) or ditched_forward(*a, **k))
-
-    def spy(model, inputs, return_outputs=False, num_items_in_batch=None):
-        before = len(forwards)
-        loss = compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        ran = len(forwards) - before
-        with torch.no_grad():
-            reference = ditched_loss(model, inputs["input_ids"], inputs["labels"], inputs["keep"], inputs["attention_mask"])
-        seen.append({"inputs": inputs, "loss": loss.detach(), "reference": reference, "num_items": num_items_in_batch, "ditched_forwards": ran})
-        return loss
-
-    trainer.compute_loss = spy
-    return seen
-
-
-def _check_keep(inputs, ratio):
-    for row in range(inputs["input_ids"].shape[0]):
-        real = inputs["attention_mask"][row].bool()
-        keep, labels = inputs["keep"][row][real], inputs["labels"][row][real]
-        targets = torch.from_numpy(target_positions(labels.numpy()))
-        assert not (keep & ~targets).any(), "a kept position has no training target"
-        assert int(keep.sum()) == min(int(-(-ratio * int(real.sum()) // 1)), int(targets.sum()))
-    assert not inputs["keep"][~inputs["attention_mask"].bool()].any()
 
 
 def test_trl_trains_with_the_ditched_loss_on_its_own_batches(tmp_path, tiny_model_dir, monkeypatch):
@@ -119,20 +87,9 @@ def test_conversations_with_assistant_masks(tmp_path, tiny_model_dir, monkeypatc
 
 
 def test_scored_selection_from_a_store(tmp_path, tiny_model_dir):
-    from tokenseek.seeking.select import keep_for_labels
-
     trainer = _trainer(tmp_path, tiny_model_dir, selection="tokenseek", ratio=0.3, scores=tmp_path / "scores")
     assert (tmp_path / "scores" / "scores.parquet").is_file()
-    batch = next(iter(trainer.get_train_dataloader()))
-    store, index_of = trainer.offline_keep.scores, trainer.offline_keep.index_of
-    from tokenseek.integrations.trl import example_key
-
-    for row in range(batch["input_ids"].shape[0]):
-        real = batch["attention_mask"][row].bool()
-        ids, labels = batch["input_ids"][row][real], batch["labels"][row][real]
-        stored = store.get(index_of[example_key(ids, labels)])
-        expected = keep_for_labels(labels.numpy(), 0.3, "tokenseek", stored=stored)
-        assert batch["keep"][row][real].tolist() == expected.tolist()
+    check_stored_keep(trainer, 0.3)
     # A second trainer reuses the store instead of re-scoring.
     mtime = (tmp_path / "scores" / "scores.parquet").stat().st_mtime
     _trainer(tmp_path, tiny_model_dir, selection="tokenseek", ratio=0.3, scores=tmp_path / "scores")

@@ -40,3 +40,17 @@ def check_keep(inputs, ratio):
         assert not (keep & ~targets).any(), "a kept position has no training target"
         assert int(keep.sum()) == min(int(-(-ratio * int(real.sum()) // 1)), int(targets.sum()))
     assert not inputs["keep"][~inputs["attention_mask"].bool()].any()
+
+
+def check_stored_keep(trainer, ratio):
+    """Each row of the first training batch keeps what the stored scores of that example say."""
+    from tokenseek.seeking.select import keep_for_labels
+    from tokenseek.train.selection import example_key
+
+    batch = next(iter(trainer.get_train_dataloader()))
+    store, index_of = trainer.offline_keep.scores, trainer.offline_keep.index_of
+    for row in range(batch["input_ids"].shape[0]):
+        real = batch["attention_mask"][row].bool()
+        ids, labels = batch["input_ids"][row][real], batch["labels"][row][real]
+        expected = keep_for_labels(labels.numpy(), ratio, "tokenseek", stored=store.get(index_of[example_key(ids, labels)]))
+        assert batch["keep"][row][real].tolist() == expected.tolist()

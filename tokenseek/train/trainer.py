@@ -23,9 +23,12 @@ import torch
 from transformers import Trainer
 
 from tokenseek.constants import IGNORE_INDEX
+from tokenseek.data.collate import DitchingCollator
 from tokenseek.ditching.loss import DEFAULT_LOSS_CHUNK, LOSS_NORMS, kept_targets, step_loss_sums
+from tokenseek.errors import TokenSeekError
 from tokenseek.seeking.online import OnlineSeeker
-from tokenseek.seeking.select import KeptSetDrift, SelectionTally, keep_count
+from tokenseek.seeking.select import SCORED, KeptSetDrift, SelectionTally, keep_count
+from tokenseek.train.selection import KeepingCollator, OfflineKeep, SelectionOptions, example_key, tokenized_examples
 
 
 
@@ -129,9 +132,86 @@ class DitchedLossMixin:
         return sum(min(keep_count(n, options.online.ratio), t) for n, t in zip(lengths, targets))
 
 
-class TokenSeekTrainer(DitchedLossMixin, Trainer):
-    """transformers' ``Trainer`` with the ditched loss; batches from :class:`tokenseek.data.DitchingCollator`."""
+class SelectingMixin(DitchedLossMixin):
+    """A trainer that chooses the kept tokens itself (:class:`SelectionOptions`): a keep mask
+    added to each collated training batch, or chosen inside each step (online seeking)."""
+
+    def _init_selection(self, options: SelectionOptions, *, max_length: int | None, source: str) -> None:
+        step = StepOptions(loss_norm=options.loss_norm)
+        if options.loss_chunk is not None:
+            step.loss_chunk = options.loss_chunk
+        online = options.seeking == "online"
+        if online:
+            step.online = OnlineSeeker(
+                ratio=options.ratio, strategy=options.selection, alpha=options.alpha, beta=options.beta,
+                select_from=options.select_from, seed=self.args.seed,
+            )
+        self._init_ditching(step)
+        self.offline_keep = None
+        if not online:
+            self.offline_keep = OfflineKeep(
+                options.ratio, options.selection, select_from=options.select_from, alpha=options.alpha, beta=options.beta, seed=self.args.seed
+            )
+            if options.selection in SCORED:
+                self.offline_keep.scores, self.offline_keep.index_of = self._score(options.scores, max_length, source)
+
+    def get_train_dataloader(self):
+        # Only training batches get a keep mask; evaluation batches are collated as the trainer does.
+        if getattr(self, "offline_keep", None) is None:
+            return super().get_train_dataloader()
+        collator = self.data_collator
+        self.data_collator = KeepingCollator(collator, self.offline_keep)
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = collator
+
+    def _score(self, out, max_length: int | None, source: str):
+        """Score the tokenised train set into ``out`` (or open it); returns (store, index by content)."""
+        from tokenseek.seeking.store import score_dataset
+
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        if tokenizer is None:
+            raise TokenSeekError("scored selection needs the tokenizer: pass processing_class=tokenizer")
+        data = tokenized_examples(self.train_dataset, tokenizer, max_length, source)
+        store = score_dataset(
+            self.model, tokenizer, data, out, batch_size=self.args.per_device_train_batch_size,
+            # Under torchrun/accelerate each process scores its share; rank 0 merges the store.
+            rank=self.args.process_index, world_size=self.args.world_size,
+        )
+        return store, {example_key(ex["input_ids"], ex["labels"]): ex["index"] for ex in data.examples}
+
+
+class TokenSeekTrainer(SelectingMixin, Trainer):
+    """transformers' ``Trainer`` that back-propagates only the kept tokens of each example.
+
+    As a drop-in: a train dataset of tokenised examples (``input_ids``, ``labels`` with -100
+    where there is no loss) and the selection keywords of :class:`SelectionOptions`
+    (``ratio=0.1, selection="random"`` or ``"tokenseek"`` with ``scores=DIR`` or
+    ``seeking="online"`` …); batches are padded by :class:`tokenseek.data.DitchingCollator`
+    unless a ``data_collator`` is given. Without selection keywords the batches bring their
+    own ``keep`` column (``tokenseek train``'s way) and ``step`` says how the step runs.
+    """
 
     def __init__(self, *args, step: StepOptions | None = None, **kwargs):
+        options = SelectionOptions.pop_from(kwargs)
+        if options is not None and step is not None:
+            raise TokenSeekError("give either selection keywords (ratio=..., selection=...) or step=StepOptions(...), not both")
+        if kwargs.get("data_collator") is None:
+            kwargs["data_collator"] = DitchingCollator(_pad_token_id(kwargs.get("processing_class"), kwargs.get("model")))
         super().__init__(*args, **kwargs)
-        self._init_ditching(step)
+        if options is None:
+            self._init_ditching(step)
+        else:
+            self._init_selection(options, max_length=None, source="trainer")
+
+
+def _pad_token_id(processing_class, model) -> int:
+    """The pad id for the default collator: the tokenizer's, else the model's, else EOS (as TRL does)."""
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    config = getattr(model, "config", None)
+    for candidate in (getattr(tokenizer, "pad_token_id", None), getattr(config, "pad_token_id", None),
+                      getattr(tokenizer, "eos_token_id", None), getattr(config, "eos_token_id", None)):
+        if isinstance(candidate, int):
+            return candidate
+    return 0  # padding is masked out of attention and loss, so any id works
