@@ -197,7 +197,7 @@ class TokenSeekTrainer(SelectingMixin, Trainer):
         options = SelectionOptions.pop_from(kwargs)
         if options is not None and step is not None:
             raise TokenSeekError("give either selection keywords (ratio=..., selection=...) or step=StepOptions(...), not both")
-        if kwargs.get("data_collator") is None:
+        if len(args) < 3 and kwargs.get("data_collator") is None:  # Trainer(model, args, data_collator, ...)
             kwargs["data_collator"] = DitchingCollator(_pad_token_id(kwargs.get("processing_class"), kwargs.get("model")))
         super().__init__(*args, **kwargs)
         if options is None:
