@@ -409,6 +409,34 @@ def test_a_cell_another_process_holds_is_skipped_and_a_busy_store_is_waited_for(
     assert json.loads((folder / "meta.json").read_text())["complete"]
 
 
+def test_a_cell_whose_store_another_process_writes_goes_behind_the_others(tmp_path, tiny_model_dir, data_file, capsys):
+    """While another process scores the store a cell needs, the runner trains the cells that need
+    no store first (instead of idling), then takes the waiting cell."""
+    import threading
+
+    from tokenseek.experiment import load_study
+    from tokenseek.experiment.runner import lock_path, store_dir
+    from tokenseek.utils.io import file_lock
+
+    config = _study(tmp_path, tiny_model_dir, data_file)
+    config["cells"].reverse()  # the TokenSeek cell (needs the store) first, full-token after it
+    path = _write(tmp_path, config)
+    study = load_study(path)
+    folder = store_dir(study, study.cell("ts50-s0").scoring())
+    lock = file_lock(lock_path(folder), wait=False)
+    assert lock.__enter__()  # "another process" is scoring the store ...
+    timer = threading.Timer(3.0, lambda: lock.__exit__(None, None, None))  # ... and finishes later
+    timer.start()
+    try:
+        assert main(["experiment", path, "--no-report"]) == 0
+    finally:
+        timer.join()
+    out = capsys.readouterr().out
+    deferred = out.index("ts50-s0: its score store is being written by another process; running other cells first")
+    assert deferred < out.index("[1/2] full-s0") < out.index("[2/2] ts50-s0")
+    assert sorted(p.name for p in (tmp_path / "results" / "toy").glob("*.json")) == ["full-s0.json", "ts50-s0.json"]
+
+
 def test_lower_seed_variance_is_an_f_test():
     """Claim (iii): 'a varies less than b' is held only when an F-test says so; with three seeds
     each, F(2, 2) has the closed form P(F > x) = 1 / (1 + x)."""

@@ -26,6 +26,7 @@ import math
 import platform
 import subprocess
 import time
+from collections import deque
 from pathlib import Path
 
 from tokenseek.errors import TokenSeekError
@@ -522,7 +523,9 @@ def run_study(study: Study, only: list[str] | None = None, *, dry_run: bool = Fa
         return statuses
     progress(f"study {study.study}: {len(todo)} of {len(cells)} cell(s) to run")
     data = sample_data(study)
-    for i, c in enumerate(todo, 1):
+    queue, told = deque(todo), set()
+    for i in range(1, len(todo) + 1):
+        c = _next_cell(study, queue, told, progress)
         # Several runner processes may work on one study (or on studies sharing runs): each
         # cell is run by whichever takes its lock first; the others move on to the next cell.
         with file_lock(lock_path(run_dir(study, c)), wait=False) as mine:
@@ -543,6 +546,34 @@ def run_study(study: Study, only: list[str] | None = None, *, dry_run: bool = Fa
         )
         statuses[c.name] = "finished"
     return statuses
+
+
+def _next_cell(study: Study, queue: deque, told: set, progress) -> Cell:
+    """The next cell to run: a cell whose score store another process is still writing goes
+    behind the others (scoring a store takes as long as training a cell), unless only such
+    cells are left; then it is taken and waits for the store."""
+    for _ in range(len(queue)):
+        cell = queue.popleft()
+        if not _store_busy(study, cell):
+            return cell
+        if cell.name not in told:
+            progress(f"  {cell.name}: its score store is being written by another process; running other cells first")
+            told.add(cell.name)
+        queue.append(cell)
+    return queue.popleft()
+
+
+def _store_busy(study: Study, cell: Cell) -> bool:
+    """Whether the cell needs a score store that is unfinished and locked by another process."""
+    setting = cell.scoring()
+    if setting is None:
+        return False
+    folder = store_dir(study, setting)
+    meta = read_json(folder / "meta.json")
+    if meta and meta.get("complete"):
+        return False
+    with file_lock(lock_path(folder), wait=False) as free:
+        return not free
 
 
 def _describe(cell: Cell) -> str:
