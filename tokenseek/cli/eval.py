@@ -92,6 +92,10 @@ def _run(args: argparse.Namespace) -> int:
         _check_exact_match(args, records)
 
     model, tokenizer, info = load_for_eval(args.model, args.adapter, args.quantize, args.dtype)
+    if args.exact_match:
+        from tokenseek.eval.exact_match import check_answer_budget
+
+        check_answer_budget(tokenizer, records, args.max_new_tokens, "--max-new-tokens")  # before any slow pass
     results: dict = {**info}
     if selection is not None:
         from tokenseek.eval.harness import evaluate_tasks
@@ -100,14 +104,16 @@ def _run(args: argparse.Namespace) -> int:
     if records is not None:
         from tokenseek.eval.heldout import heldout_loss
 
-        held = heldout_loss(model, tokenizer, records, template=args.template, max_length=args.max_length, batch_size=args.batch_size)
+        held = heldout_loss(
+            model, tokenizer, records, template=args.template, max_length=args.max_length, batch_size=args.batch_size, progress=True
+        )
         results["heldout"] = {"data": args.heldout, **held}
     if args.exact_match:
         from tokenseek.eval.exact_match import exact_match
 
         em = exact_match(
             model, tokenizer, records, template=args.template, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-            budget_setting="--max-new-tokens",
+            budget_setting="--max-new-tokens", progress=True,
         )
         results["exact_match"] = {"data": args.heldout, **em}
     results["wall_time_s"] = round(time.time() - started, 2)

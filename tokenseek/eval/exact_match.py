@@ -47,12 +47,16 @@ class _LineDone:
 
 
 @torch.no_grad()
-def greedy_answers(model, tokenizer, records: list[dict], *, template: str = "alpaca", max_new_tokens: int = 40, batch_size: int = 8) -> list[str]:
+def greedy_answers(
+    model, tokenizer, records: list[dict], *, template: str = "alpaca", max_new_tokens: int = 40, batch_size: int = 8, progress: bool = False
+) -> list[str]:
     """Greedy continuations of each record's prompt (decoded, special tokens dropped), in order.
 
     Prompts are left-padded into batches of similar length so every row's answer starts at the
     same column; the attention mask keeps the padding out of attention and positions.
+    ``progress``: a bar over the batches (on stderr).
     """
+    from tqdm.auto import tqdm
     from transformers import GenerationConfig, StoppingCriteriaList
 
     from tokenseek.data import prompt_ids
@@ -69,7 +73,7 @@ def greedy_answers(model, tokenizer, records: list[dict], *, template: str = "al
     model.eval()
     answers: list[str] = [""] * len(records)
     try:
-        for start in range(0, len(order), max(1, batch_size)):
+        for start in tqdm(range(0, len(order), max(1, batch_size)), desc="greedy answers", unit="batch", disable=not progress):
             rows = order[start : start + batch_size]
             width = max(len(prompts[i]) for i in rows)
             ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -112,12 +116,13 @@ def exact_match(
     batch_size: int = 8,
     tasks: list[str | None] | None = None,
     budget_setting: str = "eval.exact_match_max_new_tokens",
+    progress: bool = False,
 ) -> dict:
     """Accuracy of greedy answers against each record's ``output``, with the per-example
     correctness (so two models on the same records can be compared pairwise) and the answers.
     ``tasks`` (one name per record) adds a per-task breakdown."""
     check_answer_budget(tokenizer, records, max_new_tokens, budget_setting)
-    answers = greedy_answers(model, tokenizer, records, template=template, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    answers = greedy_answers(model, tokenizer, records, template=template, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
     correct = [int(is_correct(a, r["output"])) for a, r in zip(answers, records)]
     out = {
         "records": len(records),

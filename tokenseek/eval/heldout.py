@@ -11,14 +11,18 @@ from tokenseek.constants import IGNORE_INDEX
 
 
 @torch.no_grad()
-def heldout_loss(model, tokenizer, records: list[dict], template: str = "alpaca", max_length: int = 512, batch_size: int = 8) -> dict:
+def heldout_loss(
+    model, tokenizer, records: list[dict], template: str = "alpaca", max_length: int = 512, batch_size: int = 8, progress: bool = False
+) -> dict:
     """Token-weighted mean loss over the response tokens of ``records`` and its perplexity.
 
     Every response token counts once, whichever example it is in (a per-example
     mean would over-weight short answers). Returns ``dict(loss, perplexity, tokens,
     examples)``; ``examples`` excludes records with no response token left after
-    truncation to ``max_length``.
+    truncation to ``max_length``. ``progress``: a bar over the batches (on stderr).
     """
+    from tqdm.auto import tqdm
+
     from tokenseek.models.loading import disable_bnb_inference_repacking
 
     data = tokenize_records(records, tokenizer, template=template, max_length=max_length)
@@ -32,7 +36,7 @@ def heldout_loss(model, tokenizer, records: list[dict], template: str = "alpaca"
     model.eval()
     total, count = 0.0, 0
     try:
-        for start in range(0, len(examples), max(1, batch_size)):
+        for start in tqdm(range(0, len(examples), max(1, batch_size)), desc="held-out loss", unit="batch", disable=not progress):
             batch = examples[start : start + batch_size]
             width = max(len(e["input_ids"]) for e in batch)
             ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
