@@ -499,3 +499,19 @@ def test_exact_match_per_task_table_averages_the_seeds(tmp_path):
     assert lines[3] == "| random 10% | 1 | — | 0.0 |"
     write_report(study)
     assert "<details><summary>Exact match per task</summary>" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_dry_run_estimates_the_time_left_from_finished_cells(tmp_path, capsys):
+    from tokenseek.experiment.runner import cell_status, remaining_estimate
+
+    study = _results_only_study(tmp_path, "left", [
+        {"name": "full-s{seed}", "label": "full-token", "selection": "full", "ratio": 1.0, "grid": {"seed": [0, 1, 2, 3, 4]}},
+    ])
+    assert remaining_estimate(study, study.cells, {c.name: "todo" for c in study.cells}) is None  # nothing measured yet
+    for name, total in (("full-s0", 600.0), ("full-s1", 1200.0)):
+        result = {"cell": study.cell(name).identity(), "data": {"spec": study.data_spec()}, "eval": study.eval, "wall_time_s": {"total": total}}
+        _write_results(study, {name: result})
+    statuses = {c.name: cell_status(study, c) for c in study.cells}
+    assert [statuses[f"full-s{i}"] for i in range(5)] == ["finished", "finished", "todo", "todo", "todo"]
+    text = remaining_estimate(study, study.cells, statuses)
+    assert text.startswith("3 trained cell(s) left; the 2 finished took 15 min each") and "about 0.8 h in one process" in text

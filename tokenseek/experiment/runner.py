@@ -510,6 +510,9 @@ def run_study(study: Study, only: list[str] | None = None, *, dry_run: bool = Fa
             store = f" scores {store_dir(study, setting).name}" if setting else ""
             what = _describe(c) if c.train else f"evaluate {'NF4 ' if c.quantize else ''}base model"
             progress(f"  {c.name:<40} {statuses[c.name]:<28} {what}{store}")
+        estimate = remaining_estimate(study, cells, statuses)
+        if estimate:
+            progress(estimate)
         return statuses
     todo = [c for c in cells if statuses[c.name] not in ("finished", "stale")]
     for c in cells:
@@ -546,6 +549,25 @@ def run_study(study: Study, only: list[str] | None = None, *, dry_run: bool = Fa
         )
         statuses[c.name] = "finished"
     return statuses
+
+
+def remaining_estimate(study: Study, cells: list[Cell], statuses: dict) -> str | None:
+    """How long the unfinished trained cells may take, from the finished ones' measured wall
+    time (training + evaluation, as run here: shared cores and pauses included)."""
+    measured = []
+    for c in cells:
+        if c.train and statuses[c.name] == "finished":
+            total = ((read_json(result_path(study, c)) or {}).get("wall_time_s") or {}).get("total")
+            if total:
+                measured.append(total)
+    left = [c for c in cells if c.train and statuses[c.name] not in ("finished", "stale")]
+    if not measured or not left:
+        return None
+    mean = sum(measured) / len(measured)
+    return (
+        f"{len(left)} trained cell(s) left; the {len(measured)} finished took {mean / 60:.0f} min each on average "
+        f"(wall time as measured) -> about {len(left) * mean / 3600:.1f} h in one process (score stores not counted)"
+    )
 
 
 def _next_cell(study: Study, queue: deque, told: set, progress) -> Cell:
