@@ -57,7 +57,8 @@ def output_cache(output: Any) -> Any:
 
 def enable_checkpointing(model: torch.nn.Module, *, use_reentrant: bool = False) -> None:
     """Turn on transformers' activation (gradient) checkpointing under this version's name
-    (``activation_checkpointing_enable`` from 5.24; the old name warns until v6 removes it)."""
+    (``activation_checkpointing_enable`` in 5.23+; ``gradient_checkpointing_enable`` warns
+    there and goes in v6, but is all that older releases have)."""
     kwargs = {"use_reentrant": use_reentrant}
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
