@@ -23,6 +23,8 @@ DEFAULT_RATIO, DEFAULT_ALPHA, DEFAULT_BETA = 0.1, 1.0, 1.0
 # only positions whose next token is a training target (the loss exists nowhere else).
 SELECT_FROM = ("targets", "all")
 DEFAULT_SELECT_FROM = "targets"
+# When the scores are made: once before training (a store) or inside each step.
+SEEKING = ("offline", "online")
 # Strategies that need stored context/gradient scores.
 SCORED = ("tokenseek", "context", "gradient", "mixed", "probe")
 

@@ -19,7 +19,7 @@ from tokenseek.ditching.loss import DEFAULT_LOSS_CHUNK, LOSS_NORMS
 from tokenseek.errors import TokenSeekError, first_line
 from tokenseek.models.adapters import PEFT_METHODS
 from tokenseek.models.placement import DTYPE_CHOICES
-from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM, SELECT_FROM, STRATEGIES
+from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM, SEEKING, SELECT_FROM, STRATEGIES
 from tokenseek.utils.io import write_json
 from tokenseek.utils.options import check_options, flag_name, option, options
 
@@ -57,7 +57,7 @@ class TrainConfig:
         "offline",
         "offline: score the data once before training (a reusable store); online: score inside each training step "
         "with the current weights, no store",
-        choices=("offline", "online"),
+        choices=SEEKING,
     )
     loss_norm: str = option(
         "token",

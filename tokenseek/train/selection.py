@@ -27,11 +27,10 @@ from tokenseek.seeking.select import (
     DEFAULT_RATIO,
     DEFAULT_SELECT_FROM,
     SCORED,
+    SEEKING,
     check_selection,
     keep_for_labels,
 )
-
-SEEKING = ("offline", "online")
 
 
 @dataclass
