@@ -9,7 +9,7 @@ import pytest
 from tokenseek.cli.main import main, parse_args
 from tokenseek.cli.train import config_from_args
 from tokenseek.errors import TokenSeekError
-from tokenseek.train.recipe import TrainConfig, training_arguments
+from tokenseek.train.recipe import TrainConfig, training_arguments, validate
 from tokenseek.utils.options import default_text, flag_name, options
 
 
@@ -99,6 +99,62 @@ def test_bad_trainer_settings_are_one_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--lora-r", "0"], "--lora-r must be at least 1, got 0"),
+        (["train", "--epochs", "0"], "--epochs must be greater than 0, got 0.0"),
+        (["train", "--lr", "nan"], "--lr must be greater than 0, got nan"),
+        (["train", "--lora-dropout", "1"], "--lora-dropout must be at least 0 and less than 1, got 1.0"),
+        (["train", "--save-steps", "0"], "--save-steps must be at least 1"),
+        (["train", "--grad-accum", "0"], "--grad-accum must be at least 1"),
+        (["train", "--limit", "0"], "--limit must be at least 1"),
+        (["score", "--max-length", "1", "--out"], "--max-length must be at least 2, got 1"),
+        (["score", "--batch-size", "0", "--out"], "--batch-size must be at least 1, got 0"),
+        (["bench", "--lora-r", "0", "--output"], "--lora-r must be at least 1, got 0"),
+        (["eval", "--heldout", "x.json", "--exact-match", "--max-new-tokens", "0", "--output"], "--max-new-tokens must be at least 1"),
+    ],
+)
+def test_out_of_range_options_are_refused_before_any_work(tmp_path, capsys, argv, message):
+    """Ranges declared once on the config dataclasses; each command refuses before touching model, data or output."""
+    out = tmp_path / "out"
+    if argv[-1] not in ("--out", "--output"):
+        argv = [*argv, "--output-dir"]
+    # Were a range not checked first, the missing model would end the command with another message.
+    assert main([*argv, str(out), "--model", str(tmp_path / "no-model")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tokenseek: error: ") and message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_yaml_values_meet_the_same_ranges(tmp_path):
+    with pytest.raises(TokenSeekError, match="--lora-r must be at least 1, got 0"):
+        validate(_config(tmp_path, "lora_r: 0\n"))
+    validate(_config(tmp_path, "lora_r: 1\nlora_dropout: 0\nwarmup_ratio: 0\n"))  # the bounds themselves are allowed
+
+
+def test_help_shows_each_range():
+    from tokenseek.cli.config import options_table
+
+    table = options_table(TrainConfig)
+    assert "adapter dropout; at least 0 and less than 1 |" in table
+    assert "| `--loss-chunk` |" in table and "(0: all at once); at least 0 |" in table
+
+
+def test_comma_list_options_split_and_check_each_item():
+    """``bench --ratios 0.5,0.1``: one flag value, typed items, each item within the declared range and choices."""
+    from tokenseek.bench.run import DEFAULT_RATIOS, BenchConfig
+    from tokenseek.cli.config import from_args
+
+    cfg = from_args(BenchConfig, parse_args(["bench", "--ratios", "0.5, 0.1", "--seq-len", "64,128"]), model=None, lora={}, dtype="fp32")
+    assert cfg.ratios == [0.5, 0.1] and cfg.seq_lens == [64, 128] and cfg.pefts == ["lora"]
+    assert BenchConfig().ratios == list(DEFAULT_RATIOS)
+    with pytest.raises(TokenSeekError, match=r"--ratios must be greater than 0 and at most 1, got 2"):
+        BenchConfig(ratios=[0.5, 2])
+    with pytest.raises(TokenSeekError, match="unknown --peft 'lora2'"):
+        BenchConfig(pefts=["lora", "lora2"])
 
 
 def test_yaml_errors(tmp_path):

@@ -9,7 +9,6 @@ figure both absolute and as a fraction of full-token training from the same run.
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -19,66 +18,57 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tokenseek.bench import memory
+from tokenseek.bench.knobs import BASELINE
 from tokenseek.errors import TokenSeekError
+from tokenseek.models.adapters import PEFT_METHODS
 from tokenseek.utils.io import write_json, write_text
+from tokenseek.utils.options import check_options, option
 
 DEFAULT_RATIOS = (1.0, 0.5, 0.3, 0.1, 0.05)
 
 
 @dataclass
 class BenchConfig:
+    """The options of ``tokenseek bench`` that are its own; model, adapter and precision options are TrainConfig's."""
+
     model: str | None = None
-    pefts: list[str] = field(default_factory=lambda: ["lora"])
-    seq_lens: list[int] = field(default_factory=lambda: [1024])
-    batch_size: int = 1
-    ratios: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
-    steps: int = 3
-    warmup: int = 1
-    seed: int = 0
-    score: bool = True
-    score_ratio: float = 0.1
-    lora: dict = field(default_factory=dict)
-    output: str = "bench"
-    jobs: int = 1
-    threads: int | None = None
-    timeout: float | None = None
+    lora: dict = field(default_factory=dict)  # r / alpha / dropout / target_modules for apply_peft
     dtype: str = "auto"  # --dtype; each worker resolves it on its device (tokenseek.models.placement)
+    pefts: list[str] = option(default_factory=lambda: ["lora"], help="adapter methods to measure", choices=PEFT_METHODS, comma=True, flag="peft")
+    seq_lens: list[int] = option(default_factory=lambda: [1024], help="tokens per example; several run one after another", comma=True, flag="seq_len", minimum=2)
+    batch_size: int = option(1, "examples per step", minimum=1)
+    ratios: list[float] = option(
+        default_factory=lambda: list(DEFAULT_RATIOS), help="ratios to measure; 1.0 is always added", comma=True, above=0, maximum=1
+    )
+    steps: int = option(3, "timed steps per configuration (3 or more for a meaningful median)", minimum=1)
+    warmup: int = option(1, "untimed steps first; AdamW creates its state here", minimum=1)
+    seed: int = option(0, "seed of the synthetic input and the adapters", minimum=0)
+    score: bool = option(True, "also measure the scoring stage (tokenseek.seeking.seek)")
+    score_ratio: float = option(0.1, "ratio passed to seek in the scoring stage", above=0, maximum=1)
+    jobs: int = option(1, "workers at a time; timings are only meaningful with 1", minimum=1)
+    threads: int | None = option(
+        None, "intra-op threads per worker; 1 is steadier on a busy machine", shown="torch's, one per core", minimum=1
+    )
+    timeout: float | None = option(None, "seconds before a configuration is recorded as failed", above=0)
+    output: str = option("bench", "output directory", shown="bench, or bench-knobs with --knobs")
+    knobs: str | None = option(
+        None,
+        "instead of the ratio sweep, measure settings side by side against a baseline: 'memory' = full-token, "
+        "+ checkpointing, + chunked CE (the baseline) vs TokenSeek alone and stacked with both; 'sweep' = the baseline "
+        "vs TokenSeek + checkpointing + chunked CE only (for many --seq-len values); 'online' = full-token vs offline vs "
+        "online seeking. Uses the first --ratios value below 1 (default 0.1)",
+        choices=tuple(BASELINE),  # the presets
+    )
+    target_share: float = option(
+        1.0,
+        "with --knobs: share of each example's positions that carry a label, the rest being a masked prompt "
+        "(1.0: labels on every token; Alpaca-style data is about 0.5)",
+        above=0,
+        maximum=1,
+    )
 
-
-def parse_list(text: str, kind, flag: str) -> list:
-    """``"1.0,0.5"`` -> ``[1.0, 0.5]``; a one-line error naming the flag otherwise."""
-    items = [x.strip() for x in str(text).split(",") if x.strip()]
-    if not items:
-        raise TokenSeekError(f"{flag} is empty: give a comma-separated list")
-    try:
-        return [kind(x) for x in items]
-    except ValueError:
-        raise TokenSeekError(f"{flag} {text!r} is not a comma-separated list of {kind.__name__} values") from None
-
-
-def validate(cfg: BenchConfig) -> None:
-    from tokenseek.models.adapters import PEFT_METHODS
-
-    for ratio in cfg.ratios:
-        if not (0 < ratio <= 1) or math.isnan(ratio):
-            raise TokenSeekError(f"--ratios must lie in (0, 1], got {ratio}")
-    for method in cfg.pefts:
-        if method not in PEFT_METHODS:
-            raise TokenSeekError(f"unknown --peft {method!r}: choose from {', '.join(PEFT_METHODS)}")
-    if any(n < 2 for n in cfg.seq_lens):
-        raise TokenSeekError("--seq-len must be at least 2 (one input and one target token)")
-    if cfg.batch_size < 1:
-        raise TokenSeekError("--batch-size must be at least 1")
-    if cfg.steps < 1:
-        raise TokenSeekError("--steps must be at least 1 (3 or more for a meaningful median)")
-    if cfg.warmup < 1:
-        raise TokenSeekError("--warmup must be at least 1: AdamW creates its state in the first step")
-    if cfg.jobs < 1:
-        raise TokenSeekError("--jobs must be at least 1")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise TokenSeekError("--threads must be at least 1")
-    if not (0 < cfg.score_ratio <= 1):
-        raise TokenSeekError(f"--score-ratio must lie in (0, 1], got {cfg.score_ratio}")
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 def resolve(model: str | None) -> str:
@@ -145,7 +135,7 @@ def run_bench(cfg: BenchConfig, progress=print) -> dict:
     """Measure every configuration, write bench.json / bench.md / bench.png / breakdown.png."""
     from tokenseek.bench import report
 
-    validate(cfg)
+    check_options(cfg)  # again: the fields may have been changed since construction
     model = resolve(cfg.model)
     specs = worker_specs(cfg, model)
 

@@ -15,12 +15,21 @@ DATA_OPTIONS = ("data", "format", "split", "subset", "fields", "limit", "templat
 SELECTION_OPTIONS = ("ratio", "alpha", "beta", "select_from")
 PRECISION_OPTIONS = ("dtype",)
 ADAPTER_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")
+SHARED_OPTIONS = MODEL_OPTIONS + DATA_OPTIONS + SELECTION_OPTIONS + PRECISION_OPTIONS + ADAPTER_OPTIONS
 
 
 def _add(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
     from tokenseek.train.recipe import TrainConfig
 
     add_options(p, TrainConfig, only=names, suppress=False)
+
+
+def check_shared_args(args: argparse.Namespace) -> None:
+    """The choices and ranges of the train options a command shares (``score --max-length 1``, ``bench --lora-r 0``)."""
+    from tokenseek.train.recipe import TrainConfig
+    from tokenseek.utils.options import check_values
+
+    check_values(TrainConfig, {name: getattr(args, name) for name in SHARED_OPTIONS if hasattr(args, name)})
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

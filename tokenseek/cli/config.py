@@ -13,7 +13,18 @@ from pathlib import Path
 from typing import Callable
 
 from tokenseek.errors import TokenSeekError, first_line
-from tokenseek.utils.options import aliases, coerce, default_of, default_text, flag_name, options, value_type
+from tokenseek.utils.options import (
+    aliases,
+    coerce,
+    default_of,
+    default_text,
+    describe,
+    flag_name,
+    item_type,
+    options,
+    parse_comma_list,
+    value_type,
+)
 
 
 def add_options(parser: argparse.ArgumentParser, cls, *, only=None, skip=(), suppress: bool = True) -> None:
@@ -32,6 +43,8 @@ def add_options(parser: argparse.ArgumentParser, cls, *, only=None, skip=(), sup
         kwargs = {"dest": f.name, "help": _help(f), "default": argparse.SUPPRESS if suppress else default}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind is list and f.metadata["comma"]:  # one comma-separated value, split by from_args/resolve
+            kwargs.update(metavar=f.metadata["metavar"] or "A,B,...")
         elif kind in (dict, list):  # repeatable flag; a dict's items are KEY=VALUE
             kwargs.update(action="append", metavar=f.metadata["metavar"] or ("KEY=VALUE" if kind is dict else f.name.upper()))
             if not suppress:
@@ -42,15 +55,21 @@ def add_options(parser: argparse.ArgumentParser, cls, *, only=None, skip=(), sup
 
 
 def _help(f: dataclasses.Field) -> str:
-    text = f.metadata["help"]
-    if f.metadata["choices"]:
-        text += f"; one of {', '.join(map(str, f.metadata['choices']))}"
-    return f"{text} (default: {default_text(f)})".replace("%", "%%")
+    return f"{describe(f)} (default: {default_text(f)})".replace("%", "%%")
 
 
-def from_args(cls, args: argparse.Namespace):
-    """An instance of ``cls`` from a namespace parsed with ``suppress=False`` (commands without --config)."""
-    return cls(**{f.name: getattr(args, f.name) for f in options(cls)})
+def from_args(cls, args: argparse.Namespace, **others):
+    """An instance of ``cls`` from a namespace parsed with ``suppress=False`` (commands without --config).
+
+    ``others``: values of the fields that are not options of ``cls`` (built by the command).
+    """
+    return cls(**{f.name: _comma_split(cls, f, getattr(args, f.name)) for f in options(cls)}, **others)
+
+
+def _comma_split(cls, f: dataclasses.Field, value):
+    if f.metadata["comma"] and isinstance(value, str):
+        return parse_comma_list(value, item_type(cls, f.name), f"--{flag_name(f)}")
+    return value
 
 
 def normalise_flag(token: str) -> str:
@@ -74,7 +93,7 @@ def resolve(cls, args: argparse.Namespace, *, extra: tuple[str, Callable[[str], 
         given = getattr(args, f.name)
         if value_type(cls, f.name) is dict:
             given = {**values.get(f.name, {}), **parse_pairs(given, f"--{flag_name(f)}")}
-        values[f.name] = given
+        values[f.name] = _comma_split(cls, f, given)
     return cls(**values)
 
 
@@ -131,7 +150,7 @@ def options_table(cls) -> str:
     """The Markdown table of ``cls``'s options (docs/TRAINING.md holds TrainConfig's; a test compares)."""
     rows = ["| flag | YAML key (aliases) | default | what it does |", "|---|---|---|---|"]
     for f in options(cls):
-        text = f.metadata["help"] + (f"; one of {', '.join(map(str, f.metadata['choices']))}" if f.metadata["choices"] else "")
+        text = describe(f)
         flag = f"--{flag_name(f)}" + (" KEY=VALUE" if value_type(cls, f.name) is dict else "")
         keys = ", ".join([f.name, *f.metadata["aliases"]])
         rows.append(f"| `{flag}` | `{keys}` | {default_text(f)} | {text.replace('|', chr(92) + '|')} |")

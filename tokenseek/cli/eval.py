@@ -59,16 +59,12 @@ def _run(args: argparse.Namespace) -> int:
     from tokenseek.eval.report import render
     from tokenseek.utils.io import write_json, write_text
 
-    from_args(EvalConfig, args)  # checks its choices
+    from_args(EvalConfig, args)  # checks its choices and ranges
     started = time.time()
     tasks = args.tasks if args.tasks is not None or not args.heldout else ""
     if tasks == "" and not args.heldout:
         raise TokenSeekError("nothing to evaluate: give --tasks (e.g. paper) and/or --heldout DATA")
     num_fewshot = parse_num_fewshot(args.num_fewshot)
-    if args.batch_size < 1:
-        raise TokenSeekError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.limit is not None and args.limit < 1:
-        raise TokenSeekError(f"--limit must be at least 1, got {args.limit}")
     selection = None
     if tasks != "":
         from tokenseek.eval.harness import select_tasks
@@ -142,8 +138,6 @@ def _check_exact_match(args: argparse.Namespace, records: list[dict] | None) -> 
         raise TokenSeekError(
             f"--exact-match needs Alpaca records (instruction, optional input, output); {args.heldout} has {', '.join(formats)} records"
         )
-    if args.max_new_tokens < 1:
-        raise TokenSeekError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
 
 
 def _summary(results: dict) -> dict:

@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore")
     try:
+        from tokenseek.cli.common import check_shared_args
+
+        check_shared_args(args)  # before any slow work, whichever command borrowed them
         return int(args.func(args) or 0)
     except TokenSeekError as exc:
         if args.verbose:

@@ -15,12 +15,12 @@ class EvalConfig:
     tasks: str | None = option(
         None, "comma-separated tasks; 'paper' = the five paper tasks", shown=f"{','.join(DEFAULT_TASKS)}, or none with --heldout"
     )
-    limit: int | None = option(None, "at most N items per task (groups split N over subtasks) / N held-out records")
+    limit: int | None = option(None, "at most N items per task (groups split N over subtasks) / N held-out records", minimum=1)
     num_fewshot: str | None = option(None, "shots for all tasks that are not 0-shot by design (e.g. 5), or per task: arc_challenge=0,mmlu=5")
     data_dir: str | None = option(None, "folder with the benchmark files", shown=f"${DATA_ENV}, else ../shared/data/eval")
     include_path: list | None = option(None, "extra folder of lm-eval task YAMLs (repeatable)")
     hub: bool = option(False, "use lm-eval's own (Hub) tasks for the paper names instead of the local files")
-    batch_size: int = option(8, "sequences per forward pass")
+    batch_size: int = option(8, "sequences per forward pass", minimum=1)
     lm_eval_model: str = option(
         "tokenseek-prefix",
         "tokenseek-prefix: each shared few-shot context runs once (same log-likelihoods as hf); hf: lm-eval's plain HFLM",
@@ -31,7 +31,7 @@ class EvalConfig:
     exact_match: bool = option(
         False, "with --heldout (Alpaca records): also answer each prompt greedily and report the share whose first answer line equals its output"
     )
-    max_new_tokens: int = option(40, "with --exact-match: tokens generated per answer at most")
+    max_new_tokens: int = option(40, "with --exact-match: tokens generated per answer at most", minimum=1)
 
     def __post_init__(self) -> None:
         check_options(self)

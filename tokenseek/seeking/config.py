@@ -9,10 +9,10 @@ from tokenseek.utils.options import check_options, option
 
 @dataclass
 class ScoreConfig:
-    batch_size: int = option(4, "examples scored per forward/backward pass")
+    batch_size: int = option(4, "examples scored per forward/backward pass", minimum=1)
     grad_layer: int = option(1, "score the gradient at the input of layer N-1 (1), N-2 (2) or N-3 (3)", choices=(1, 2, 3))
     grad_mode: str = option("abs", "sum |gradient| (abs) or the signed gradient over the hidden dimension", choices=("abs", "signed"))
-    seed: int = option(0, "seed of the reference keep mask stored with the scores")
+    seed: int = option(0, "seed of the reference keep mask stored with the scores", minimum=0)
 
     def __post_init__(self) -> None:
         check_options(self)

@@ -41,11 +41,11 @@ class TrainConfig:
     split: str = option("train", "dataset split, e.g. train_sft or train[:1000]")
     subset: str | None = option(None, "Hub dataset configuration (subset) name")
     fields: str | None = option(None, "column mapping, e.g. instruction=question,output=answer or messages=conversation")
-    limit: int | None = option(None, "use only the first N records")
+    limit: int | None = option(None, "use only the first N records", minimum=1)
     template: str = option("alpaca", "prompt template of Alpaca records (alpaca: paper S1.1)", choices=TEMPLATES)
-    max_length: int = option(512, "truncate examples to this many tokens")
+    max_length: int = option(512, "truncate examples to this many tokens", minimum=2)
     train_on_prompt: bool = option(False, "also compute the loss on prompt tokens")
-    heldout: float = option(0.0, "hold out this fraction (<1) or count (>=1) of records for evaluation")
+    heldout: float = option(0.0, "hold out this fraction (<1) or count (>=1) of records for evaluation", minimum=0)
     selection: str = option("tokenseek", "which tokens to back-propagate", choices=STRATEGIES)
     ratio: float = option(DEFAULT_RATIO, "fraction of each example's tokens to keep")
     alpha: float = option(DEFAULT_ALPHA, "weight of log(context score) in Eq. 5")
@@ -64,7 +64,7 @@ class TrainConfig:
         "token: mean over all kept targets of the accumulation window; example: mean of per-example means (TokenTune)",
         choices=LOSS_NORMS,
     )
-    loss_chunk: int = option(DEFAULT_LOSS_CHUNK, "apply the LM head and loss to this many positions at a time (0: all at once)", bookkeeping=True)
+    loss_chunk: int = option(DEFAULT_LOSS_CHUNK, "apply the LM head and loss to this many positions at a time (0: all at once)", bookkeeping=True, minimum=0)
     gradient_checkpointing: bool = option(
         False, "recompute the kept pass's layers in backward (less memory, more time)", aliases=("activation_checkpointing",), bookkeeping=True
     )
@@ -76,27 +76,27 @@ class TrainConfig:
         "fine-tuning's master weights stay fp32",
         choices=DTYPE_CHOICES,
     )
-    lora_r: int = option(8, "adapter rank")
-    lora_alpha: int = option(16, "adapter scaling alpha")
-    lora_dropout: float = option(0.05, "adapter dropout")
+    lora_r: int = option(8, "adapter rank", minimum=1)
+    lora_alpha: int = option(16, "adapter scaling alpha", above=0)
+    lora_dropout: float = option(0.05, "adapter dropout", minimum=0, below=1)
     target_modules: str | None = option(None, "comma-separated module names for adapters", shown="all linear layers but the LM head")
-    epochs: float = option(1.0, "training epochs", aliases=("num_train_epochs",))
-    max_steps: int = option(-1, "stop after this many optimizer steps (-1: the epochs decide)")
-    batch_size: int = option(1, "examples per device and step", aliases=("per_device_train_batch_size",))
-    grad_accum: int = option(16, "gradient accumulation steps", aliases=("gradient_accumulation_steps",))
-    lr: float = option(4e-4, "peak learning rate", aliases=("learning_rate",))
+    epochs: float = option(1.0, "training epochs", aliases=("num_train_epochs",), above=0)
+    max_steps: int = option(-1, "stop after this many optimizer steps (-1: the epochs decide)", minimum=-1)
+    batch_size: int = option(1, "examples per device and step", aliases=("per_device_train_batch_size",), minimum=1)
+    grad_accum: int = option(16, "gradient accumulation steps", aliases=("gradient_accumulation_steps",), minimum=1)
+    lr: float = option(4e-4, "peak learning rate", aliases=("learning_rate",), above=0)
     optim: str = option("adamw_torch", "any transformers optimizer name")
-    max_grad_norm: float = option(1.0, "gradient clipping (0 disables)")
+    max_grad_norm: float = option(1.0, "gradient clipping (0 disables)", minimum=0)
     scheduler: str = option("cosine", "learning-rate schedule (a transformers lr_scheduler_type)", aliases=("lr_scheduler_type",))
-    warmup_ratio: float = option(0.03, "warm-up steps: a fraction (<1) of training or a count", aliases=("warmup_steps",))
-    weight_decay: float = option(0.01, "AdamW weight decay")
-    seed: int = option(0, "seed for adapters, data order and random selection")
-    logging_steps: int = option(1, "log the loss every N steps", bookkeeping=True)
-    save_steps: int = option(50, "checkpoint every N steps (the resume unit)", bookkeeping=True)
-    save_total_limit: int = option(2, "keep at most N checkpoints", bookkeeping=True)
+    warmup_ratio: float = option(0.03, "warm-up steps: a fraction (<1) of training or a count", aliases=("warmup_steps",), minimum=0)
+    weight_decay: float = option(0.01, "AdamW weight decay", minimum=0)
+    seed: int = option(0, "seed for adapters, data order and random selection", minimum=0)
+    logging_steps: int = option(1, "log the loss every N steps", bookkeeping=True, minimum=1)
+    save_steps: int = option(50, "checkpoint every N steps (the resume unit)", bookkeeping=True, minimum=1)
+    save_total_limit: int = option(2, "keep at most N checkpoints", bookkeeping=True, minimum=1)
     memory_budget: str | None = option(None, "e.g. 6GiB: train at the largest ratio the planner says fits")
     report_to: str = option("none", "experiment trackers, comma-separated (tensorboard, wandb, trackio, ...; all: every installed one)", bookkeeping=True)
-    eval_steps: int | None = option(None, "evaluate the held-out loss (all tokens, no ditching) every N steps", bookkeeping=True)
+    eval_steps: int | None = option(None, "evaluate the held-out loss (all tokens, no ditching) every N steps", bookkeeping=True, minimum=1)
     eval_split: str | None = option(
         None,
         "what --eval-steps evaluates: heldout (the --heldout records), a data file, or a split of the --data Hub dataset",
@@ -151,12 +151,6 @@ def validate(cfg: TrainConfig) -> None:
             raise TokenSeekError(f"--seeking online scores tokens inside the step: use --selection tokenseek, context, gradient or mixed, not {cfg.selection!r}")
         if cfg.scores:
             raise TokenSeekError("--seeking online scores with the current weights and needs no --scores: drop one of them")
-    if cfg.loss_chunk < 0:
-        raise TokenSeekError(f"--loss-chunk must be >= 0 (0 = no chunking), got {cfg.loss_chunk}")
-    if cfg.batch_size < 1 or cfg.grad_accum < 1:
-        raise TokenSeekError("--batch-size and --grad-accum must be at least 1")
-    if cfg.heldout < 0:
-        raise TokenSeekError("--heldout must be a fraction in [0, 1) or a count >= 1")
     _check_evaluation(cfg)
     check_trainer_args(cfg.trainer_args)
 
@@ -166,8 +160,6 @@ def _check_evaluation(cfg: TrainConfig) -> None:
         if cfg.eval_split is not None or cfg.load_best_model_at_end:
             raise TokenSeekError("--eval-split and --load-best-model-at-end need --eval-steps N (how often to evaluate)")
         return
-    if cfg.eval_steps < 1:
-        raise TokenSeekError(f"--eval-steps must be at least 1, got {cfg.eval_steps}")
     if cfg.eval_split in (None, "heldout") and cfg.heldout <= 0:
         raise TokenSeekError("--eval-steps needs held-out data: pass --heldout N (records held out of --data) or --eval-split FILE|SPLIT")
     if cfg.load_best_model_at_end and cfg.save_steps % cfg.eval_steps:

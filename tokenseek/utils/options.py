@@ -1,4 +1,4 @@
-"""Options declared once, on a job's config dataclass: default, help, choices, aliases.
+"""Options declared once, on a job's config dataclass: default, help, choices, range, aliases.
 
 A field made with :func:`option` is a user-facing option. ``tokenseek.cli.config`` builds the
 command-line flags and the accepted YAML keys from these fields, and :func:`check_options`
@@ -9,6 +9,8 @@ defaults and checks.
 from __future__ import annotations
 
 import dataclasses
+import operator
+import types
 import typing
 from dataclasses import MISSING
 
@@ -26,9 +28,18 @@ def option(
     metavar: str | None = None,
     shown: str | None = None,
     bookkeeping: bool = False,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    comma: bool = False,
 ):
     """A dataclass field that is a user option.
 
+    ``minimum``, ``maximum`` (inclusive), ``above`` and ``below`` (strict): the range a value
+    (or each item of a list) must lie in; ``None`` (an unset optional value) is always allowed.
+    ``comma``: a list option given as one comma-separated value (``--ratios 1.0,0.1``), not a
+    repeated flag.
     ``aliases``: other accepted names (flags and YAML keys), e.g. the TrainingArguments name.
     ``flag``: the flag's name when it is not the field's name (``--trainer-arg`` for ``trainer_args``).
     ``shown``: how ``--help`` describes the default when the value alone says little (``None``).
@@ -42,10 +53,16 @@ def option(
         "metavar": metavar,
         "shown": shown,
         "bookkeeping": bookkeeping,
+        "range": {"minimum": minimum, "above": above, "maximum": maximum, "below": below},  # lower bounds first
+        "comma": comma,
     }
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def field_of(cls, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(cls) if f.name == name)
 
 
 def options(cls) -> list[dataclasses.Field]:
@@ -60,7 +77,11 @@ def default_of(f: dataclasses.Field):
 def default_text(f: dataclasses.Field) -> str:
     """How help and docs show a field's default."""
     default = default_of(f)
-    return str(f.metadata["shown"] or ("none" if default is None or default == {} else default))
+    if f.metadata["shown"]:
+        return f.metadata["shown"]
+    if f.metadata.get("comma") and isinstance(default, list):
+        return ",".join(map(str, default))
+    return "none" if default is None or default == {} else str(default)
 
 
 def defaults(cls) -> dict:
@@ -68,11 +89,29 @@ def defaults(cls) -> dict:
 
 
 def value_type(cls, name: str) -> type:
-    """The scalar type of a field: ``int | None`` -> int; dict and list stay as they are."""
+    """The type of a field: ``int | None`` -> int, ``list[int]`` -> list, ``dict`` -> dict."""
     hint = typing.get_type_hints(cls)[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    base = args[0] if args else hint
-    return typing.get_origin(base) or base
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.get_origin(hint) or hint
+
+
+def item_type(cls, name: str) -> type:
+    """The item type of a list field (``list[int]`` -> int); str when the hint does not say."""
+    hint = typing.get_type_hints(cls)[name]
+    lists = [a for a in (hint, *typing.get_args(hint)) if typing.get_origin(a) is list]
+    return (typing.get_args(lists[0]) or (str,))[0] if lists else str
+
+
+def parse_comma_list(text: str, kind: type, flag: str) -> list:
+    """``"1.0,0.5"`` -> ``[1.0, 0.5]``; a one-line error naming the flag otherwise."""
+    items = [x.strip() for x in str(text).split(",") if x.strip()]
+    if not items:
+        raise TokenSeekError(f"{flag} is empty: give a comma-separated list")
+    try:
+        return [kind(x) for x in items]
+    except ValueError:
+        raise TokenSeekError(f"{flag} {text!r} is not a comma-separated list of {kind.__name__} values") from None
 
 
 def aliases(cls) -> dict[str, str]:
@@ -109,6 +148,8 @@ def coerce(cls, name: str, value, where: str):
             return str(value)
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return ",".join(value)  # comma-list options (report_to, target_modules) as a YAML list
+    elif kind is list and isinstance(value, (str, int, float)) and field_of(cls, name).metadata.get("comma"):
+        return parse_comma_list(str(value), item_type(cls, name), f"{where}: {name}")
     elif isinstance(value, kind):
         return value
     raise TokenSeekError(f"{where}: {name} must be {_kind_name(kind)}, got {value!r}")
@@ -119,12 +160,50 @@ def _kind_name(kind: type) -> str:
 
 
 def check_options(cfg) -> None:
-    """Choices declared on the fields; each bad value is a one-line error naming the flag."""
-    for f in options(type(cfg)):
-        choices = f.metadata["choices"]
-        value = getattr(cfg, f.name)
-        if choices and value is not None and value not in choices:
-            raise TokenSeekError(f"unknown --{flag_name(f)} {value!r}: choose one of {', '.join(map(str, choices))}")
+    """Choices and ranges declared on the fields; each bad value is a one-line error naming the flag."""
+    check_values(type(cfg), {f.name: getattr(cfg, f.name) for f in options(type(cfg))})
+
+
+def check_values(cls, values: dict) -> None:
+    """:func:`check_options` for some of ``cls``'s options, given as ``{field name: value}``."""
+    for f in options(cls):
+        value = values.get(f.name)
+        if value is None:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            _check_value(f, item)
+
+
+def _check_value(f: dataclasses.Field, value) -> None:
+    choices = f.metadata["choices"]
+    if choices and value not in choices:
+        raise TokenSeekError(f"unknown --{flag_name(f)} {value!r}: choose one of {', '.join(map(str, choices))}")
+    # "not inside" rather than "outside", so that NaN is refused too.
+    if isinstance(value, (int, float)) and not all(_INSIDE[kind](value, bound) for kind, bound in _range_parts(f)):
+        raise TokenSeekError(f"--{flag_name(f)} must be {range_text(f)}, got {value!r}")
+
+
+_INSIDE = {"minimum": operator.ge, "maximum": operator.le, "above": operator.gt, "below": operator.lt}
+_RANGE_WORDS = {"minimum": "at least", "maximum": "at most", "above": "greater than", "below": "less than"}
+
+
+def _range_parts(f: dataclasses.Field) -> list[tuple[str, float]]:
+    return [(kind, bound) for kind, bound in f.metadata.get("range", {}).items() if bound is not None]
+
+
+def range_text(f: dataclasses.Field) -> str:
+    """``"at least 1"``, ``"at least 0 and less than 1"``; empty for an option without a range."""
+    return " and ".join(f"{_RANGE_WORDS[kind]} {bound:g}" for kind, bound in _range_parts(f))
+
+
+def describe(f: dataclasses.Field) -> str:
+    """The option's help with its choices and range, as ``--help`` and the docs tables show it."""
+    text = f.metadata["help"]
+    if f.metadata["choices"]:
+        text += f"; one of {', '.join(map(str, f.metadata['choices']))}"
+    if range_text(f):
+        text += f"; {range_text(f)}"
+    return text
 
 
 def flag_name(f: dataclasses.Field) -> str:
