@@ -86,6 +86,8 @@ def test_grid_expands_to_stably_named_cells(tmp_path):
         ({"cells": [{"name": "a", "selection": "full"}, {"name": "a", "selection": "random"}]}, "unique"),
         ({"cells": [{"name": "a", "ratio": [0.1, 0.2]}]}, "under grid"),
         ({"cells": [{"name": "a", "selection": "nope"}]}, "unknown --selection"),
+        ({"cells": [{"name": "a", "selection": "tokenseek", "grad_layer": 4}]}, "unknown --grad-layer 4: choose one of 1, 2, 3"),
+        ({"cells": [{"name": "a", "lora_r": 0}]}, "cell a: --lora-r must be at least 1, got 0"),
         ({"cells": [{"name": "a", "output_dir": "x"}]}, "set by the experiment runner"),
         ({"cells": [{"name": "a-{nope}"}]}, "unknown field"),
         ({"report": {"reference": "no such row"}}, "no cell has that label"),

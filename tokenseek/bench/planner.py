@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass, field
 
 from tokenseek.errors import TokenSeekError
+from tokenseek.models.adapters import PEFT_METHODS
+from tokenseek.utils.options import check_options, option
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,23 @@ FIT_RATIOS = (1.0, 0.1)
 CHECK_RATIO = 0.5
 GRID_STEP = 0.01  # picked ratios are multiples of this
 TABLE_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05)
+
+
+@dataclass
+class PlanConfig:
+    """The options of ``tokenseek plan`` that are its own (model and adapter options are TrainConfig's)."""
+
+    budget: str | None = option(None, "memory budget, e.g. 6GiB, 6GB, 800MiB, 800MB", required=True)
+    # No defaults for these two: with --from-bench, "not given" means "any group".
+    peft: str | None = option(None, "adapter method", choices=PEFT_METHODS, shown="lora, or the bench file's group")
+    seq_len: int | None = option(None, "tokens per example (your --max-length)", shown="512, or the bench file's group", minimum=2)
+    batch_size: int = option(1, "examples per step", minimum=1)
+    check: bool = option(True, "measure a third ratio the fit did not use, to tell how far to trust it (--no-check: faster)")
+    from_bench: str | None = option(None, "plan from an earlier `tokenseek bench` bench.json (or its folder) instead of measuring", metavar="BENCH_JSON")
+    output: str | None = option(None, "also write the plan as JSON here")
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 def parse_budget(text: str) -> int:

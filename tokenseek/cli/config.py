@@ -41,6 +41,8 @@ def add_options(parser: argparse.ArgumentParser, cls, *, only=None, skip=(), sup
         if kind is not dict:  # a dict's alias is its YAML block name (training_args), not a flag
             names += [f"--{a.replace('_', '-')}" for a in f.metadata["aliases"]]
         kwargs = {"dest": f.name, "help": _help(f), "default": argparse.SUPPRESS if suppress else default}
+        if f.metadata["required"] and not suppress:  # with --config the YAML may give it
+            kwargs["required"] = True
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind is list and f.metadata["comma"]:  # one comma-separated value, split by from_args/resolve
@@ -55,7 +57,8 @@ def add_options(parser: argparse.ArgumentParser, cls, *, only=None, skip=(), sup
 
 
 def _help(f: dataclasses.Field) -> str:
-    return f"{describe(f)} (default: {default_text(f)})".replace("%", "%%")
+    default = "required" if f.metadata["required"] else f"default: {default_text(f)}"
+    return f"{describe(f)} ({default})".replace("%", "%%")
 
 
 def from_args(cls, args: argparse.Namespace, **others):

@@ -13,6 +13,9 @@ from tokenseek.errors import TokenSeekError
 
 
 def register(sub) -> None:
+    from tokenseek.bench.planner import PlanConfig
+    from tokenseek.cli.config import add_options
+
     p = sub.add_parser(
         "plan",
         help="pick the largest ratio that fits a memory budget",
@@ -23,49 +26,38 @@ def register(sub) -> None:
         ),
     )
     add_model_args(p)
-    # No argparse defaults for these two: with --from-bench, "not given" means "any group".
-    p.add_argument("--peft", help="none, lora, qlora, loha, lokr or ia3 (default: lora)")
-    p.add_argument("--seq-len", type=int, help="tokens per example (your --max-length; default: 512)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--budget", required=True, help="memory budget, e.g. 6GiB, 6GB, 800MiB, 800MB")
-    p.add_argument("--no-check", action="store_true", help="skip measuring the check point (faster, no error estimate)")
-    p.add_argument("--from-bench", metavar="BENCH_JSON", help="plan from an earlier `tokenseek bench` bench.json instead of measuring")
-    p.add_argument("--output", help="also write the plan as JSON here")
+    add_options(p, PlanConfig, suppress=False)
     add_lora_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenseek.bench.planner import CHECK_RATIO, FIT_RATIOS, make_plan, measure_peaks, parse_budget, plan_from_bench
-    from tokenseek.models.adapters import PEFT_METHODS
+    from tokenseek.bench.planner import CHECK_RATIO, FIT_RATIOS, PlanConfig, make_plan, measure_peaks, parse_budget, plan_from_bench
+    from tokenseek.cli.config import from_args
 
-    budget = parse_budget(args.budget)  # before any measuring: a typo should cost nothing
-    if args.from_bench:
-        path = Path(args.from_bench)
+    cfg = from_args(PlanConfig, args)
+    budget = parse_budget(cfg.budget)  # before any measuring: a typo should cost nothing
+    if cfg.from_bench:
+        path = Path(cfg.from_bench)
         if path.is_dir():
             path = path / "bench.json"
         if not path.is_file():
-            raise TokenSeekError(f"--from-bench {args.from_bench}: no bench.json there; run `tokenseek bench` first")
-        plan = plan_from_bench(json.loads(path.read_text()), budget, peft=args.peft, seq_len=args.seq_len)
+            raise TokenSeekError(f"--from-bench {cfg.from_bench}: no bench.json there; run `tokenseek bench` first")
+        plan = plan_from_bench(json.loads(path.read_text()), budget, peft=cfg.peft, seq_len=cfg.seq_len)
     else:
-        args.peft = args.peft or "lora"
-        args.seq_len = args.seq_len or 512
-        if args.peft not in PEFT_METHODS:
-            raise TokenSeekError(f"unknown --peft {args.peft!r}: choose one of {', '.join(PEFT_METHODS)}")
-        if args.seq_len < 2 or args.batch_size < 1:
-            raise TokenSeekError("--seq-len must be at least 2 and --batch-size at least 1")
-        ratios = FIT_RATIOS if args.no_check else FIT_RATIOS + (CHECK_RATIO,)
+        peft, seq_len = cfg.peft or "lora", cfg.seq_len or 512
+        ratios = FIT_RATIOS + ((CHECK_RATIO,) if cfg.check else ())
         print(f"measuring peak memory at ratios {', '.join(f'{r:g}' for r in ratios)} ...", file=sys.stderr, flush=True)
         peaks = measure_peaks(
-            args.model, args.peft, args.seq_len, args.batch_size, ratios, lora_kwargs(args),
+            args.model, peft, seq_len, cfg.batch_size, ratios, lora_kwargs(args),
             progress=lambda m: print(m, file=sys.stderr, flush=True),
         )
-        plan = make_plan(peaks, budget, context=f"--peft {args.peft}, seq {args.seq_len}, batch {args.batch_size}")
+        plan = make_plan(peaks, budget, context=f"--peft {peft}, seq {seq_len}, batch {cfg.batch_size}")
     print(plan.report())
-    if args.output:
+    if cfg.output:
         from tokenseek.utils.io import write_json
 
-        write_json(args.output, {
+        write_json(cfg.output, {
             "budget_bytes": plan.budget, "a": plan.a, "b": plan.b, "floor": plan.floor, "fit_points": plan.fit_points,
             "checks": plan.checks, "best_ratio": plan.best_ratio(),
             "predicted": {str(r): plan.predict(r) for r in (1.0, 0.5, 0.3, 0.1, 0.05)},

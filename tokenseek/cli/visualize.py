@@ -18,6 +18,7 @@ _EPILOG = """modes:
 
 def register(sub) -> None:
     from tokenseek.cli.common import add_data_args, add_model_args, add_selection_args
+    from tokenseek.seeking.config import GRAD_LAYERS, GRAD_MODES
 
     p = sub.add_parser(
         "visualize",
@@ -43,10 +44,10 @@ def register(sub) -> None:
     p.add_argument(
         "--grad-layer",
         type=int,
-        choices=[1, 2, 3],
+        choices=GRAD_LAYERS,
         help="gradient at the input of layer N-1, N-2 or N-3 (default: the score store's, else 1)",
     )
-    p.add_argument("--grad-mode", choices=["abs", "signed"], help="gradient score reduction (default: the score store's, else abs)")
+    p.add_argument("--grad-mode", choices=GRAD_MODES, help="gradient score reduction (default: the score store's, else abs)")
     p.add_argument("--layers", action="store_true", help="also plot gradient scores from layers N-1, N-2, N-3 (gradient_layers.png, paper Fig. S1)")
     p.set_defaults(func=run, parser=p)
 

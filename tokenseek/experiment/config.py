@@ -452,13 +452,11 @@ def _format_values(params: dict) -> dict:
 def _validate_cell(path: Path, cell: Cell) -> None:
     if not cell.train:
         return
+    from tokenseek.seeking.config import ScoreConfig
     from tokenseek.train.recipe import TrainConfig, validate
 
-    if cell.params["grad_layer"] not in (1, 2, 3):
-        raise _fail(path, f"cell {cell.name}: grad_layer must be 1, 2 or 3 (gradient at the input of layer N-1, N-2, N-3)")
-    if cell.params["grad_mode"] not in ("abs", "signed"):
-        raise _fail(path, f"cell {cell.name}: grad_mode must be abs or signed")
     try:
+        ScoreConfig(grad_layer=cell.params["grad_layer"], grad_mode=cell.params["grad_mode"])  # checks their choices
         validate(TrainConfig(**{k: v for k, v in cell.params.items() if k not in SCORING_KEYS}))
     except TypeError as exc:
         raise _fail(path, f"cell {cell.name}: {exc}") from None

@@ -33,13 +33,14 @@ def option(
     above: float | None = None,
     below: float | None = None,
     comma: bool = False,
+    required: bool = False,
 ):
     """A dataclass field that is a user option.
 
     ``minimum``, ``maximum`` (inclusive), ``above`` and ``below`` (strict): the range a value
     (or each item of a list) must lie in; ``None`` (an unset optional value) is always allowed.
     ``comma``: a list option given as one comma-separated value (``--ratios 1.0,0.1``), not a
-    repeated flag.
+    repeated flag. ``required``: the command line must give it (its default stays ``None``).
     ``aliases``: other accepted names (flags and YAML keys), e.g. the TrainingArguments name.
     ``flag``: the flag's name when it is not the field's name (``--trainer-arg`` for ``trainer_args``).
     ``shown``: how ``--help`` describes the default when the value alone says little (``None``).
@@ -55,6 +56,7 @@ def option(
         "bookkeeping": bookkeeping,
         "range": {"minimum": minimum, "above": above, "maximum": maximum, "below": below},  # lower bounds first
         "comma": comma,
+        "required": required,
     }
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
@@ -169,6 +171,8 @@ def check_values(cls, values: dict) -> None:
     for f in options(cls):
         value = values.get(f.name)
         if value is None:
+            if f.metadata.get("required") and f.name in values:
+                raise TokenSeekError(f"--{flag_name(f)} is required")
             continue
         for item in value if isinstance(value, list) else [value]:
             _check_value(f, item)
