@@ -216,81 +216,15 @@ def load_study(path: str | Path) -> Study:
 
 
 def parse_study(raw: dict, path: Path = Path("<config>")) -> Study:
+    """A checked :class:`Study` from a study YAML's mapping; every mistake is a one-line error naming ``path``."""
     raw = copy.deepcopy(raw)
-    unknown = sorted(set(raw) - TOP_KEYS)
-    if unknown:
-        raise _fail(path, f"unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(TOP_KEYS))})")
-    for key in ("study", "data", "cells"):
-        if key not in raw:
-            raise _fail(path, f"missing required key {key!r}")
-    study = str(raw["study"])
-    if not _NAME.match(study):
-        raise _fail(path, f"study name {study!r} must be letters, digits, '.', '_' or '-'")
-
+    study = _study_name(path, raw)
     data = _data_section(path, raw["data"])
-    held_records = data["test"] if "generator" in data else data["heldout"]
-
-    fields = train_fields()
-    allowed_params = fields | set(SCORING_KEYS)
-    defaults = raw.get("defaults") or {}
-    if not isinstance(defaults, dict):
-        raise _fail(path, "defaults must be a mapping of TrainConfig field: value")
-    scoring = raw.get("scoring") or {}
-    if not isinstance(scoring, dict) or set(scoring) - set(SCORING_KEYS):
-        raise _fail(path, f"scoring may only set {', '.join(SCORING_KEYS)}")
-    _check_params(path, "defaults", defaults, allowed_params)
-    base_params = {**SCORING_KEYS, **scoring, **defaults}
-
-    eval_cfg = _section(path, "eval", raw.get("eval") or {}, EVAL_KEYS)
-    if isinstance(eval_cfg["tasks"], str):
-        eval_cfg["tasks"] = [t for t in eval_cfg["tasks"].split(",") if t.strip()]
-    held_key = "data.test" if "generator" in data else "data.heldout"
-    for key in ("heldout", "exact_match"):
-        if eval_cfg[key] and not held_records:
-            raise _fail(path, f"eval.{key} is on but {held_key} is 0: hold out some records, or set eval.{key}: false")
-    if not eval_cfg["heldout"] and not eval_cfg["exact_match"] and not eval_cfg["tasks"]:
-        raise _fail(path, "nothing to evaluate: set eval.heldout: true, eval.exact_match: true and/or eval.tasks")
-    max_new = eval_cfg["exact_match_max_new_tokens"]
-    if not isinstance(max_new, int) or isinstance(max_new, bool) or max_new < 1:
-        raise _fail(path, f"eval.exact_match_max_new_tokens must be a whole number >= 1, got {max_new!r}")
+    base_params = _base_params(path, raw)
+    eval_cfg = _eval_section(path, raw, data)
+    cells = _cells(path, raw, base_params)
     report = _section(path, "report", raw.get("report") or {}, REPORT_KEYS)
-    order = raw.get("order") or "config"
-    if order not in ORDERS:
-        raise _fail(path, f"order must be one of {', '.join(ORDERS)} (seed: run seed 0 of every row first), got {order!r}")
-
-    cells_raw = raw["cells"]
-    if not isinstance(cells_raw, list) or not cells_raw:
-        raise _fail(path, "cells must be a non-empty list")
-    cells: list[Cell] = []
-    for group, entry in enumerate(cells_raw):
-        cells.extend(_expand(path, group, entry, base_params, allowed_params))
-    if order == "seed":
-        # Stable: within a seed the rows keep their listed order (and the report its row order).
-        cells.sort(key=lambda c: c.seed if c.train else -1)
-    names = [c.name for c in cells]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise _fail(path, f"cell names must be unique, these repeat: {', '.join(dupes)} (add the varying keys to the name template)")
-    for c in cells:
-        _validate_cell(path, c)
-    labels = {c.label for c in cells}
-    for ref in [report["reference"]] + [x for comp in report["comparisons"] for x in (comp.get("a"), comp.get("b"))] + [
-        lab for s in report["spreads"] for lab in s.get("labels", [])
-    ]:
-        if ref is not None and ref not in labels:
-            raise _fail(path, f"report names the row {ref!r}, but no cell has that label (labels: {'; '.join(sorted(labels))})")
-    for entry in report["comparisons"] + report["spreads"]:
-        metric = entry.get("metric", "heldout")
-        if metric not in METRICS:
-            raise _fail(path, f"report metric must be one of {', '.join(METRICS)}, got {metric!r}")
-        if not eval_cfg[METRICS[metric]["eval"]]:
-            raise _fail(path, f"report compares on {metric}, but eval.{METRICS[metric]['eval']} is off: turn it on or drop the comparison")
-    for comp in report["comparisons"]:
-        if comp.get("kind", "matches") not in COMPARISON_KINDS:
-            raise _fail(path, f"report.comparisons kind must be one of {', '.join(COMPARISON_KINDS)}, got {comp.get('kind')!r}")
-        if not comp.get("a") or not comp.get("b"):
-            raise _fail(path, "each report.comparisons entry needs a and b (row labels)")
-
+    _check_report(path, report, cells, eval_cfg)
     # Shared by all studies by default: a cell whose settings another study already ran is not rerun.
     runs_dir = Path(raw.get("runs_dir") or "runs/experiments")
     results_dir = Path(raw.get("results_dir") or f"experiments/results/{study}")
@@ -308,6 +242,95 @@ def parse_study(raw: dict, path: Path = Path("<config>")) -> Study:
         cells=cells,
         raw=raw,
     )
+
+
+def _study_name(path: Path, raw: dict) -> str:
+    """The top-level keys are known and complete; the study's name is usable in paths."""
+    unknown = sorted(set(raw) - TOP_KEYS)
+    if unknown:
+        raise _fail(path, f"unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(TOP_KEYS))})")
+    for key in ("study", "data", "cells"):
+        if key not in raw:
+            raise _fail(path, f"missing required key {key!r}")
+    study = str(raw["study"])
+    if not _NAME.match(study):
+        raise _fail(path, f"study name {study!r} must be letters, digits, '.', '_' or '-'")
+    return study
+
+
+def _base_params(path: Path, raw: dict) -> dict:
+    """What every cell starts from: the scoring defaults, then ``scoring:``, then ``defaults:``."""
+    defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise _fail(path, "defaults must be a mapping of TrainConfig field: value")
+    scoring = raw.get("scoring") or {}
+    if not isinstance(scoring, dict) or set(scoring) - set(SCORING_KEYS):
+        raise _fail(path, f"scoring may only set {', '.join(SCORING_KEYS)}")
+    _check_params(path, "defaults", defaults, train_fields() | set(SCORING_KEYS))
+    return {**SCORING_KEYS, **scoring, **defaults}
+
+
+def _eval_section(path: Path, raw: dict, data: dict) -> dict:
+    """``eval:`` with its defaults; something is evaluated, on records the data section holds out."""
+    eval_cfg = _section(path, "eval", raw.get("eval") or {}, EVAL_KEYS)
+    if isinstance(eval_cfg["tasks"], str):
+        eval_cfg["tasks"] = [t for t in eval_cfg["tasks"].split(",") if t.strip()]
+    held_records = data["test"] if "generator" in data else data["heldout"]
+    held_key = "data.test" if "generator" in data else "data.heldout"
+    for key in ("heldout", "exact_match"):
+        if eval_cfg[key] and not held_records:
+            raise _fail(path, f"eval.{key} is on but {held_key} is 0: hold out some records, or set eval.{key}: false")
+    if not eval_cfg["heldout"] and not eval_cfg["exact_match"] and not eval_cfg["tasks"]:
+        raise _fail(path, "nothing to evaluate: set eval.heldout: true, eval.exact_match: true and/or eval.tasks")
+    max_new = eval_cfg["exact_match_max_new_tokens"]
+    if not isinstance(max_new, int) or isinstance(max_new, bool) or max_new < 1:
+        raise _fail(path, f"eval.exact_match_max_new_tokens must be a whole number >= 1, got {max_new!r}")
+    return eval_cfg
+
+
+def _cells(path: Path, raw: dict, base_params: dict) -> list[Cell]:
+    """Every cell of ``cells:`` (grids expanded), in run order, uniquely named and each a valid run."""
+    order = raw.get("order") or "config"
+    if order not in ORDERS:
+        raise _fail(path, f"order must be one of {', '.join(ORDERS)} (seed: run seed 0 of every row first), got {order!r}")
+    cells_raw = raw["cells"]
+    if not isinstance(cells_raw, list) or not cells_raw:
+        raise _fail(path, "cells must be a non-empty list")
+    allowed_params = train_fields() | set(SCORING_KEYS)
+    cells: list[Cell] = []
+    for group, entry in enumerate(cells_raw):
+        cells.extend(_expand(path, group, entry, base_params, allowed_params))
+    if order == "seed":
+        # Stable: within a seed the rows keep their listed order (and the report its row order).
+        cells.sort(key=lambda c: c.seed if c.train else -1)
+    names = [c.name for c in cells]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise _fail(path, f"cell names must be unique, these repeat: {', '.join(dupes)} (add the varying keys to the name template)")
+    for c in cells:
+        _validate_cell(path, c)
+    return cells
+
+
+def _check_report(path: Path, report: dict, cells: list[Cell], eval_cfg: dict) -> None:
+    """The report names existing rows and compares them on metrics the study evaluates."""
+    labels = {c.label for c in cells}
+    for ref in [report["reference"]] + [x for comp in report["comparisons"] for x in (comp.get("a"), comp.get("b"))] + [
+        lab for s in report["spreads"] for lab in s.get("labels", [])
+    ]:
+        if ref is not None and ref not in labels:
+            raise _fail(path, f"report names the row {ref!r}, but no cell has that label (labels: {'; '.join(sorted(labels))})")
+    for entry in report["comparisons"] + report["spreads"]:
+        metric = entry.get("metric", "heldout")
+        if metric not in METRICS:
+            raise _fail(path, f"report metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        if not eval_cfg[METRICS[metric]["eval"]]:
+            raise _fail(path, f"report compares on {metric}, but eval.{METRICS[metric]['eval']} is off: turn it on or drop the comparison")
+    for comp in report["comparisons"]:
+        if comp.get("kind", "matches") not in COMPARISON_KINDS:
+            raise _fail(path, f"report.comparisons kind must be one of {', '.join(COMPARISON_KINDS)}, got {comp.get('kind')!r}")
+        if not comp.get("a") or not comp.get("b"):
+            raise _fail(path, "each report.comparisons entry needs a and b (row labels)")
 
 
 def _whole(path: Path, key: str, value, minimum: int = 0) -> None:
