@@ -251,6 +251,7 @@ def _summary(values: list[float]) -> dict:
 
 
 def run(spec: dict) -> dict:
+    """Measure one configuration: warm-up, peak RSS (CPU), step times, then one step's memory."""
     spec = {**default_spec(), **spec}
     if spec["mode"] not in MODES:
         raise TokenSeekError(f"unknown worker mode {spec['mode']!r}")
@@ -266,34 +267,51 @@ def run(spec: dict) -> dict:
         result["skipped"] = "tokenseek.seeking.seek is not available in this tree yet"
         return result
 
+    model, batch, optimizer = _setup(spec, device)
+    result["tokens"] = {"total": int(batch["keep"].numel()), "kept": int(batch["keep"].sum())}
+    step = _step_fn(spec, model, batch, optimizer)
+    for _ in range(spec["warmup"]):
+        step({})
+    result["params"] = _param_summary(model, optimizer)
+    if device.type == "cpu" and spec["steps"] > 0:
+        result["rss"] = _measure_rss(step)
+    if spec["steps"]:
+        result["time"] = _measure_time(spec["steps"], model, device, step)
+    result["memory"], result["activations"] = _measure_memory(model, device, step)
+    result["loadavg"]["end"] = os.getloadavg()[0]
+    return result
+
+
+def _setup(spec: dict, device: torch.device):
+    """The model (with its adapter), a synthetic batch with its keep mask, and AdamW when training."""
     model = _load(spec, device)
     vocab = introspect.unwrap(model).get_input_embeddings().weight.shape[0]
     ratio = 1.0 if spec["mode"] == "score" else spec["ratio"]
     batch = synthetic_batch(vocab, spec["seq_len"], spec["batch_size"], ratio, spec["seed"], device, spec["target_share"])
-    result["tokens"] = {"total": int(batch["keep"].numel()), "kept": int(batch["keep"].sum())}
     optimizer = None
     if spec["mode"] == "train":
         trainable = [p for p in model.parameters() if p.requires_grad]
         # adamw_torch, as the trainer uses; a tiny lr keeps random-data steps finite.
         optimizer = torch.optim.AdamW(trainable, lr=1e-6, weight_decay=0.01)
-    step = _step_fn(spec, model, batch, optimizer)
+    return model, batch, optimizer
 
-    for _ in range(spec["warmup"]):
-        step({})
-    result["params"] = _param_summary(model, optimizer)
 
-    if device.type == "cpu" and spec["steps"] > 0:
-        # Peak RSS first, while malloc still returns freed memory at once (RSS_ENV) ...
-        start = memory.reset_peak_rss()
-        step({})
-        result["rss"] = {"peak_bytes": memory.peak_rss_bytes(), "start_bytes": start}
-        # ... then ordinary malloc for timing, after one step that regrows the heap.
-        memory.fast_malloc()
-        step({})
+def _measure_rss(step: Callable[[dict], None]) -> dict:
+    # Peak RSS first, while malloc still returns freed memory at once (RSS_ENV) ...
+    start = memory.reset_peak_rss()
+    step({})
+    rss = {"peak_bytes": memory.peak_rss_bytes(), "start_bytes": start}
+    # ... then ordinary malloc for timing, after one step that regrows the heap.
+    memory.fast_malloc()
+    step({})
+    return rss
 
+
+def _measure_time(steps: int, model, device: torch.device, step: Callable[[dict], None]) -> dict:
+    """Wall and CPU seconds per step, and the median of each phase (forward, backward, ...)."""
     timer = PassTimer(model, device)
     times, cpu_times, phases_all = [], [], []
-    for _ in range(spec["steps"]):
+    for _ in range(steps):
         timer.calls.clear()
         phases: dict = {}
         _sync(device)
@@ -306,13 +324,15 @@ def run(spec: dict) -> dict:
         phases["decoder_calls"] = list(timer.calls)
         phases_all.append(phases)
     timer.remove()
-    if times:
-        result["time"] = {"step_s": _summary(times), "cpu_s": _summary(cpu_times), "phases": _phase_medians(phases_all)}
+    return {"step_s": _summary(times), "cpu_s": _summary(cpu_times), "phases": _phase_medians(phases_all)}
 
+
+def _measure_memory(model, device: torch.device, step: Callable[[dict], None]) -> tuple[dict, dict]:
+    """One step's live-tensor memory (peak, average, per phase) and what autograd saved for backward."""
     with memory.measure_step_memory(device) as measured, memory.count_saved_tensors(model) as saved:
         step({})
     m = measured["memory"]
-    result["memory"] = {
+    live = {
         "peak_bytes": m.peak_bytes,
         "average_bytes": m.average_bytes,
         "baseline_bytes": m.baseline_bytes,
@@ -326,14 +346,13 @@ def run(spec: dict) -> dict:
         "phase_peak_bytes": {name: m.window_peaks[name] for name in memory.PHASES if name in m.window_peaks},
         "method": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "profiler peak live tensor bytes",
     }
-    result["loadavg"]["end"] = os.getloadavg()[0]
-    result["activations"] = {
+    activations = {
         "saved_bytes": saved.activation_bytes,
         "saved_parameter_bytes": saved.parameter_bytes,
         "storages": len(saved.activation),
         "largest": saved.largest(),
     }
-    return result
+    return live, activations
 
 
 def _phase_medians(phases_all: list[dict]) -> dict:
