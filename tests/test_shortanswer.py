@@ -382,3 +382,34 @@ def test_generated_data_is_written_once_and_a_changed_generator_is_refused(tmp_p
     monkeypatch.setattr(generators, "generate_splits", changed)
     with pytest.raises(TokenSeekError, match="its code changed"):
         sample_data(study)
+
+
+def test_ratio_sweep_rows_shared_by_both_selections_keep_every_target(tmp_path):
+    """ratio_sweep.yaml trains one run per (ratio, seed) from 20 % on and shows it on both the random
+    and the TokenSeek line: true only if every training example's budget covers all its targets,
+    so that any ranking keeps the same positions. Checked on the study's own data."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from tokenseek.data import load_records, tokenize_records
+    from tokenseek.experiment import load_study
+    from tokenseek.models import load_tokenizer
+    from tokenseek.seeking.select import select_keep
+
+    study = load_study(Path(__file__).resolve().parent.parent / "experiments" / "ratio_sweep.yaml")
+    shared = sorted({c.params["ratio"] for c in study.cells if c.label.startswith("every target")})
+    assert shared == [0.2, 0.3, 0.5]
+    train, _ = generate_splits(study.data["generator"], study.data["train"], study.data["test"], study.data["seed"])
+    (tmp_path / "train.json").write_text(json.dumps(train))  # as the runner hands it to training
+    p = study.defaults
+    data = tokenize_records(load_records(str(tmp_path / "train.json")), load_tokenizer(p["model"]), template=p["template"], max_length=p["max_length"])
+    rng = np.random.default_rng(0)
+    for ratio in shared:
+        for ex in data.examples[:: 7]:  # a seventh of them: the check is per example, the time is not
+            n = len(ex["input_ids"])
+            targets = np.array([label != -100 for label in ex["labels"][1:]] + [False])
+            scores = {"context": rng.random(n) + 0.01, "gradient": rng.random(n)}
+            random_keep = select_keep(n, ratio, "random", candidates=targets, seed=1, index=ex["index"])
+            scored_keep = select_keep(n, ratio, "tokenseek", candidates=targets, **scores)
+            assert (random_keep == targets).all() and (scored_keep == targets).all(), (ratio, ex["index"])
