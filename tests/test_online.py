@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -16,7 +17,8 @@ from tokenseek.models.introspect import decoder_layers
 from tokenseek.seeking import seek
 from tokenseek.seeking.online import OnlineSeeker, online_scores
 from tokenseek.seeking.seek import score_batch
-from tokenseek.seeking.select import STRATEGIES, select_keep, target_positions
+from tokenseek.errors import TokenSeekError
+from tokenseek.seeking.select import STRATEGIES, ranking_needed, select_keep, target_positions
 
 ONLINE_ARCHS = ["llama", "qwen3", "gemma3_text", "gpt_neox", "mistral"]
 
@@ -192,7 +194,8 @@ def test_beta_zero_on_builtin_data_trains_with_targets_mode(tmp_path, tiny_model
 
 
 def test_online_seeking_trains_end_to_end(tmp_path, tiny_model_dir):
-    summary, curve = _train(tmp_path, tiny_model_dir, "--seeking", "online", "--ratio", "0.2")
+    # At 5 % about half the built-in examples have more targets than their budget: scored inside the step.
+    summary, curve = _train(tmp_path, tiny_model_dir, "--seeking", "online", "--ratio", "0.05")
     assert summary["seeking"] == "online"
     assert not (tmp_path / "run" / "scores").exists()  # no offline store
     # 8 steps x 2 accumulation x batch 2 = 32 visits, each tallied once.
@@ -233,3 +236,46 @@ def test_online_skips_the_score_the_selection_does_not_weigh(monkeypatch, strate
     )
     assert torch.equal(keep, offline.keep)
     assert float(getattr(scores, skipped).abs().sum()) == 0.0
+
+
+# ----------------------------------------------------------------------------- a budget that covers every candidate
+@pytest.mark.parametrize("strategy", ["random", "tokenseek", "context", "gradient", "mixed"])
+def test_a_budget_covering_every_candidate_keeps_them_all_without_scores(strategy):
+    labels = np.array([-100] * 30 + [7, 8, 9])  # positions 29, 30, 31 predict a target
+    assert not ranking_needed(labels, 0.1, "targets")  # budget ceil(3.3) = 4 >= 3 targets
+    assert ranking_needed(labels, 0.05, "targets") and ranking_needed(labels, 0.1, "all")
+    keep = select_keep(33, 0.1, strategy, candidates=target_positions(labels))  # no scores given: none needed
+    assert np.flatnonzero(keep).tolist() == [29, 30, 31]
+    assert select_keep(33, 1.0, strategy).all()  # ratio 1 over all positions
+    with pytest.raises(TokenSeekError, match="needs token scores") if strategy != "random" else contextlib.nullcontext():
+        select_keep(33, 0.05, strategy, candidates=target_positions(labels))  # 2 of 3: a choice, so scores are needed
+
+
+def test_training_scores_nothing_when_no_example_has_a_choice(tmp_path, tiny_model_dir, caplog):
+    """Built-in examples are mostly prompt: at 20 % every budget covers all targets, so the
+    scored selection keeps every target and the (slow) scoring pass is skipped."""
+    with caplog.at_level("INFO", logger="tokenseek"):
+        summary, _ = _train(tmp_path, tiny_model_dir, "--ratio", "0.2")
+    assert not (tmp_path / "run" / "scores").exists()
+    assert "nothing is scored" in caplog.text
+    assert summary["kept_targets"] == summary["target_positions"] == summary["tokens_kept"]
+
+
+def test_online_seeking_scores_nothing_when_no_example_has_a_choice(monkeypatch):
+    import tokenseek.seeking.online as online
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("scored although every budget covers all targets")
+
+    monkeypatch.setattr(online, "online_scores", must_not_run)
+    model = tiny_model("llama").eval()
+    input_ids, attention_mask, _ = padded_batch(seed=8, lengths=(40, 25))
+    labels = torch.full_like(input_ids, -100)
+    labels[0, 37:40] = input_ids[0, 37:40]  # 3 targets, budget 4
+    labels[1, 23:25] = input_ids[1, 23:25]  # 2 targets, budget 3 (the batch is padded: real tokens only count)
+    keep, cache, scores = OnlineSeeker(ratio=0.1, select_from="targets")(model, input_ids, labels, attention_mask)
+    assert cache is None and scores is None
+    expected = torch.zeros_like(keep)
+    expected[0, 36:39] = True
+    expected[1, 22:24] = True
+    assert torch.equal(keep, expected)

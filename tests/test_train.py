@@ -279,6 +279,17 @@ def test_trainer_drop_in_scored_and_online_selection(tmp_path, tiny_model_dir):
     assert online.online_tally.examples == 8 and online.online_tally.kept_targets > 0
 
 
+def test_trainer_drop_in_scores_nothing_when_every_budget_covers_the_targets(tmp_path, tiny_model_dir):
+    """ratio 1.0 among targets keeps every target whatever the scores: no store is made, training runs."""
+    trainer = _user_trainer(tmp_path, tiny_model_dir, selection="tokenseek", ratio=1.0, scores=tmp_path / "scores")
+    assert not (tmp_path / "scores").exists() and trainer.offline_keep.scores is None
+    batch = next(iter(trainer.get_train_dataloader()))
+    targets = torch.zeros_like(batch["keep"])
+    targets[:, :-1] = batch["labels"][:, 1:] != -100  # position p is a candidate when token p+1 is a target
+    assert torch.equal(batch["keep"], targets)
+    trainer.train()
+
+
 def test_trainer_drop_in_bad_keywords_are_one_line_errors(tmp_path, tiny_model_dir):
     from tokenseek.train.trainer import StepOptions
 

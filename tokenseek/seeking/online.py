@@ -29,7 +29,7 @@ from tokenseek.errors import TokenSeekError, UnsupportedModelError
 from tokenseek.models.introspect import capture_final_hidden, decoder, decoder_layers, eval_mode
 from tokenseek.seeking.context import capture_context_scores
 from tokenseek.seeking.gradient import per_example_loss_grad, reduce_gradient
-from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM, SCORE_WEIGHTS, check_selection, select_keep, target_positions
+from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM, SCORE_WEIGHTS, check_selection, ranking_needed, select_keep, target_positions
 
 # Every name a decoder layer has taken its cache under (``cache`` from transformers 5.24).
 _CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")
@@ -165,8 +165,23 @@ class OnlineSeeker:
         if self.strategy in ("full", "probe"):
             raise TokenSeekError(f"--seeking online selects a ratio of tokens; --selection {self.strategy} has nothing to seek online")
 
-    def __call__(self, model, input_ids, labels, attention_mask, indices=None) -> tuple[torch.Tensor, ContextCache, OnlineScores]:
-        """``(keep [B, n] bool, frozen context cache, scores)`` for one padded batch."""
+    def __call__(
+        self, model, input_ids, labels, attention_mask, indices=None
+    ) -> tuple[torch.Tensor, ContextCache | None, OnlineScores | None]:
+        """``(keep [B, n] bool, frozen context cache, scores)`` for one padded batch.
+
+        When no example's budget leaves a choice (it covers all its candidates) nothing is
+        scored: the keep mask is every candidate, and cache and scores are None (the step then
+        runs its own context pass).
+        """
+        real, label_rows = attention_mask.bool().cpu().numpy(), labels.cpu().numpy()
+        if not any(ranking_needed(label_rows[b, real[b]], self.ratio, self.select_from) for b in range(input_ids.shape[0])):
+            keep = torch.zeros_like(attention_mask, dtype=torch.bool)
+            for b in range(input_ids.shape[0]):
+                where = np.flatnonzero(real[b])
+                candidates = self._candidates(label_rows[b, where])
+                keep[b, torch.from_numpy(where if candidates is None else where[candidates]).to(keep.device)] = True
+            return keep, None, None
         alpha, beta = SCORE_WEIGHTS.get(self.strategy, (self.alpha, self.beta))
         scores, cache = online_scores(
             model, input_ids, labels, attention_mask, layers_back=self.layers_back, grad_mode=self.grad_mode,
@@ -174,7 +189,6 @@ class OnlineSeeker:
         )
         keep = torch.zeros_like(attention_mask, dtype=torch.bool)
         context, gradient = scores.context.cpu().numpy(), scores.gradient.cpu().numpy()
-        real, label_rows = attention_mask.bool().cpu().numpy(), labels.cpu().numpy()
         for b in range(input_ids.shape[0]):
             where = np.flatnonzero(real[b])
             chosen = select_keep(
@@ -187,7 +201,10 @@ class OnlineSeeker:
                 beta=self.beta,
                 seed=self.seed,
                 index=int(indices[b]) if indices is not None else b,
-                candidates=target_positions(label_rows[b, where]) if self.select_from == "targets" else None,
+                candidates=self._candidates(label_rows[b, where]),
             )
             keep[b, torch.from_numpy(where[chosen]).to(keep.device)] = True
         return keep, cache, scores
+
+    def _candidates(self, labels: np.ndarray) -> np.ndarray | None:
+        return target_positions(labels) if self.select_from == "targets" else None

@@ -80,6 +80,22 @@ def target_positions(labels) -> np.ndarray:
     return has_target
 
 
+def ranking_needed(labels, ratio: float, select_from: str = DEFAULT_SELECT_FROM) -> bool:
+    """Whether an example's budget leaves a choice: False when it covers every candidate position
+    (every position with a target, or every token), so that any selection keeps them all."""
+    pool = int(target_positions(labels).sum()) if select_from == "targets" else len(labels)
+    return keep_count(len(labels), ratio) < pool
+
+
+NOTHING_TO_RANK = "every example's budget covers all its candidate positions, so every selection keeps them all: nothing is scored"
+
+
+def scores_needed(label_rows, ratio: float, strategy: str, select_from: str = DEFAULT_SELECT_FROM) -> bool:
+    """Whether a scored selection has anything to rank in these examples (their ``labels``); if
+    every budget covers all candidates, scoring would be wasted time. ``probe`` ignores the ratio."""
+    return strategy == "probe" or any(ranking_needed(labels, ratio, select_from) for labels in label_rows)
+
+
 def select_keep(
     length: int,
     ratio: float,
@@ -124,6 +140,10 @@ def select_keep(
     else:
         pool = None
         k = keep_count(length, ratio)
+    if strategy != "probe" and k >= (length if pool is None else len(pool)):
+        # The budget covers every candidate: nothing to rank, so no scores are needed either.
+        keep[slice(None) if pool is None else pool] = True
+        return keep
     if strategy == "random":
         keep[rng.choice(length, size=k, replace=False) if pool is None else rng.choice(pool, size=k, replace=False)] = True
         return keep

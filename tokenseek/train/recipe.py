@@ -511,13 +511,16 @@ def _summary(cfg: TrainConfig, trainer, curve: list, evals: list) -> dict:
 
 def _scores(cfg: TrainConfig, model, tokenizer, data, out: Path, state):
     """The score store the scored selections read (made under the run dir unless --scores), else None."""
-    from tokenseek.seeking.select import SCORED
+    from tokenseek.seeking.select import NOTHING_TO_RANK, SCORED, scores_needed
     from tokenseek.seeking.store import ScoreStore, score_dataset
 
     if cfg.selection not in SCORED:
         return None
-    if cfg.scores:
+    if cfg.scores:  # opened (and checked against this model and data) even if nothing needs ranking
         return ScoreStore.open(cfg.scores, data=data, model=model, model_id=cfg.model)
+    if not scores_needed((ex["labels"] for ex in data.examples), cfg.ratio, cfg.selection, cfg.select_from):
+        logger.info(NOTHING_TO_RANK)
+        return None
     # Under torchrun each rank scores its share of the batches; score_dataset waits for
     # all shards, rank 0 merges, and every rank then opens the one complete store.
     return score_dataset(

@@ -17,6 +17,7 @@ averaged over the window (transformers' rule when it cannot count items in advan
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -27,9 +28,10 @@ from tokenseek.data.collate import DitchingCollator
 from tokenseek.ditching.loss import DEFAULT_LOSS_CHUNK, LOSS_NORMS, kept_targets, step_loss_sums
 from tokenseek.errors import TokenSeekError
 from tokenseek.seeking.online import OnlineSeeker
-from tokenseek.seeking.select import SCORED, KeptSetDrift, SelectionTally, keep_count
+from tokenseek.seeking.select import NOTHING_TO_RANK, SCORED, KeptSetDrift, SelectionTally, keep_count, scores_needed
 from tokenseek.train.selection import KeepingCollator, OfflineKeep, SelectionOptions, example_key, tokenized_examples
 
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -153,7 +155,7 @@ class SelectingMixin(DitchedLossMixin):
                 options.ratio, options.selection, select_from=options.select_from, alpha=options.alpha, beta=options.beta, seed=self.args.seed
             )
             if options.selection in SCORED:
-                self.offline_keep.scores, self.offline_keep.index_of = self._score(options.scores, max_length, source)
+                self.offline_keep.scores, self.offline_keep.index_of = self._score(options, max_length, source)
 
     def get_train_dataloader(self):
         # Only training batches get a keep mask; evaluation batches are collated as the trainer does.
@@ -166,16 +168,22 @@ class SelectingMixin(DitchedLossMixin):
         finally:
             self.data_collator = collator
 
-    def _score(self, out, max_length: int | None, source: str):
-        """Score the tokenised train set into ``out`` (or open it); returns (store, index by content)."""
+    def _score(self, options: SelectionOptions, max_length: int | None, source: str):
+        """Score the tokenised train set into ``options.scores`` (or open it); returns (store, index by content).
+
+        ``(None, {})`` when no example's budget leaves a choice: nothing to rank, nothing to score.
+        """
         from tokenseek.seeking.store import score_dataset
 
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         if tokenizer is None:
             raise TokenSeekError("scored selection needs the tokenizer: pass processing_class=tokenizer")
         data = tokenized_examples(self.train_dataset, tokenizer, max_length, source)
+        if not scores_needed((ex["labels"] for ex in data.examples), options.ratio, options.selection, options.select_from):
+            logger.info(NOTHING_TO_RANK)
+            return None, {}
         store = score_dataset(
-            self.model, tokenizer, data, out, batch_size=self.args.per_device_train_batch_size,
+            self.model, tokenizer, data, options.scores, batch_size=self.args.per_device_train_batch_size,
             # Under torchrun/accelerate each process scores its share; rank 0 merges the store.
             rank=self.args.process_index, world_size=self.args.world_size,
         )
