@@ -122,8 +122,9 @@ def test_train_cli_bf16_end_to_end(tmp_path, tiny_model_dir, data_file):
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
+    # Loss on every token: with only the one- or two-token answers as targets, 10 % would keep them all and score nothing.
     argv = ["train", "--model", str(tiny_model_dir), "--data", str(data_file), "--output-dir", str(out), "--max-length", "64",
-            "--dtype", "bf16", "--max-steps", "2", "--grad-accum", "2"]
+            "--train-on-prompt", "--dtype", "bf16", "--max-steps", "2", "--grad-accum", "2"]
     assert main(argv) == 0
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["dtype"] == "bf16" and summary["steps"] == 2
@@ -289,7 +290,8 @@ def test_torchrun_train_scores_by_rank_into_one_store(tmp_path, tiny_model_dir):
     data.write_text(json.dumps(records))
     # 10 records: scoring has 3 batches of 4 (rank 0 scores two, rank 1 one); 8 are held out,
     # so training sees the same 2 examples in one step whichever way they are split.
-    common = ["--model", str(tiny_model_dir), "--data", str(data), "--max-length", "64", "--selection", "tokenseek", "--ratio", "0.3",
+    # --train-on-prompt: the answers alone fit in a 30 % budget, which would leave nothing to rank or score.
+    common = ["--model", str(tiny_model_dir), "--data", str(data), "--max-length", "64", "--selection", "tokenseek", "--ratio", "0.3", "--train-on-prompt",
               "--heldout", "8", "--peft", "none", "--max-steps", "1", "--optim", "sgd", "--lr", "0.5", "--max-grad-norm", "0",
               "--scheduler", "constant", "--warmup-ratio", "0", "--grad-accum", "1"]
     env = CPU_PROCESSES

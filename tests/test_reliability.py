@@ -99,7 +99,8 @@ def test_score_store_with_nan_is_refused(tmp_path, capsys, tiny_model_dir, data_
     context[0][1] = float("nan")
     pq.write_table(table.set_column(1, "context", pa.array(context, pa.list_(pa.float32()))), store / "scores.parquet")
     capsys.readouterr()
-    assert main(_train_argv(tiny_model_dir, data_file, tmp_path / "run", "--scores", str(store))) == 2
+    # Over all positions, so that the scores are read (among the short answers nothing is ranked).
+    assert main(_train_argv(tiny_model_dir, data_file, tmp_path / "run", "--scores", str(store), "--select-from", "all")) == 2
     assert "NaN or infinite" in _err(capsys)
 
 
@@ -151,7 +152,9 @@ def test_same_seed_same_run(tmp_path, tiny_model_dir, data_file):
     curves, stores = [], []
     for name in ("a", "b"):
         out = tmp_path / name
-        argv = _train_argv(tiny_model_dir, data_file, out, "--selection", "tokenseek", "--max-steps", "4", "--grad-accum", "2", "--seed", "7")
+        # Loss on every token: among the one- or two-token answers alone there would be nothing to rank or score.
+        argv = _train_argv(tiny_model_dir, data_file, out, "--selection", "tokenseek", "--train-on-prompt", "--max-steps", "4",
+                           "--grad-accum", "2", "--seed", "7")
         assert main(argv) == 0
         curves.append([p["loss"] for p in json.loads((out / "loss_curve.json").read_text())])
         stores.append((out / "scores" / "scores.parquet").read_bytes())
@@ -159,7 +162,8 @@ def test_same_seed_same_run(tmp_path, tiny_model_dir, data_file):
     assert stores[0] == stores[1]
     # Only the seed differs (same strategy, same everything else): adapter init and data order change.
     out = tmp_path / "c"
-    assert main(_train_argv(tiny_model_dir, data_file, out, "--selection", "tokenseek", "--max-steps", "4", "--grad-accum", "2", "--seed", "8")) == 0
+    assert main(_train_argv(tiny_model_dir, data_file, out, "--selection", "tokenseek", "--train-on-prompt", "--max-steps", "4",
+                            "--grad-accum", "2", "--seed", "8")) == 0
     assert [p["loss"] for p in json.loads((out / "loss_curve.json").read_text())] != curves[0]
 
 
