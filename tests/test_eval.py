@@ -322,6 +322,33 @@ def test_cli_heldout_only(tiny_dir, tmp_path, capsys):
     assert "held-out loss" in stdout
 
 
+def test_library_run_eval_writes_what_the_cli_writes(tiny_dir, tmp_path, capsys):
+    """`run_eval(EvalConfig(...))` is the CLI's job: same results for the same settings,
+    the shared example-building ones (--max-length here) included."""
+    from tokenseek.eval import EvalConfig, run_eval
+
+    data = tmp_path / "held.json"
+    long_answer = " ".join(["the quick brown fox jumps over the lazy dog"] * 12)
+    data.write_text(json.dumps([{"instruction": "Repeat the sentence.", "input": "", "output": long_answer}, {"instruction": "Add 2 and 2.", "input": "", "output": "4"}]))
+    code, _, _ = _run_cli(["eval", "--model", str(tiny_dir), "--heldout", str(data), "--max-length", "64", "--output", str(tmp_path / "cli.json")], capsys)
+    assert code == 0
+    returned = run_eval(EvalConfig(model=str(tiny_dir), heldout=str(data), max_length=64, output=str(tmp_path / "lib.json")))
+    cli, lib = (json.loads((tmp_path / name).read_text()) for name in ("cli.json", "lib.json"))
+    for results in (cli, lib, returned):
+        results.pop("wall_time_s")
+    assert lib == cli == json.loads(json.dumps(returned))
+    assert lib["heldout"]["tokens"] < 64  # the long answer was cut at --max-length 64
+    assert (tmp_path / "lib.md").read_text() == (tmp_path / "cli.md").read_text()
+
+
+def test_eval_shares_trains_example_settings():
+    from tokenseek.eval import EvalConfig
+    from tokenseek.train.recipe import TrainConfig
+
+    for name in ("model", "fields", "template", "max_length", "dtype"):
+        assert getattr(EvalConfig(), name) == getattr(TrainConfig(), name), name
+
+
 # ----------------------------------------------------------------------------- real model
 @pytest.mark.slow
 @pytest.mark.shared_data

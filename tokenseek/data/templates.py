@@ -5,6 +5,7 @@ from __future__ import annotations
 from tokenseek.errors import TokenSeekError
 
 TEMPLATES = ("alpaca", "chat")
+DEFAULT_TEMPLATE = "alpaca"
 
 _ALPACA_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 
 from tokenseek.data.chat import encode_chat_completion, encode_conversation
 from tokenseek.data.formats import is_conversational, record_format
-from tokenseek.data.templates import format_prompt
+from tokenseek.data.templates import DEFAULT_TEMPLATE, format_prompt
 from tokenseek.constants import IGNORE_INDEX
 from tokenseek.errors import TokenSeekError
+
+DEFAULT_MAX_LENGTH = 512  # tokens; long enough for Alpaca-style records
 
 
 @dataclass
@@ -47,7 +49,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()[:16]
 
 
-def prompt_ids(record: dict, tokenizer, template: str = "alpaca") -> list[int]:
+def prompt_ids(record: dict, tokenizer, template: str = DEFAULT_TEMPLATE) -> list[int]:
     """An Alpaca record's prompt token ids exactly as training sees them (generation starts right after)."""
     specials = template != "chat"  # a chat template already writes its special tokens
     return tokenizer(format_prompt(record, template, tokenizer), add_special_tokens=specials)["input_ids"]
@@ -79,7 +81,7 @@ def _text(record: dict, tokenizer) -> tuple[list[int], list[bool]]:
     return ids, [True] * len(ids)
 
 
-def encode_record(record: dict, tokenizer, *, fmt: str, template: str = "alpaca", index: int = 0) -> tuple[list[int], list[bool]]:
+def encode_record(record: dict, tokenizer, *, fmt: str, template: str = DEFAULT_TEMPLATE, index: int = 0) -> tuple[list[int], list[bool]]:
     """Token ids of one record and which of them carry the loss (before --train-on-prompt)."""
     if fmt == "alpaca":
         return _alpaca(record, tokenizer, template)
@@ -107,8 +109,8 @@ def tokenize_records(
     records: list[dict],
     tokenizer,
     *,
-    template: str = "alpaca",
-    max_length: int = 512,
+    template: str = DEFAULT_TEMPLATE,
+    max_length: int = DEFAULT_MAX_LENGTH,
     train_on_prompt: bool = False,
 ) -> TokenizedData:
     """Token ids and labels; the format comes from the records (see :mod:`tokenseek.data.formats`).

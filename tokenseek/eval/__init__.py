@@ -8,6 +8,7 @@ Exports are imported lazily: the CLI parser and lm-eval (which imports
 import importlib
 
 _EXPORTS = {
+    "EvalConfig": "tokenseek.eval.config",
     "PrefixCachedLM": "tokenseek.eval.prefix_lm",  # importing it registers lm-eval model "tokenseek-prefix"
     "TaskSelection": "tokenseek.eval.harness",
     "evaluate_tasks": "tokenseek.eval.harness",
@@ -17,6 +18,7 @@ _EXPORTS = {
     "select_tasks": "tokenseek.eval.harness",
     "heldout_loss": "tokenseek.eval.heldout",
     "paper_table": "tokenseek.eval.report",
+    "run_eval": "tokenseek.eval.job",
 }
 __all__ = sorted(_EXPORTS)
 

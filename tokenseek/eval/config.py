@@ -1,9 +1,16 @@
-"""The options of ``tokenseek eval`` that are its own (model and example-building options are TrainConfig's)."""
+"""What ``tokenseek eval`` / :func:`tokenseek.eval.job.run_eval` evaluates, and how.
+
+The fields made with ``option`` are the command's own flags; the plain fields are the model,
+precision and example-building settings it shares with ``tokenseek train`` (the CLI fills
+them from TrainConfig's flags, so they mean the same thing in both commands).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tokenseek.data.templates import DEFAULT_TEMPLATE
+from tokenseek.data.tokenize import DEFAULT_MAX_LENGTH
 from tokenseek.eval.catalog import DATA_ENV, DEFAULT_TASKS
 from tokenseek.utils.options import check_options, option
 
@@ -32,6 +39,12 @@ class EvalConfig:
         False, "with --heldout (Alpaca records): also answer each prompt greedily and report the share whose first answer line equals its output"
     )
     max_new_tokens: int = option(40, "with --exact-match: tokens generated per answer at most", minimum=1)
+
+    model: str | None = None  # Hub id, model folder or .gguf; None: the default model
+    dtype: str = "auto"  # as --dtype: bf16 on a GPU that supports it, else fp32
+    fields: str | None = None  # column mapping of the --heldout records
+    template: str = DEFAULT_TEMPLATE
+    max_length: int = DEFAULT_MAX_LENGTH
 
     def __post_init__(self) -> None:
         check_options(self)

@@ -14,6 +14,7 @@ import re
 
 import torch
 
+from tokenseek.data.templates import DEFAULT_TEMPLATE
 from tokenseek.errors import TokenSeekError
 
 
@@ -48,7 +49,7 @@ class _LineDone:
 
 @torch.no_grad()
 def greedy_answers(
-    model, tokenizer, records: list[dict], *, template: str = "alpaca", max_new_tokens: int = 40, batch_size: int = 8, progress: bool = False
+    model, tokenizer, records: list[dict], *, template: str = DEFAULT_TEMPLATE, max_new_tokens: int = 40, batch_size: int = 8, progress: bool = False
 ) -> list[str]:
     """Greedy continuations of each record's prompt (decoded, special tokens dropped), in order.
 
@@ -111,7 +112,7 @@ def exact_match(
     tokenizer,
     records: list[dict],
     *,
-    template: str = "alpaca",
+    template: str = DEFAULT_TEMPLATE,
     max_new_tokens: int = 40,
     batch_size: int = 8,
     tasks: list[str | None] | None = None,

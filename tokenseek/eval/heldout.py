@@ -7,12 +7,14 @@ import math
 import torch
 
 from tokenseek.data import tokenize_records
+from tokenseek.data.templates import DEFAULT_TEMPLATE
+from tokenseek.data.tokenize import DEFAULT_MAX_LENGTH
 from tokenseek.constants import IGNORE_INDEX
 
 
 @torch.no_grad()
 def heldout_loss(
-    model, tokenizer, records: list[dict], template: str = "alpaca", max_length: int = 512, batch_size: int = 8, progress: bool = False
+    model, tokenizer, records: list[dict], template: str = DEFAULT_TEMPLATE, max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 8, progress: bool = False
 ) -> dict:
     """Token-weighted mean loss over the response tokens of ``records`` and its perplexity.
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from tokenseek.data.formats import FORMATS
-from tokenseek.data.templates import TEMPLATES
+from tokenseek.data.templates import DEFAULT_TEMPLATE, TEMPLATES
+from tokenseek.data.tokenize import DEFAULT_MAX_LENGTH
 from tokenseek.ditching.loss import DEFAULT_LOSS_CHUNK, LOSS_NORMS
 from tokenseek.errors import TokenSeekError, first_line
 from tokenseek.models.adapters import PEFT_METHODS
@@ -42,8 +43,8 @@ class TrainConfig:
     subset: str | None = option(None, "Hub dataset configuration (subset) name")
     fields: str | None = option(None, "column mapping, e.g. instruction=question,output=answer or messages=conversation")
     limit: int | None = option(None, "use only the first N records", minimum=1)
-    template: str = option("alpaca", "prompt template of Alpaca records (alpaca: paper S1.1)", choices=TEMPLATES)
-    max_length: int = option(512, "truncate examples to this many tokens", minimum=2)
+    template: str = option(DEFAULT_TEMPLATE, "prompt template of Alpaca records (alpaca: paper S1.1)", choices=TEMPLATES)
+    max_length: int = option(DEFAULT_MAX_LENGTH, "truncate examples to this many tokens", minimum=2)
     train_on_prompt: bool = option(False, "also compute the loss on prompt tokens")
     heldout: float = option(0.0, "hold out this fraction (<1) or count (>=1) of records for evaluation", minimum=0)
     selection: str = option("tokenseek", "which tokens to back-propagate", choices=STRATEGIES)
