@@ -122,42 +122,18 @@ def compute_example(
     those scores, while the attention and gradient maps are always recomputed.
     """
     from tokenseek.models.introspect import text_config
-    from tokenseek.seeking.seek import score_batch
 
     device = next(model.parameters()).device
     ids = torch.tensor([example["input_ids"]], dtype=torch.long, device=device)
     labels = torch.tensor([example["labels"]], dtype=torch.long, device=device)
-    mask = torch.ones_like(ids)
     num_layers = text_config(model).num_hidden_layers
     if not 1 <= layers_back <= num_layers:
         raise TokenSeekError(f"--grad-layer {layers_back} needs a model with at least {layers_back} decoder layers; this one has {num_layers}")
 
-    was_training = model.training
-    model.eval()
-    try:
-        context, gradient, grad_map = score_batch(model, ids, labels, mask, layers_back=layers_back, grad_mode=grad_mode, return_grad_map=True)
-        layer_gradients = {}
-        if layers:
-            for back in range(1, min(3, num_layers) + 1):
-                if back == layers_back:
-                    layer_gradients[back] = gradient[0].cpu().numpy()
-                else:
-                    _, g = score_batch(model, ids, labels, mask, layers_back=back, grad_mode=grad_mode)
-                    layer_gradients[back] = g[0].cpu().numpy()
-        attention = last_layer_attention(model, ids)
-    finally:
-        model.train(was_training)
-
-    context_np, gradient_np = context[0].cpu().numpy(), gradient[0].cpu().numpy()
+    context, gradient, grad_map, layer_gradients, attention = _model_maps(model, ids, labels, layers_back, grad_mode, layers)
     if stored is not None:
-        context_np = np.asarray(stored["context"], dtype=np.float32)
-        gradient_np = np.asarray(stored["gradient"], dtype=np.float32)
-        if len(context_np) != len(example["input_ids"]):
-            raise TokenSeekError(
-                f"the stored scores of example {example['index']} cover {len(context_np)} tokens but it has "
-                f"{len(example['input_ids'])}: re-score with the same --data/--template/--max-length"
-            )
-    combined, masks = keep_masks(context_np, gradient_np, ratio, alpha, beta)
+        context, gradient = _stored_scores(stored, example)
+    combined, masks = keep_masks(context, gradient, ratio, alpha, beta)
     return ExampleView(
         position=position,
         record_index=int(example["index"]),
@@ -165,8 +141,8 @@ def compute_example(
         tokens=token_texts(tokenizer, example["input_ids"]),
         prompt_length=int(example["prompt_length"]),
         labels=list(example["labels"]),
-        context=context_np,
-        gradient=gradient_np,
+        context=context,
+        gradient=gradient,
         combined=combined,
         keep=masks,
         ratio=ratio,
@@ -178,6 +154,44 @@ def compute_example(
         model_name=model_name,
         num_layers=num_layers,
         attention=attention,
-        grad_map=grad_map[0].cpu().numpy(),
+        grad_map=grad_map,
         layer_gradients=layer_gradients,
     )
+
+
+def _model_maps(model, ids, labels, layers_back: int, grad_mode: str, layers: bool):
+    """The model's own view of one example (numpy, batch dimension dropped): context and
+    gradient scores, the per-dimension gradient map, gradient scores of the last three
+    layers (with ``layers``) and the last layer's attention."""
+    from tokenseek.models.introspect import text_config
+    from tokenseek.seeking.seek import score_batch
+
+    mask = torch.ones_like(ids)
+    was_training = model.training
+    model.eval()
+    try:
+        context, gradient, grad_map = score_batch(model, ids, labels, mask, layers_back=layers_back, grad_mode=grad_mode, return_grad_map=True)
+        layer_gradients = {}
+        if layers:
+            for back in range(1, min(3, text_config(model).num_hidden_layers) + 1):
+                if back == layers_back:
+                    layer_gradients[back] = gradient[0].cpu().numpy()
+                else:
+                    _, g = score_batch(model, ids, labels, mask, layers_back=back, grad_mode=grad_mode)
+                    layer_gradients[back] = g[0].cpu().numpy()
+        attention = last_layer_attention(model, ids)
+    finally:
+        model.train(was_training)
+    return context[0].cpu().numpy(), gradient[0].cpu().numpy(), grad_map[0].cpu().numpy(), layer_gradients, attention
+
+
+def _stored_scores(stored: dict, example: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A score-store row's scores, refused when they belong to differently tokenized data."""
+    context = np.asarray(stored["context"], dtype=np.float32)
+    gradient = np.asarray(stored["gradient"], dtype=np.float32)
+    if len(context) != len(example["input_ids"]):
+        raise TokenSeekError(
+            f"the stored scores of example {example['index']} cover {len(context)} tokens but it has "
+            f"{len(example['input_ids'])}: re-score with the same --data/--template/--max-length"
+        )
+    return context, gradient
