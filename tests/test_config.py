@@ -91,6 +91,7 @@ def test_checkpointing_reaches_the_trainer_without_a_deprecated_name(tmp_path):
         (["--eval-steps", "2"], "--eval-steps needs held-out data"),
         (["--report-to", "tensorboard,nonexistent"], "--report-to: nonexistent is not supported"),
         (["--peft", "adapterx"], "unknown --peft 'adapterx': choose one of"),
+        (["--max-steps", "0"], "--max-steps 0 trains nothing"),
     ],
 )
 def test_bad_trainer_settings_are_one_line(tmp_path, capsys, argv, message):

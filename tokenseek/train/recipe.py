@@ -145,6 +145,8 @@ def validate(cfg: TrainConfig) -> None:
 
     check_options(cfg)
     check_selection(cfg.selection, cfg.ratio, cfg.alpha, cfg.beta, cfg.select_from)
+    if cfg.max_steps == 0:  # the Trainer would read 0 as "not set" and train every epoch
+        raise TokenSeekError("--max-steps 0 trains nothing: give a number of optimizer steps, or -1 to let --epochs decide")
     if cfg.scores and cfg.selection not in SCORED:
         raise TokenSeekError(f"--scores is only used by the scored selections ({', '.join(SCORED)}), not {cfg.selection!r}")
     if cfg.seeking == "online":
