@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from tokenseek.seeking.store import score_dataset
 
     check_selection("tokenseek", args.ratio, args.alpha, args.beta)
-    from_args(ScoreConfig, args)  # checks its choices
+    cfg = from_args(ScoreConfig, args)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
         import torch.distributed as dist
@@ -48,13 +48,13 @@ def run(args: argparse.Namespace) -> int:
         data,
         args.out,
         model_id=args.model,
-        batch_size=args.batch_size,
-        layers_back=args.grad_layer,
-        grad_mode=args.grad_mode,
+        batch_size=cfg.batch_size,
+        layers_back=cfg.grad_layer,
+        grad_mode=cfg.grad_mode,
         ratio=args.ratio,
         alpha=args.alpha,
         beta=args.beta,
-        seed=args.seed,
+        seed=cfg.seed,
         rank=rank,
         world_size=world,
     )
