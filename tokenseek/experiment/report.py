@@ -302,70 +302,87 @@ def _timing(study: Study, results: dict[str, dict]) -> str:
 
 
 def main_table(study: Study, table_rows: list[dict]) -> str:
+    """The study's main table (one row per setting) and the notes that say what its columns mean."""
     ref_label = study.report["reference"]
     ref = next((r for r in table_rows if r["label"] == ref_label), None)
+    em = study.eval["exact_match"]
     tasks = _task_names(table_rows)
+    tasks += ["average"] if tasks else []
     head = ["setting", "runs", "tokens kept", "targets trained", "train loss", "held-out loss", "held-out ppl"]
     if ref is not None:
         head += [f"Δ held-out vs {ref_label}", "2 SE"]
-    em = study.eval["exact_match"]
     if em:
         head += ["exact match"] + ([f"Δ EM vs {ref_label}", "2 SE (EM)"] if ref is not None else [])
-    head += tasks + (["average"] if tasks else [])
+    head += tasks
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table_rows:
-        done = row["done"]
-        held = heldout_values(row)
-        trained = [r["train"] for _, r in done if r.get("train")]
-        kept = _mean([t.get("kept_fraction") for t in trained])
-        targets = _mean([(r.get("selection_stats") or {}).get("target_fraction_trained") for _, r in done if r.get("train")])
-        train_loss = _mean([t.get("train_loss") for t in trained])
-        ppl = _mean([r["heldout"]["perplexity"] for _, r in done if r.get("heldout")])
-        cells = [
-            row["label"],
-            f"{len(done)}/{len(row['cells'])}",
-            "—" if kept is None else f"{100 * kept:.1f}%",
-            "—" if targets is None else f"{100 * targets:.1f}%",
-            _f(train_loss),
-            _pm(_mean(held), _sd(held), kind=f"sd, n={len(held)}") if len(held) >= 2 else _f(_mean(held)),
-            _f(ppl, 2),
-        ]
-        if ref is not None:
-            if row is ref or not done:
-                cells += ["—", "—"]
-            else:
-                c = compare(row, ref)
-                cells += ["—", "—"] if c is None else [f"{c['delta']:+.4f}", _f(2 * c["se"]) if c["se"] is not None else "—"]
+        cells = _training_cells(row) + _heldout_cells(row, ref)
         if em:
-            acc = metric_values(row, "exact_match")
-            cells.append(_pm(100 * _mean(acc), 100 * _sd(acc), 1, f"sd, n={len(acc)}") if len(acc) >= 2 else _pct(_mean(acc)))
-            if ref is not None:
-                c = None if row is ref or not done else compare(row, ref, "exact_match")
-                cells += ["—", "—"] if c is None else [f"{100 * c['delta']:+.1f}", _f(200 * c["se"], 1) if c["se"] is not None else "—"]
+            cells += _exact_match_cells(row, ref)
         bench = benchmark_summary(row)
-        for name in tasks + (["average"] if tasks else []):
+        for name in tasks:
             v = bench.get(name)
             cells.append("—" if v is None else _pm(100 * v[0], None if v[1] is None else 100 * v[1], 2))
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + " ".join(_main_table_notes(ref is not None, em, bool(tasks)))
+
+
+def _training_cells(row: dict) -> list[str]:
+    """setting, runs, tokens kept, targets trained, train loss."""
+    done = row["done"]
+    trained = [r["train"] for _, r in done if r.get("train")]
+    kept = _mean([t.get("kept_fraction") for t in trained])
+    targets = _mean([(r.get("selection_stats") or {}).get("target_fraction_trained") for _, r in done if r.get("train")])
+    return [
+        row["label"],
+        f"{len(done)}/{len(row['cells'])}",
+        "—" if kept is None else f"{100 * kept:.1f}%",
+        "—" if targets is None else f"{100 * targets:.1f}%",
+        _f(_mean([t.get("train_loss") for t in trained])),
+    ]
+
+
+def _heldout_cells(row: dict, ref: dict | None) -> list[str]:
+    """held-out loss (± seed sd), perplexity and, with a reference row, Δ and its 2 SE."""
+    held = heldout_values(row)
+    ppl = _mean([r["heldout"]["perplexity"] for _, r in row["done"] if r.get("heldout")])
+    cells = [_pm(_mean(held), _sd(held), kind=f"sd, n={len(held)}") if len(held) >= 2 else _f(_mean(held)), _f(ppl, 2)]
+    if ref is None:
+        return cells
+    c = None if row is ref or not row["done"] else compare(row, ref)
+    return cells + (["—", "—"] if c is None else [f"{c['delta']:+.4f}", _f(2 * c["se"]) if c["se"] is not None else "—"])
+
+
+def _exact_match_cells(row: dict, ref: dict | None) -> list[str]:
+    """exact match in % (± seed sd) and, with a reference row, Δ and its 2 SE in points."""
+    acc = metric_values(row, "exact_match")
+    cells = [_pm(100 * _mean(acc), 100 * _sd(acc), 1, f"sd, n={len(acc)}") if len(acc) >= 2 else _pct(_mean(acc))]
+    if ref is None:
+        return cells
+    c = None if row is ref or not row["done"] else compare(row, ref, "exact_match")
+    return cells + (["—", "—"] if c is None else [f"{100 * c['delta']:+.1f}", _f(200 * c["se"], 1) if c["se"] is not None else "—"])
+
+
+def _main_table_notes(reference: bool, exact_match: bool, benchmarks: bool) -> list[str]:
     notes = [
         "`runs`: finished cells / cells of the row (seeds). `tokens kept`: share of training tokens back-propagated. "
         "`targets trained`: share of the response-token targets that sit at a kept position — the loss is taken there only. "
         "`train loss`: mean training loss over the run (HF `training_loss`, on the kept tokens). "
         "`held-out loss`: mean over the row's seeds (± seed sd when several)."
     ]
-    if ref is not None:
+    if reference:
         notes.append(
             "`2 SE`: twice the standard error of the difference — the larger of the paired per-example SE "
             "(same held-out records) and the seed-to-seed SE (rows with ≥ 2 seeds); a |Δ| below it is noise."
         )
-    if em:
+    if exact_match:
         notes.append(
             "`exact match`: accuracy of greedy answers in % (mean over seeds ± seed sd); `Δ EM` in percentage points, "
             "its `2 SE (EM)` computed the same way (paired over the same test records, or seed-to-seed)."
         )
-    if tasks:
+    if benchmarks:
         notes.append("Benchmarks: accuracy in % (the paper's metric per task) ± lm-eval's stderr (one run) or the seed sd (several).")
-    return "\n".join(lines) + "\n\n" + " ".join(notes)
+    return notes
 
 
 def task_accuracies(row: dict) -> dict[str, tuple[float, int]]:
