@@ -79,6 +79,10 @@ def test_bad_export_input_is_one_line_and_writes_nothing(tmp_path, lora_run, cap
     assert "holds no trained model" in err and len(err.splitlines()) == 1
     assert not out.exists()
 
+    assert main(["export", str(lora_run), "--out", str(out), "--private"]) == 2
+    assert "add --push-to-hub REPO_ID or drop --private" in _err(capsys)
+    assert not out.exists()
+
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     assert main(["export", str(lora_run), "--out", str(out)]) == 2

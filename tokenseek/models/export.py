@@ -25,6 +25,8 @@ def export_run(run: str | Path, out: str | Path, *, merge: bool = False, push_to
     """
     from tokenseek.models.runs import run_model_dir
 
+    if private and not push_to_hub:
+        raise TokenSeekError("--private sets the visibility of the Hub repo that --push-to-hub creates: add --push-to-hub REPO_ID or drop --private")
     model_dir, run_dir = run_model_dir(str(run))
     if model_dir is None or not any((model_dir / name).is_file() for name in ("config.json", "adapter_config.json")):
         raise TokenSeekError(f"{run} holds no trained model: give a `tokenseek train` output directory (with model/) or its model/ folder")
