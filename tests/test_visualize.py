@@ -266,6 +266,15 @@ def test_summary_needs_scores(tiny_dir, data_file, tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize("extra", [["--grad-layer", "2"], ["--grad-mode", "signed"], ["--layers"]])
+def test_summary_refuses_recomputation_options(tiny_dir, data_file, store, tmp_path, capsys, extra):
+    """A summary only reads the store: a layer or reduction asked for would be silently ignored."""
+    argv = ["visualize", "--model", str(tiny_dir), "--data", str(data_file), "--scores", str(store), "--summary", *extra]
+    assert main([*argv, "--output", str(tmp_path / "s")]) == 2
+    assert "drop --layers/--grad-layer/--grad-mode" in _error_line(capsys.readouterr().err)
+    assert not (tmp_path / "s").exists()
+
+
 # ----------------------------------------------------------------------------- loss curves
 def _fake_run(path, losses, summary=None):
     path.mkdir(parents=True)

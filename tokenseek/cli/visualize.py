@@ -67,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
             raise TokenSeekError("--summary covers every example: drop --index (or drop --summary to show one example)")
         if not args.scores:
             raise TokenSeekError("--summary needs a score store: score the data with `tokenseek score --out S` and pass --scores S")
+        if args.layers or args.grad_layer is not None or args.grad_mode is not None:
+            raise TokenSeekError(
+                "--summary reads the store's scores as they were made: drop --layers/--grad-layer/--grad-mode "
+                "(score again with `tokenseek score --grad-layer` for another layer)"
+            )
         return _summary(args)
     if args.index is None:
         raise TokenSeekError("say what to show: --index I for one example, --summary with --scores for a score store, or --runs for loss curves")
