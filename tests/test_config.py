@@ -92,6 +92,11 @@ def test_checkpointing_reaches_the_trainer_without_a_deprecated_name(tmp_path):
         (["--report-to", "tensorboard,nonexistent"], "--report-to: nonexistent is not supported"),
         (["--peft", "adapterx"], "unknown --peft 'adapterx': choose one of"),
         (["--max-steps", "0"], "--max-steps 0 trains nothing"),
+        (["--peft-arg", "use_rslorra=true"], "unknown --peft-arg 'use_rslorra' for --peft lora (did you mean use_rslora?)"),
+        (["--peft-arg", "r=4"], "--peft-arg r is a tokenseek option for --peft lora: set it with --lora-r"),
+        (["--peft", "loha", "--peft-arg", "module_dropout=0.1"], "set it with --lora-dropout"),
+        (["--peft", "none", "--peft-arg", "use_dora=true"], "--peft none trains every parameter"),
+        (["--peft-arg", "layers_pattern=layers"], "peft's LoraConfig refused these settings"),
     ],
 )
 def test_bad_trainer_settings_are_one_line(tmp_path, capsys, argv, message):

@@ -78,12 +78,13 @@ def test_lora_gradients_match_reference(arch):
     assert max_relative_error(full, plain) <= 1e-5
 
 
-@pytest.mark.parametrize("method", ["loha", "lokr", "ia3"])
-def test_other_adapter_gradients_match_reference(method):
-    """The adapters `tokenseek train --peft loha|lokr|ia3` builds get the exact ditched gradients."""
+@pytest.mark.parametrize("method, extra", [("loha", {}), ("lokr", {}), ("ia3", {}), ("lora", {"use_dora": True})], ids=["loha", "lokr", "ia3", "dora"])
+def test_other_adapter_gradients_match_reference(method, extra):
+    """The adapters `tokenseek train --peft loha|lokr|ia3` (and `--peft-arg use_dora=true`, whose
+    layers compute a weight norm in their forward) build get the exact ditched gradients."""
     from tokenseek.models import apply_peft
 
-    model = apply_peft(tiny_model("llama"), method, r=4, alpha=8, dropout=0.0)
+    model = apply_peft(tiny_model("llama"), method, r=4, alpha=8, dropout=0.0, extra=extra)
     torch.manual_seed(1)
     with torch.no_grad():  # some factors start at zero (LoHa/LoKr) or one (IA3): make every adapter non-trivial
         for _, p in model.named_parameters():
@@ -94,7 +95,9 @@ def test_other_adapter_gradients_match_reference(method):
     keep = random_keep(attention_mask, 0.3, seed=4)
     _, g = _ditched_grads(model, input_ids, attention_mask, labels, keep)
     _, ref_g = _reference_grads(model, input_ids, attention_mask, labels, keep)
-    prefix = {"loha": "hada_", "lokr": "lokr_", "ia3": "ia3_"}[method]
+    prefix = {"loha": "hada_", "lokr": "lokr_", "ia3": "ia3_", "lora": "lora_"}[method]
+    if extra.get("use_dora"):
+        assert any("lora_magnitude_vector" in k for k in g), sorted(g)[:3]
     assert g and all(prefix in k for k in g), sorted(g)[:3]  # only the adapter trains
     assert max_relative_error(g, ref_g) <= 1e-4
     # Not vacuous: the reference differs from plain full-token training.

@@ -151,6 +151,29 @@ def test_train_cli_writes_a_run_and_refuses_another(tmp_path, capsys, tiny_model
     assert code == 2 and "holds a different run" in err
 
 
+def test_peft_args_reach_the_adapter_config(tmp_path, tiny_model_dir, data_file):
+    """--peft-arg (and a YAML peft_args: block) set fields of the peft config the run trains and saves."""
+    import math
+
+    import peft
+
+    base = ["train", "--model", str(tiny_model_dir), "--data", str(data_file), "--max-steps", "1", "--grad-accum", "1",
+            "--max-length", "48", "--selection", "random", "--ratio", "0.5", "--lora-r", "4", "--lora-alpha", "8",
+            "--target-modules", "q_proj,v_proj"]  # peft takes layers_to_transform with a list of modules only
+    assert main([*base, "--output-dir", str(tmp_path / "flag"), "--peft-arg", "use_rslora=true", "--peft-arg", "layers_to_transform=[1]"]) == 0
+    config = tmp_path / "train.yaml"
+    config.write_text("peft_args:\n  use_rslora: true\n  layers_to_transform: [1]\n")
+    assert main([*base, "--output-dir", str(tmp_path / "yaml"), "--config", str(config)]) == 0
+    for run in ("flag", "yaml"):
+        saved = json.loads((tmp_path / run / "model" / "adapter_config.json").read_text())
+        assert saved["use_rslora"] is True and saved["layers_to_transform"] == [1]
+        model = peft.AutoPeftModelForCausalLM.from_pretrained(tmp_path / run / "model")
+        layers = {name: m for name, m in model.named_modules() if isinstance(m, peft.tuners.lora.LoraLayer)}
+        assert layers and all(".layers.1." in name for name in layers)  # layer 0 got no adapter
+        # rsLoRA scales by alpha / sqrt(r) instead of alpha / r.
+        assert all(m.scaling["default"] == pytest.approx(8 / math.sqrt(4)) for m in layers.values())
+
+
 @pytest.mark.parametrize("peft_method", ["none", "loha", "lokr", "ia3"])
 def test_train_cli_peft_methods(tmp_path, tiny_model_dir, data_file, peft_method):
     """The CLI trains and saves each method; their ditched gradients are checked against the

@@ -2,37 +2,79 @@
 
 from __future__ import annotations
 
-from tokenseek.errors import TokenSeekError
+from tokenseek.errors import TokenSeekError, first_line
 
 # qlora is LoRA on a 4-bit NF4 base model; the base model is quantised at load time.
 PEFT_METHODS = ("none", "lora", "qlora", "loha", "lokr", "ia3")
 
 
-def peft_config(method: str, *, r: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules=None):
+# The config fields tokenseek's own options set, per method: --peft-arg must not set them twice.
+_OWNED_FIELDS = {
+    "lora": {"r": "--lora-r", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout", "target_modules": "--target-modules"},
+    "loha": {"r": "--lora-r", "alpha": "--lora-alpha", "module_dropout": "--lora-dropout", "target_modules": "--target-modules"},
+    "ia3": {"target_modules": "--target-modules", "feedforward_modules": "--target-modules"},
+}
+_OWNED_FIELDS["qlora"] = _OWNED_FIELDS["lora"]
+_OWNED_FIELDS["lokr"] = _OWNED_FIELDS["loha"]
+
+
+def _config_class(method: str):
+    import peft
+
+    return {"lora": peft.LoraConfig, "qlora": peft.LoraConfig, "loha": peft.LoHaConfig, "lokr": peft.LoKrConfig, "ia3": peft.IA3Config}[method]
+
+
+def peft_config(method: str, *, r: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules=None, extra: dict | None = None):
     """A ``peft`` config for ``method`` or ``None`` for full-parameter training.
 
     ``target_modules`` defaults to every linear layer except the LM head
     ("all-linear"), which works for any architecture, tiny test models included.
+    ``extra``: any other fields of the method's config class (``--peft-arg``), e.g.
+    ``{"use_rslora": True}``; see :func:`check_peft_args`.
     """
     import peft
 
     if method not in PEFT_METHODS:
         raise TokenSeekError(f"unknown --peft {method!r}: choose one of {', '.join(PEFT_METHODS)}")
+    check_peft_args(method, extra or {})
     if method == "none":
         return None
     targets = target_modules or "all-linear"
-    task = peft.TaskType.CAUSAL_LM
+    kwargs: dict = {"task_type": peft.TaskType.CAUSAL_LM}
     if method in ("lora", "qlora"):
-        return peft.LoraConfig(task_type=task, r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
-    if method == "loha":
-        return peft.LoHaConfig(task_type=task, r=r, alpha=alpha, module_dropout=dropout, target_modules=targets)
-    if method == "lokr":
-        return peft.LoKrConfig(task_type=task, r=r, alpha=alpha, module_dropout=dropout, target_modules=targets)
-    # IA3 rescales activations; its feed-forward modules are found by peft for known
-    # architectures, else we scale every linear layer's output.
-    if target_modules is None:
-        return peft.IA3Config(task_type=task)
-    return peft.IA3Config(task_type=task, target_modules=targets, feedforward_modules=[])
+        kwargs.update(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
+    elif method in ("loha", "lokr"):
+        kwargs.update(r=r, alpha=alpha, module_dropout=dropout, target_modules=targets)
+    elif target_modules is not None:
+        # IA3 rescales activations; its feed-forward modules are found by peft for known
+        # architectures, else every linear layer's output is scaled.
+        kwargs.update(target_modules=targets, feedforward_modules=[])
+    try:
+        return _config_class(method)(**kwargs, **(extra or {}))
+    except (TypeError, ValueError) as exc:
+        raise TokenSeekError(f"--peft-arg: peft's {_config_class(method).__name__} refused these settings: {first_line(exc)}") from None
+
+
+def check_peft_args(method: str, extra: dict) -> None:
+    """``--peft-arg`` keys must be fields of the method's peft config that no tokenseek option sets."""
+    import dataclasses
+    import difflib
+
+    if not extra:
+        return
+    if method == "none":
+        raise TokenSeekError("--peft-arg configures an adapter, but --peft none trains every parameter: choose --peft lora (or another method) or drop --peft-arg")
+    cls = _config_class(method)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in extra:
+        if key == "task_type":
+            raise TokenSeekError("--peft-arg task_type is set by tokenseek (CAUSAL_LM): drop it")
+        if key in _OWNED_FIELDS[method]:
+            raise TokenSeekError(f"--peft-arg {key} is a tokenseek option for --peft {method}: set it with {_OWNED_FIELDS[method][key]}")
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise TokenSeekError(f"unknown --peft-arg {key!r} for --peft {method}{hint}: give a field of peft's {cls.__name__}")
 
 
 def apply_peft(model, method: str, **kwargs):
@@ -50,6 +92,6 @@ def apply_peft(model, method: str, **kwargs):
         return peft.get_peft_model(model, config)
     except ValueError as exc:
         if method == "ia3" and kwargs.get("target_modules") is None:
-            fallback = peft.IA3Config(task_type=peft.TaskType.CAUSAL_LM, target_modules="all-linear", feedforward_modules=[])
+            fallback = peft_config("ia3", target_modules="all-linear", extra=kwargs.get("extra"))
             return peft.get_peft_model(model, fallback)
         raise TokenSeekError(f"could not add {method} adapters to this model: {exc}") from None

@@ -18,7 +18,7 @@ from tokenseek.data.templates import DEFAULT_TEMPLATE, TEMPLATES
 from tokenseek.data.tokenize import DEFAULT_MAX_LENGTH
 from tokenseek.ditching.loss import DEFAULT_LOSS_CHUNK, LOSS_NORMS
 from tokenseek.errors import TokenSeekError, first_line
-from tokenseek.models.adapters import PEFT_METHODS
+from tokenseek.models.adapters import PEFT_METHODS, peft_config
 from tokenseek.models.placement import DTYPE_CHOICES
 from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM, SEEKING, SELECT_FROM, STRATEGIES
 from tokenseek.utils.io import write_json
@@ -81,6 +81,12 @@ class TrainConfig:
     lora_alpha: int = option(16, "adapter scaling alpha", above=0)
     lora_dropout: float = option(0.05, "adapter dropout", minimum=0, below=1)
     target_modules: str | None = option(None, "comma-separated module names for adapters", shown="all linear layers but the LM head")
+    peft_args: dict = option(
+        default_factory=dict,
+        help="any other field of the adapter's peft config, e.g. --peft-arg use_rslora=true, --peft-arg use_dora=true "
+        "(repeatable; YAML: a peft_args: block)",
+        flag="peft_arg",
+    )
     epochs: float = option(1.0, "training epochs", aliases=("num_train_epochs",), above=0)
     max_steps: int = option(-1, "stop after this many optimizer steps (-1: the epochs decide)", minimum=-1)
     batch_size: int = option(1, "examples per device and step", aliases=("per_device_train_batch_size",), minimum=1)
@@ -136,7 +142,7 @@ class TrainConfig:
 # Format "auto" is what those runs did: Alpaca, the only format that loaded then, is detected first.
 LEGACY_BEHAVIOUR = {
     "select_from": "all", "seeking": "offline", "loss_norm": "token", "format": "auto", "split": "train", "subset": None,
-    "dtype": "fp32", "load_best_model_at_end": False, "trainer_args": {},
+    "dtype": "fp32", "load_best_model_at_end": False, "trainer_args": {}, "peft_args": {},
 }
 
 
@@ -156,6 +162,18 @@ def validate(cfg: TrainConfig) -> None:
             raise TokenSeekError("--seeking online scores with the current weights and needs no --scores: drop one of them")
     _check_evaluation(cfg)
     check_trainer_args(cfg.trainer_args)
+    peft_config(cfg.peft, **adapter_settings(cfg))  # refuses bad --peft-arg settings before any work
+
+
+def adapter_settings(cfg: TrainConfig) -> dict:
+    """``apply_peft`` / ``peft_config`` keyword arguments from the adapter options."""
+    return {
+        "r": cfg.lora_r,
+        "alpha": cfg.lora_alpha,
+        "dropout": cfg.lora_dropout,
+        "target_modules": cfg.target_modules.split(",") if cfg.target_modules else None,
+        "extra": cfg.peft_args,
+    }
 
 
 def _check_evaluation(cfg: TrainConfig) -> None:
@@ -459,14 +477,7 @@ def _setup_trainer(cfg: TrainConfig, model, tokenizer, args, train_examples: lis
     from tokenseek.models import apply_peft
     from tokenseek.train.trainer import TokenSeekTrainer
 
-    model = apply_peft(
-        model,
-        cfg.peft,
-        r=cfg.lora_r,
-        alpha=cfg.lora_alpha,
-        dropout=cfg.lora_dropout,
-        target_modules=cfg.target_modules.split(",") if cfg.target_modules else None,
-    )
+    model = apply_peft(model, cfg.peft, **adapter_settings(cfg))
     return TokenSeekTrainer(
         model=model,
         args=args,
