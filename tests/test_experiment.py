@@ -212,6 +212,10 @@ def test_base_cell_and_only(tmp_path, tiny_model_dir, data_file, capsys):
     assert base["train"] is None and base["heldout"]["loss"] > 0
     assert main(["experiment", path, "--only", "nope"]) == 2
     assert "matches no cell" in capsys.readouterr().err
+    for contradiction in (["--report", "--dry-run"], ["--report", "--no-report"]):
+        assert main(["experiment", path, *contradiction]) == 2
+        assert "--report only writes the report" in capsys.readouterr().err
+    assert not (tmp_path / "RESULTS.md").exists()
     # The report lists the rows not run yet.
     assert main(["experiment", path, "--report"]) == 0
     report = (tmp_path / "RESULTS.md").read_text()

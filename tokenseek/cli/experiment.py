@@ -15,7 +15,7 @@ def register(sub) -> None:
             "Finished cells are skipped; an interrupted run continues where it stopped when rerun."
         ),
     )
-    p.add_argument("config", help="study YAML, e.g. experiments/main.yaml")
+    p.add_argument("config", help="study YAML, e.g. experiments/alpaca.yaml")
     p.add_argument("--only", nargs="+", metavar="CELL", help="run only these cells (names or shell globs, e.g. 'lora-random*')")
     p.add_argument("--dry-run", action="store_true", help="list the cells, their state and what they would run; run nothing")
     p.add_argument("--report", action="store_true", help="only regenerate the tables/figure/report section from the result JSONs")
@@ -31,15 +31,16 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tokenseek.errors import TokenSeekError
     from tokenseek.experiment.config import load_study
     from tokenseek.experiment.report import write_report
     from tokenseek.experiment.runner import run_study
 
+    if args.report and (args.dry_run or args.no_report):
+        raise TokenSeekError("--report only writes the report: drop --dry-run/--no-report (or drop --report to run cells)")
     study = load_study(args.config)
     if args.threads is not None:
         import torch
-
-        from tokenseek.errors import TokenSeekError
 
         if args.threads < 1:
             raise TokenSeekError(f"--threads must be at least 1, got {args.threads}")

@@ -1,6 +1,6 @@
 """Declarative, resumable studies: one YAML per study, one result JSON per cell, generated reports.
 
-``tokenseek experiment experiments/main.yaml`` runs (or continues) a study;
+``tokenseek experiment experiments/alpaca.yaml`` runs (or continues) a study;
 ``--report`` regenerates its tables and figure from the JSONs without running anything.
 """
 

@@ -205,7 +205,7 @@ def load_study(path: str | Path) -> Study:
 
     path = Path(path)
     if not path.is_file():
-        raise TokenSeekError(f"experiment config not found: {path} (give a study YAML, e.g. experiments/main.yaml)")
+        raise TokenSeekError(f"experiment config not found: {path} (give a study YAML, e.g. experiments/alpaca.yaml)")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
