@@ -141,6 +141,28 @@ def test_yaml_values_meet_the_same_ranges(tmp_path):
     validate(_config(tmp_path, "lora_r: 1\nlora_dropout: 0\nwarmup_ratio: 0\n"))  # the bounds themselves are allowed
 
 
+def test_version_names_tokenseek_and_its_libraries(capsys):
+    import importlib.metadata
+    import os
+
+    import torch
+
+    import tokenseek
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith(f"tokenseek {tokenseek.__version__} (") and f"torch {torch.__version__}" in text
+    try:  # the package metadata reads the same single source (pyproject: dynamic version)
+        installed = importlib.metadata.version("tokenseek")
+    except importlib.metadata.PackageNotFoundError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("tokenseek is not pip-installed here (CI installs it with setup.sh)")
+    assert installed == tokenseek.__version__
+
+
 def test_help_shows_each_range():
     from tokenseek.cli.config import options_table
 

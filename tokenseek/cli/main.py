@@ -15,9 +15,26 @@ from tokenseek.errors import TokenSeekError
 _COMMANDS = ("train", "score", "eval", "export", "bench", "plan", "visualize", "experiment")
 
 
+def _version_text() -> str:
+    """tokenseek's version and those of the libraries whose behaviour it depends on (for bug reports)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from tokenseek import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{name} {installed(name)}" for name in ("torch", "transformers", "peft", "accelerate", "trl"))
+    return f"tokenseek {__version__} ({libraries})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenseek", description="Memory-efficient fine-tuning by instance-aware token ditching.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and full tracebacks")
+    parser.add_argument("--version", action="version", version=_version_text(), help="show the versions of tokenseek and the libraries it drives")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMANDS:
         try:
