@@ -10,7 +10,7 @@ from tokenseek.cli.main import main, parse_args
 from tokenseek.cli.train import config_from_args
 from tokenseek.errors import TokenSeekError
 from tokenseek.train.recipe import TrainConfig, training_arguments, validate
-from tokenseek.utils.options import default_text, flag_name, options
+from tokenseek.utils.options import default_text, field_of, flag_name, options
 
 
 def _config(tmp_path, yaml_text: str | None, *argv: str) -> TrainConfig:
@@ -139,6 +139,17 @@ def test_yaml_values_meet_the_same_ranges(tmp_path):
     with pytest.raises(TokenSeekError, match="--lora-r must be at least 1, got 0"):
         validate(_config(tmp_path, "lora_r: 0\n"))
     validate(_config(tmp_path, "lora_r: 1\nlora_dropout: 0\nwarmup_ratio: 0\n"))  # the bounds themselves are allowed
+
+
+def test_every_train_option_is_in_one_help_group(capsys):
+    grouped = [name for names in TrainConfig.GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(f.name for f in options(TrainConfig))  # each once, none left out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for title, names in TrainConfig.GROUPS.items():
+        section = text.split(f"\n{title}:\n", 1)[1].split("\n\n", 1)[0]
+        assert all(f"--{flag_name(field_of(TrainConfig, name))}" in section for name in names), title
 
 
 def test_version_names_tokenseek_and_its_libraries(capsys):

@@ -19,6 +19,7 @@ from tokenseek.utils.options import (
     default_of,
     default_text,
     describe,
+    field_of,
     flag_name,
     item_type,
     options,
@@ -31,7 +32,9 @@ def add_options(parser: argparse.ArgumentParser, cls, *, only=None, skip=(), sup
     """One flag per option field of ``cls`` (plus its aliases), help ending in the default.
 
     ``suppress=False`` gives the namespace the defaults too, for commands without ``--config``.
+    All of a class's options (no ``only``) are shown in its ``GROUPS``, if it declares them.
     """
+    sections = _help_sections(parser, cls) if only is None else {}
     for f in options(cls):
         if (only is not None and f.name not in only) or f.name in skip:
             continue
@@ -53,7 +56,13 @@ def add_options(parser: argparse.ArgumentParser, cls, *, only=None, skip=(), sup
                 kwargs["default"] = None
         else:
             kwargs.update(type=kind, metavar=f.metadata["metavar"] or f.name.upper())
-        parser.add_argument(*names, **kwargs)
+        sections.get(f.name, parser).add_argument(*names, **kwargs)
+
+
+def _help_sections(parser: argparse.ArgumentParser, cls) -> dict:
+    """``{field name: argument group}`` from ``cls.GROUPS`` (``{}`` when it has none)."""
+    groups = getattr(cls, "GROUPS", {})
+    return {name: group for title, names in groups.items() for group in [parser.add_argument_group(title)] for name in names}
 
 
 def _help(f: dataclasses.Field) -> str:
@@ -152,9 +161,16 @@ def read_yaml(cls, path: str, extra=None) -> dict:
 def options_table(cls) -> str:
     """The Markdown table of ``cls``'s options (docs/TRAINING.md holds TrainConfig's; a test compares)."""
     rows = ["| flag | YAML key (aliases) | default | what it does |", "|---|---|---|---|"]
-    for f in options(cls):
-        text = describe(f)
-        flag = f"--{flag_name(f)}" + (" KEY=VALUE" if value_type(cls, f.name) is dict else "")
-        keys = ", ".join([f.name, *f.metadata["aliases"]])
-        rows.append(f"| `{flag}` | `{keys}` | {default_text(f)} | {text.replace('|', chr(92) + '|')} |")
+    groups = getattr(cls, "GROUPS", None) or {"": tuple(f.name for f in options(cls))}
+    for title, names in groups.items():
+        if title:
+            rows.append(f"| **{title}** | | | |")
+        rows += [_table_row(cls, field_of(cls, name)) for name in names]
     return "\n".join(rows)
+
+
+def _table_row(cls, f: dataclasses.Field) -> str:
+    text = describe(f).replace("|", chr(92) + "|")
+    flag = f"--{flag_name(f)}" + (" KEY=VALUE" if value_type(cls, f.name) is dict else "")
+    keys = ", ".join([f.name, *f.metadata["aliases"]])
+    return f"| `{flag}` | `{keys}` | {default_text(f)} | {text} |"

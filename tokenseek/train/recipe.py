@@ -9,6 +9,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import torch
@@ -118,6 +119,23 @@ class TrainConfig:
         flag="trainer_arg",
     )
     overwrite: bool = option(False, "replace an output dir that holds a different run", bookkeeping=True)
+
+    # How `tokenseek train --help` and docs/TRAINING.md group the options (a test checks that
+    # each option is in exactly one group).
+    GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "model and data": ("model", "data", "format", "split", "subset", "fields", "limit", "template", "max_length", "train_on_prompt", "heldout"),
+        "token selection": ("selection", "ratio", "alpha", "beta", "select_from", "seeking", "scores"),
+        "adapter and precision": ("peft", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "peft_args", "dtype"),
+        "optimisation": (
+            "epochs", "max_steps", "batch_size", "grad_accum", "lr", "optim", "max_grad_norm", "scheduler", "warmup_ratio",
+            "weight_decay", "seed", "loss_norm", "trainer_args",
+        ),
+        "memory": ("loss_chunk", "gradient_checkpointing", "memory_budget"),
+        "output, logging and evaluation": (
+            "output_dir", "overwrite", "logging_steps", "save_steps", "save_total_limit", "report_to", "eval_steps", "eval_split",
+            "load_best_model_at_end",
+        ),
+    }
 
     @classmethod
     def field_names(cls) -> set[str]:
