@@ -153,6 +153,8 @@ def test_plan_uses_the_optimizer_floor():
         (["bench", "--ratios", "half"], "--ratios"),
         (["bench", "--peft", "lora,bogus"], "unknown --peft"),
         (["bench", "--warmup", "0"], "--warmup"),
+        (["bench", "--peft", "lora,loha", "--peft-arg", "use_dora=true"], "unknown --peft-arg 'use_dora' for --peft loha"),
+        (["plan", "--budget", "1GiB", "--peft-arg", "r=2"], "set it with --lora-r"),
         (["plan", "--budget", "6XB"], "memory budget '6XB' not understood"),
         (["plan", "--budget", "lots"], "not understood"),
     ],
@@ -184,6 +186,22 @@ def test_saved_tensors_exclude_parameters():
     # linear saves its input (x) and weight; relu saves its output.
     assert saved.activation_bytes == x.numel() * 4 + y.numel() * 4
     assert saved.parameter_bytes == layer.weight.numel() * 4
+
+
+def test_bench_measures_the_adapter_peft_args_configure(tiny_model, tmp_path):
+    """--peft-arg reaches the workers' adapters: DoRA's magnitude vectors are trained parameters too."""
+    out = {}
+    for name, extra in (("lora", []), ("dora", ["--peft-arg", "use_dora=true"])):
+        argv = ["bench", "--model", tiny_model, "--peft", "lora,none", "--seq-len", "32", "--ratios", "1.0", "--steps", "1",
+                "--no-score", "--output", str(tmp_path / name), *extra]
+        assert main(argv) == 0
+        doc = json.loads((tmp_path / name / "bench.json").read_text())
+        out[name] = {g["peft"]: g for g in doc["groups"]}
+        assert all("error" not in r for g in doc["groups"] for r in g["rows"])
+    assert out["dora"]["lora"]["rows"][0]["spec"]["lora"]["extra"] == {"use_dora": True}
+    lora_params, dora_params = (out[name]["lora"]["rows"][0]["params"]["trainable_params"] for name in ("lora", "dora"))
+    assert dora_params > lora_params  # one magnitude per output feature of each adapted layer
+    assert out["dora"]["none"]["rows"][0]["params"] == out["lora"]["none"]["rows"][0]["params"]
 
 
 def test_knobs_table_relates_every_setting_to_the_baseline(tiny_model, tmp_path):

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 
 from tokenseek.errors import TokenSeekError
-from tokenseek.models.adapters import PEFT_METHODS
+from tokenseek.models.adapters import PEFT_METHODS, adapter_kwargs
 from tokenseek.utils.options import check_options, option
 
 logger = logging.getLogger(__name__)
@@ -211,10 +211,7 @@ def ratio_for_budget(cfg, max_seq_len: int) -> float:
     naming the smallest predicted peak when no ratio fits.
     """
     budget = parse_budget(cfg.memory_budget)
-    lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout}
-    if cfg.target_modules:
-        lora["target_modules"] = cfg.target_modules
-    peaks = measure_peaks(cfg.model, cfg.peft, max_seq_len, cfg.batch_size, FIT_RATIOS, lora, progress=logger.info)
+    peaks = measure_peaks(cfg.model, cfg.peft, max_seq_len, cfg.batch_size, FIT_RATIOS, adapter_kwargs(cfg), progress=logger.info)
     plan = make_plan(peaks, budget, context=f"{cfg.peft}, {max_seq_len} tokens, batch {cfg.batch_size}")
     logger.info("memory plan:\n%s", plan.report())
     best = plan.best_ratio()

@@ -32,7 +32,7 @@ class BenchConfig:
     """The options of ``tokenseek bench`` that are its own; model, adapter and precision options are TrainConfig's."""
 
     model: str | None = None
-    lora: dict = field(default_factory=dict)  # r / alpha / dropout / target_modules for apply_peft
+    lora: dict = field(default_factory=dict)  # apply_peft keyword arguments (tokenseek.models.adapters.adapter_kwargs)
     dtype: str = "auto"  # --dtype; each worker resolves it on its device (tokenseek.models.placement)
     pefts: list[str] = option(default_factory=lambda: ["lora"], help="adapter methods to measure", choices=PEFT_METHODS, comma=True, flag="peft")
     seq_lens: list[int] = option(default_factory=lambda: [1024], help="tokens per example; several run one after another", comma=True, flag="seq_len", minimum=2)

@@ -49,7 +49,7 @@ def default_spec() -> dict:
     return {
         "model": None,  # resolved path or Hub id (the orchestrator resolves GGUF files first)
         "peft": "lora",
-        "lora": {},  # r / alpha / dropout / target_modules for apply_peft
+        "lora": {},  # apply_peft keyword arguments (tokenseek.models.adapters.adapter_kwargs)
         "seq_len": 1024,
         "batch_size": 1,
         "mode": "train",
@@ -178,9 +178,8 @@ def _load(spec: dict, device: torch.device):
             if type(p) is torch.nn.Parameter and p.device.type == "cpu":
                 p.data = p.data.clone()
     if spec["mode"] == "train":
-        lora = dict(spec.get("lora") or {})
-        if lora.get("target_modules") and isinstance(lora["target_modules"], str):
-            lora["target_modules"] = lora["target_modules"].split(",")
+        # adapter_kwargs' settings; full-parameter rows take none of them
+        lora = {} if spec["peft"] == "none" else spec.get("lora") or {}
         model = apply_peft(model, spec["peft"], **lora)
         if spec["checkpointing"]:
             introspect.enable_checkpointing(model, use_reentrant=False)

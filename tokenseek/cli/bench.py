@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from tokenseek.cli.common import add_adapter_args, add_dtype_arg, add_model_args
 
 
-def add_lora_args(p: argparse.ArgumentParser) -> None:
-    add_adapter_args(p)
+def lora_kwargs(args: argparse.Namespace, pefts: list[str]) -> dict:
+    """The adapter settings of the flags (``--peft-arg`` parsed), checked for every adapter
+    method to be measured before any worker starts."""
+    from tokenseek.cli.config import parse_pairs
+    from tokenseek.models.adapters import adapter_kwargs, peft_config
 
-
-def lora_kwargs(args: argparse.Namespace) -> dict:
-    kwargs = {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout}
-    if args.target_modules:
-        kwargs["target_modules"] = args.target_modules
+    kwargs = adapter_kwargs(argparse.Namespace(**{**vars(args), "peft_args": parse_pairs(args.peft_args, "--peft-arg")}))
+    for method in pefts:
+        if method != "none":  # full-parameter rows take no adapter settings
+            peft_config(method, **kwargs)
     return kwargs
 
 
@@ -35,7 +38,7 @@ def register(sub) -> None:
     )
     add_model_args(p)
     add_options(p, BenchConfig, suppress=False)
-    add_lora_args(p)
+    add_adapter_args(p)
     add_dtype_arg(p)
     p.set_defaults(func=run)
 
@@ -44,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from tokenseek.bench.run import BenchConfig, run_bench
     from tokenseek.cli.config import from_args
 
-    cfg = from_args(BenchConfig, args, model=args.model, lora=lora_kwargs(args), dtype=args.dtype)
+    cfg = from_args(BenchConfig, args, model=args.model, dtype=args.dtype)
+    cfg = dataclasses.replace(cfg, lora=lora_kwargs(args, cfg.pefts))
     if cfg.knobs:
         return run_knobs_cli(cfg)
     run_bench(cfg, progress=lambda message: print(message, file=sys.stderr, flush=True))

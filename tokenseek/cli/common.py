@@ -14,7 +14,7 @@ MODEL_OPTIONS = ("model",)
 DATA_OPTIONS = ("data", "format", "split", "subset", "fields", "limit", "template", "max_length", "train_on_prompt")
 SELECTION_OPTIONS = ("ratio", "alpha", "beta", "select_from")
 PRECISION_OPTIONS = ("dtype",)
-ADAPTER_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")
+ADAPTER_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "peft_args")
 SHARED_OPTIONS = MODEL_OPTIONS + DATA_OPTIONS + SELECTION_OPTIONS + PRECISION_OPTIONS + ADAPTER_OPTIONS
 
 

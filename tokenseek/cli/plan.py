@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from tokenseek.cli.bench import add_lora_args, lora_kwargs
-from tokenseek.cli.common import add_model_args
+from tokenseek.cli.bench import lora_kwargs
+from tokenseek.cli.common import add_adapter_args, add_model_args
 from tokenseek.errors import TokenSeekError
 
 
@@ -27,7 +27,7 @@ def register(sub) -> None:
     )
     add_model_args(p)
     add_options(p, PlanConfig, suppress=False)
-    add_lora_args(p)
+    add_adapter_args(p)
     p.set_defaults(func=run)
 
 
@@ -46,10 +46,11 @@ def run(args: argparse.Namespace) -> int:
         plan = plan_from_bench(json.loads(path.read_text()), budget, peft=cfg.peft, seq_len=cfg.seq_len)
     else:
         peft, seq_len = cfg.peft or "lora", cfg.seq_len or 512
+        adapter = lora_kwargs(args, [peft])  # checked before any measuring
         ratios = FIT_RATIOS + ((CHECK_RATIO,) if cfg.check else ())
         print(f"measuring peak memory at ratios {', '.join(f'{r:g}' for r in ratios)} ...", file=sys.stderr, flush=True)
         peaks = measure_peaks(
-            args.model, peft, seq_len, cfg.batch_size, ratios, lora_kwargs(args),
+            args.model, peft, seq_len, cfg.batch_size, ratios, adapter,
             progress=lambda m: print(m, file=sys.stderr, flush=True),
         )
         plan = make_plan(peaks, budget, context=f"--peft {peft}, seq {seq_len}, batch {cfg.batch_size}")

@@ -77,6 +77,18 @@ def check_peft_args(method: str, extra: dict) -> None:
             raise TokenSeekError(f"unknown --peft-arg {key!r} for --peft {method}{hint}: give a field of peft's {cls.__name__}")
 
 
+def adapter_kwargs(settings) -> dict:
+    """``apply_peft`` / ``peft_config`` keyword arguments from anything that carries the adapter
+    options ``lora_r``, ``lora_alpha``, ``lora_dropout``, ``target_modules`` (comma-separated)
+    and ``peft_args`` (a dict): a TrainConfig, or the parsed flags of a command that borrows them."""
+    kwargs = {"r": settings.lora_r, "alpha": settings.lora_alpha, "dropout": settings.lora_dropout}
+    if settings.target_modules:
+        kwargs["target_modules"] = [name.strip() for name in settings.target_modules.split(",") if name.strip()]
+    if getattr(settings, "peft_args", None):
+        kwargs["extra"] = dict(settings.peft_args)
+    return kwargs
+
+
 def apply_peft(model, method: str, **kwargs):
     """Wrap ``model`` with the adapter for ``method`` (returns it unchanged for 'none')."""
     import peft

@@ -19,7 +19,7 @@ from tokenseek.data.templates import DEFAULT_TEMPLATE, TEMPLATES
 from tokenseek.data.tokenize import DEFAULT_MAX_LENGTH
 from tokenseek.ditching.loss import DEFAULT_LOSS_CHUNK, LOSS_NORMS
 from tokenseek.errors import TokenSeekError, first_line
-from tokenseek.models.adapters import PEFT_METHODS, peft_config
+from tokenseek.models.adapters import PEFT_METHODS, adapter_kwargs, peft_config
 from tokenseek.models.placement import DTYPE_CHOICES
 from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM, SEEKING, SELECT_FROM, STRATEGIES
 from tokenseek.utils.io import write_json
@@ -180,18 +180,7 @@ def validate(cfg: TrainConfig) -> None:
             raise TokenSeekError("--seeking online scores with the current weights and needs no --scores: drop one of them")
     _check_evaluation(cfg)
     check_trainer_args(cfg.trainer_args)
-    peft_config(cfg.peft, **adapter_settings(cfg))  # refuses bad --peft-arg settings before any work
-
-
-def adapter_settings(cfg: TrainConfig) -> dict:
-    """``apply_peft`` / ``peft_config`` keyword arguments from the adapter options."""
-    return {
-        "r": cfg.lora_r,
-        "alpha": cfg.lora_alpha,
-        "dropout": cfg.lora_dropout,
-        "target_modules": cfg.target_modules.split(",") if cfg.target_modules else None,
-        "extra": cfg.peft_args,
-    }
+    peft_config(cfg.peft, **adapter_kwargs(cfg))  # refuses bad --peft-arg settings before any work
 
 
 def _check_evaluation(cfg: TrainConfig) -> None:
@@ -495,7 +484,7 @@ def _setup_trainer(cfg: TrainConfig, model, tokenizer, args, train_examples: lis
     from tokenseek.models import apply_peft
     from tokenseek.train.trainer import TokenSeekTrainer
 
-    model = apply_peft(model, cfg.peft, **adapter_settings(cfg))
+    model = apply_peft(model, cfg.peft, **adapter_kwargs(cfg))
     return TokenSeekTrainer(
         model=model,
         args=args,
