@@ -44,14 +44,16 @@ class TrainConfig:
     subset: str | None = option(None, "Hub dataset configuration (subset) name")
     fields: str | None = option(None, "column mapping, e.g. instruction=question,output=answer or messages=conversation")
     limit: int | None = option(None, "use only the first N records", minimum=1)
-    template: str = option(DEFAULT_TEMPLATE, "prompt template of Alpaca records (alpaca: paper S1.1)", choices=TEMPLATES)
+    template: str = option(DEFAULT_TEMPLATE, "prompt template of Alpaca records (alpaca: the Stanford Alpaca prompt; chat: the tokenizer's chat template)", choices=TEMPLATES)
     max_length: int = option(DEFAULT_MAX_LENGTH, "truncate examples to this many tokens", minimum=2)
     train_on_prompt: bool = option(False, "also compute the loss on prompt tokens")
     heldout: float = option(0.0, "hold out this fraction (<1) or count (>=1) of records for evaluation", minimum=0)
     selection: str = option("tokenseek", "which tokens to back-propagate", choices=STRATEGIES)
     ratio: float = option(DEFAULT_RATIO, "fraction of each example's tokens to keep")
-    alpha: float = option(DEFAULT_ALPHA, "weight of log(context score) in Eq. 5")
-    beta: float = option(DEFAULT_BETA, "weight of minmax(gradient score) in Eq. 5")
+    alpha: float = option(
+        DEFAULT_ALPHA, "token score = alpha * log(context score) + beta * minmax(gradient score): alpha weighs the attention a token receives"
+    )
+    beta: float = option(DEFAULT_BETA, "beta weighs the size of the loss gradient at the token (see --alpha)")
     select_from: str = option(
         DEFAULT_SELECT_FROM, "rank only positions with a training target (targets) or every token (all: the paper's rule)", choices=SELECT_FROM
     )
