@@ -118,12 +118,40 @@ def test_online_step_leaves_only_the_kept_pass_gradient(arch):
     assert max_relative_error(online, reference) <= 1e-4
 
 
-def test_online_keep_equals_offline_selection_at_the_same_weights():
+@pytest.mark.parametrize("select_from", ["targets", "targets-first", "all"])
+def test_online_keep_equals_offline_selection_at_the_same_weights(select_from):
     model = tiny_model("qwen3").eval()
     input_ids, attention_mask, labels = padded_batch(seed=6, lengths=(40, 25))
-    offline = seek(model, input_ids, labels, attention_mask, ratio=0.2, alpha=1, beta=1, select_from="targets")
-    keep, _, _ = OnlineSeeker(ratio=0.2, select_from="targets")(model, input_ids, labels, attention_mask)
+    for b in range(2):  # a long prompt and a 3-token answer: the budget (8 and 5) exceeds the targets
+        real = attention_mask[b].nonzero().flatten()
+        labels[b, real[:-3]] = -100
+    offline = seek(model, input_ids, labels, attention_mask, ratio=0.2, alpha=1, beta=1, select_from=select_from)
+    keep, _, _ = OnlineSeeker(ratio=0.2, select_from=select_from)(model, input_ids, labels, attention_mask)
     assert torch.equal(keep, offline.keep)
+    assert keep.sum(1).tolist() == ([3, 3] if select_from == "targets" else [8, 5])
+
+
+@pytest.mark.parametrize("select_from", ["targets", "targets-first"])
+def test_online_target_count_known_in_advance_is_the_kept_one(tmp_path, select_from):
+    """The divisor counted before the step (Trainer.get_batch_samples) equals the number of
+    targets the online selection then keeps: a budget above or below the targets."""
+    from transformers import TrainingArguments
+
+    from tokenseek.ditching.loss import kept_targets
+    from tokenseek.train.trainer import StepOptions, TokenSeekTrainer
+
+    model = tiny_model("llama").eval()
+    input_ids, attention_mask, labels = padded_batch(seed=6, lengths=(40, 25))
+    short = labels.clone()
+    short[0, attention_mask[0].nonzero().flatten()[:-3]] = -100  # row 0: 3 targets under a budget of 8; row 1: 21 over 5
+    for ratio in (0.2, 0.05):
+        seeker = OnlineSeeker(ratio=ratio, select_from=select_from)
+        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+        trainer = TokenSeekTrainer(model=model, args=args, step=StepOptions(online=seeker))
+        assert trainer._count_in_advance
+        keep, _, _ = seeker(model, input_ids, short, attention_mask)
+        kept = int((kept_targets(short, keep) != -100).sum())
+        assert trainer._items({"input_ids": input_ids, "attention_mask": attention_mask, "labels": short}) == kept, ratio
 
 
 # ----------------------------------------------------------------------------- loss normalisation

@@ -136,6 +136,44 @@ def test_seek_never_keeps_padding():
     assert targets.keep.sum(1).tolist() == [15, 1]
 
 
+# ----------------------------------------------------------------------------- targets first, then the rest
+def test_targets_first_keeps_every_target_then_fills_the_budget():
+    from tokenseek.seeking.select import candidate_positions, combined_score, keep_count, ranking_needed, target_positions
+
+    labels = np.array([-100] * 36 + [5, 6, 7, 8])  # 40 tokens; positions 35..38 predict the 4 targets
+    targets = target_positions(labels)
+    rng = np.random.default_rng(3)
+    context, gradient = rng.random(40) + 0.01, rng.random(40)
+    pool = candidate_positions(labels, "targets-first")
+    # Budget 12 > 4 targets: every target, and 8 more positions.
+    for strategy in ("random", "tokenseek", "context", "gradient"):
+        keep = select_keep(40, 0.3, strategy, context=context, gradient=gradient, seed=1, index=2, **pool)
+        assert keep.sum() == keep_count(40, 0.3) == 12 and keep[targets].all(), strategy
+    # The 8 others are the highest-scoring non-targets, by an independent sort.
+    keep = select_keep(40, 0.3, "tokenseek", context=context, gradient=gradient, **pool)
+    score = combined_score(context, gradient, 1.0, 1.0)
+    others = sorted((i for i in range(40) if not targets[i]), key=lambda i: -score[i])[:8]
+    assert sorted(np.flatnonzero(keep & ~targets).tolist()) == sorted(others)
+    # Random fills are seeded by (seed, example index) and drawn from the non-targets.
+    assert np.array_equal(select_keep(40, 0.3, "random", seed=1, index=2, **pool), select_keep(40, 0.3, "random", seed=1, index=2, **pool))
+    assert not np.array_equal(select_keep(40, 0.3, "random", seed=1, index=2, **pool), select_keep(40, 0.3, "random", seed=2, index=2, **pool))
+    # A budget below the number of targets ranks the targets exactly as "targets" does.
+    short = np.array([-100] * 4 + list(range(1, 37)))
+    for strategy in ("random", "tokenseek"):
+        args = dict(context=context, gradient=gradient, seed=4, index=1)
+        assert np.array_equal(
+            select_keep(40, 0.3, strategy, **args, **candidate_positions(short, "targets-first")),
+            select_keep(40, 0.3, strategy, **args, **candidate_positions(short, "targets")),
+        )
+    # A choice among the rest needs scores; none is left when budget = targets or = every token.
+    with pytest.raises(TokenSeekError, match="needs token scores"):
+        select_keep(40, 0.3, "tokenseek", **pool)
+    assert ranking_needed(labels, 0.3, "targets-first") and not ranking_needed(labels, 0.3, "targets")
+    assert not ranking_needed(labels, 0.1, "targets-first")  # ceil(4.0) = 4 = the targets
+    assert not ranking_needed(labels, 1.0, "targets-first") and select_keep(40, 1.0, "tokenseek", **pool).all()
+    assert np.array_equal(select_keep(40, 0.1, "tokenseek", **pool), targets)
+
+
 @pytest.mark.parametrize("bad", [dict(ratio=0), dict(ratio=1.01), dict(ratio=float("nan")), dict(alpha=0, beta=0)])
 def test_selection_rejects_bad_settings(bad):
     with pytest.raises(TokenSeekError):

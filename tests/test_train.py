@@ -151,6 +151,24 @@ def test_train_cli_writes_a_run_and_refuses_another(tmp_path, capsys, tiny_model
     assert code == 2 and "holds a different run" in err
 
 
+@pytest.mark.parametrize("selection", ["random", "tokenseek"])
+def test_targets_first_trains_every_target_and_spends_the_whole_budget(tmp_path, tiny_model_dir, data_file, selection):
+    """--select-from targets-first keeps what targets keeps plus the rest of the budget; all keeps the budget too
+    but not every target."""
+    summaries = {}
+    for select_from in ("targets", "targets-first", "all"):
+        out = tmp_path / f"{selection}-{select_from}"
+        argv = ["train", "--model", str(tiny_model_dir), "--data", str(data_file), "--output-dir", str(out), "--max-steps", "1",
+                "--grad-accum", "1", "--max-length", "48", "--selection", selection, "--ratio", "0.3", "--select-from", select_from]
+        assert main(argv) == 0
+        summaries[select_from] = json.loads((out / "train_summary.json").read_text())
+    targets, first, every = summaries["targets"], summaries["targets-first"], summaries["all"]
+    assert first["select_from"] == "targets-first"
+    assert targets["kept_target_share"] == first["kept_target_share"] == 1.0  # the answers are 2 tokens: the budget covers them
+    assert first["tokens_kept"] == every["tokens_kept"] > targets["tokens_kept"]  # ceil(0.3 n) per example, like the paper's rule
+    assert every["kept_target_share"] < 1.0
+
+
 def test_peft_args_reach_the_adapter_config(tmp_path, tiny_model_dir, data_file):
     """--peft-arg (and a YAML peft_args: block) set fields of the peft config the run trains and saves."""
     import math

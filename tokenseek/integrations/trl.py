@@ -32,7 +32,8 @@ class TokenSeekSFTTrainer(SelectingMixin, SFTTrainer):
     Extra keyword arguments: those of :class:`tokenseek.train.selection.SelectionOptions` —
     ``ratio`` (default 0.1), ``selection`` (``random``, or a scored strategy: ``tokenseek``,
     ``context``, ``gradient``, ``mixed``, ``probe``), ``select_from`` (``targets``: only
-    positions with a training target; ``all``), ``alpha``/``beta`` (Eq. 5), ``scores`` (score
+    positions with a training target; ``all``; ``targets-first``: those, then the rest of the
+    budget from the others), ``alpha``/``beta`` (Eq. 5), ``scores`` (score
     store directory for offline scored selections), ``seeking`` (``offline`` or ``online``:
     score inside each step, no store), ``loss_norm`` (``token`` or ``example``),
     ``loss_chunk`` (LM-head rows at a time).

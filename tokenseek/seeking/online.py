@@ -29,7 +29,7 @@ from tokenseek.errors import TokenSeekError, UnsupportedModelError
 from tokenseek.models.introspect import capture_final_hidden, decoder, decoder_layers, eval_mode
 from tokenseek.seeking.context import capture_context_scores
 from tokenseek.seeking.gradient import per_example_loss_grad, reduce_gradient
-from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM, SCORE_WEIGHTS, check_selection, ranking_needed, select_keep, target_positions
+from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM, SCORE_WEIGHTS, candidate_positions, check_selection, ranking_needed, select_keep
 
 # Every name a decoder layer has taken its cache under (``cache`` from transformers 5.24).
 _CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")
@@ -179,8 +179,9 @@ class OnlineSeeker:
             keep = torch.zeros_like(attention_mask, dtype=torch.bool)
             for b in range(input_ids.shape[0]):
                 where = np.flatnonzero(real[b])
-                candidates = self._candidates(label_rows[b, where])
-                keep[b, torch.from_numpy(where if candidates is None else where[candidates]).to(keep.device)] = True
+                # No choice anywhere: select_keep's masks need no scores.
+                chosen = select_keep(len(where), self.ratio, self.strategy, **candidate_positions(label_rows[b, where], self.select_from))
+                keep[b, torch.from_numpy(where[chosen]).to(keep.device)] = True
             return keep, None, None
         alpha, beta = SCORE_WEIGHTS.get(self.strategy, (self.alpha, self.beta))
         scores, cache = online_scores(
@@ -201,10 +202,8 @@ class OnlineSeeker:
                 beta=self.beta,
                 seed=self.seed,
                 index=int(indices[b]) if indices is not None else b,
-                candidates=self._candidates(label_rows[b, where]),
+                **candidate_positions(label_rows[b, where], self.select_from),
             )
             keep[b, torch.from_numpy(where[chosen]).to(keep.device)] = True
         return keep, cache, scores
 
-    def _candidates(self, labels: np.ndarray) -> np.ndarray | None:
-        return target_positions(labels) if self.select_from == "targets" else None

@@ -10,7 +10,7 @@ from tokenseek.constants import IGNORE_INDEX
 from tokenseek.seeking.context import capture_context_scores
 from tokenseek.models.introspect import capture_final_hidden, eval_mode
 from tokenseek.seeking.gradient import frozen, leaf_at_layer, per_example_loss_grad, reduce_gradient
-from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM, combined_score, select_keep, target_positions
+from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM, combined_score, candidate_positions, select_keep
 
 
 @dataclass
@@ -70,7 +70,8 @@ def seek(
     """Score every token and choose the kept ones (keep mask feeds :func:`tokenseek.ditched_loss`).
 
     Padding may be on either side: real tokens are found through ``attention_mask``.
-    ``select_from="targets"`` keeps only positions whose next token has a label.
+    ``select_from="targets"`` keeps only positions whose next token has a label;
+    ``"targets-first"`` keeps those first and fills the rest of the budget from the others.
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -81,10 +82,8 @@ def seek(
     for b in range(input_ids.shape[0]):
         where = attention_mask[b].bool().nonzero(as_tuple=True)[0].cpu()
         ctx_b, grad_b = context[b, where].cpu().numpy(), gradient[b, where].cpu().numpy()
-        candidates = target_positions(labels[b, where].cpu().numpy()) if select_from == "targets" else None
-        chosen = select_keep(
-            len(where), ratio, strategy, context=ctx_b, gradient=grad_b, alpha=alpha, beta=beta, seed=seed, index=b, candidates=candidates
-        )
+        pool = candidate_positions(labels[b, where].cpu().numpy(), select_from)
+        chosen = select_keep(len(where), ratio, strategy, context=ctx_b, gradient=grad_b, alpha=alpha, beta=beta, seed=seed, index=b, **pool)
         keep[b, where[torch.from_numpy(chosen)].to(keep.device)] = True
         if len(where):
             combined[b, where] = torch.from_numpy(combined_score(ctx_b, grad_b, alpha, beta)).float()

@@ -19,9 +19,11 @@ SCORE_WEIGHTS = {"random": (0.0, 0.0), "context": (1.0, 0.0), "gradient": (0.0, 
 # the share of each example's tokens kept, and Eq. 5's weights (only α:β matters; (1, 1) is
 # the paper's [5, 5]).
 DEFAULT_RATIO, DEFAULT_ALPHA, DEFAULT_BETA = 0.1, 1.0, 1.0
-# Where the kept tokens may come from: every real token (the paper's and TokenTune's rule) or
-# only positions whose next token is a training target (the loss exists nowhere else).
-SELECT_FROM = ("targets", "all")
+# Where the kept tokens may come from: every real token (the paper's and TokenTune's rule);
+# only positions whose next token is a training target (the loss exists nowhere else), the
+# budget capped at their number; or those first and the rest of the budget from the other
+# positions (targets-first: every loss term, plus gradients through the context they read).
+SELECT_FROM = ("targets", "all", "targets-first")
 DEFAULT_SELECT_FROM = "targets"
 # When the scores are made: once before training (a store) or inside each step.
 SEEKING = ("offline", "online")
@@ -83,8 +85,19 @@ def target_positions(labels) -> np.ndarray:
 def ranking_needed(labels, ratio: float, select_from: str = DEFAULT_SELECT_FROM) -> bool:
     """Whether an example's budget leaves a choice: False when it covers every candidate position
     (every position with a target, or every token), so that any selection keeps them all."""
-    pool = int(target_positions(labels).sum()) if select_from == "targets" else len(labels)
-    return keep_count(len(labels), ratio) < pool
+    budget, targets = keep_count(len(labels), ratio), int(target_positions(labels).sum())
+    if select_from == "targets":
+        return budget < targets
+    if select_from == "targets-first":  # a choice among the targets, or among the rest
+        return budget < len(labels) and budget != targets
+    return budget < len(labels)
+
+
+def candidate_positions(labels, select_from: str) -> dict:
+    """:func:`select_keep`'s ``candidates`` and ``fill`` for ``--select-from`` on one example's labels."""
+    if select_from == "all":
+        return {"candidates": None, "fill": False}
+    return {"candidates": target_positions(labels), "fill": select_from == "targets-first"}
 
 
 NOTHING_TO_RANK = "every example's budget covers all its candidate positions, so every selection keeps them all: nothing is scored"
@@ -110,6 +123,7 @@ def select_keep(
     explore: float = 0.5,
     band: tuple[float, float] = (0.4, 0.5),
     candidates: np.ndarray | None = None,
+    fill: bool = False,
 ) -> np.ndarray:
     """A bool keep mask of length ``length`` for one example.
 
@@ -124,6 +138,9 @@ def select_keep(
     ones with a training target under ``--select-from targets``. The budget k is still
     ``ceil(ratio * length)`` over all real tokens (the same memory as without it), capped at
     the number of candidates. ``None`` ranks every position (``--select-from all``).
+    ``fill`` (``--select-from targets-first``): a budget larger than the candidates keeps all of
+    them and spends the rest on the other positions, chosen by the same strategy (at random, or
+    the highest scores); ``probe`` ignores it.
     """
     check_selection(strategy, ratio, alpha, beta)
     keep = np.zeros(length, dtype=bool)
@@ -140,6 +157,9 @@ def select_keep(
     else:
         pool = None
         k = keep_count(length, ratio)
+    if fill and pool is not None and strategy != "probe" and keep_count(length, ratio) > len(pool):
+        ranking = lambda: _ranking_score(strategy, context, gradient, alpha, beta, length, index)  # noqa: E731
+        return _candidates_then_rest(candidates, keep_count(length, ratio), strategy, rng, ranking)
     if strategy != "probe" and k >= (length if pool is None else len(pool)):
         # The budget covers every candidate: nothing to rank, so no scores are needed either.
         keep[slice(None) if pool is None else pool] = True
@@ -147,11 +167,7 @@ def select_keep(
     if strategy == "random":
         keep[rng.choice(length, size=k, replace=False) if pool is None else rng.choice(pool, size=k, replace=False)] = True
         return keep
-    if context is None or gradient is None:
-        raise TokenSeekError(f"--selection {strategy} needs token scores: run `tokenseek score` and pass --scores")
-    if len(context) != length or len(gradient) != length:
-        raise TokenSeekError(f"example {index}: scores cover {len(context)} tokens but the example has {length}; re-score this data")
-    score = combined_score(context, gradient, *SCORE_WEIGHTS.get(strategy, (alpha, beta)))
+    score = _ranking_score(strategy, context, gradient, alpha, beta, length, index)
     if pool is not None:  # positions outside the pool rank last and are never taken
         score = np.where(candidates, score, -np.inf)
     if strategy == "mixed":
@@ -169,6 +185,30 @@ def select_keep(
         return keep
     keep[_top(score, k)] = True
     return keep
+
+
+def _candidates_then_rest(candidates: np.ndarray, budget: int, strategy: str, rng, ranking) -> np.ndarray:
+    """Every candidate, and the rest of the budget from the other positions: drawn at random,
+    or the highest of ``ranking()`` (called only when there is a choice to make)."""
+    keep = candidates.copy()
+    rest = np.flatnonzero(~candidates)
+    extra = budget - int(candidates.sum())
+    if extra >= len(rest):
+        keep[rest] = True
+    elif strategy == "random":
+        keep[rng.choice(rest, size=extra, replace=False)] = True
+    else:
+        keep[_top(np.where(candidates, -np.inf, ranking()), extra)] = True
+    return keep
+
+
+def _ranking_score(strategy: str, context, gradient, alpha: float, beta: float, length: int, index: int) -> np.ndarray:
+    """The score a scored strategy ranks one example's positions by (Eq. 5 with its weights)."""
+    if context is None or gradient is None:
+        raise TokenSeekError(f"--selection {strategy} needs token scores: run `tokenseek score` and pass --scores")
+    if len(context) != length or len(gradient) != length:
+        raise TokenSeekError(f"example {index}: scores cover {len(context)} tokens but the example has {length}; re-score this data")
+    return combined_score(context, gradient, *SCORE_WEIGHTS.get(strategy, (alpha, beta)))
 
 
 class SelectionTally:
@@ -251,7 +291,7 @@ def keep_for_labels(
 ) -> np.ndarray:
     """One example's keep mask from its labels (and its stored scores, for scored strategies).
 
-    ``select_from="targets"`` ranks only positions whose next token is a training target.
+    ``select_from``: see :data:`SELECT_FROM` and :func:`candidate_positions`.
     """
     stored = stored or {}
     return select_keep(
@@ -264,5 +304,5 @@ def keep_for_labels(
         beta=beta,
         seed=seed,
         index=index,
-        candidates=target_positions(labels) if select_from == "targets" else None,
+        **candidate_positions(labels, select_from),
     )

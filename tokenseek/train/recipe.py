@@ -55,7 +55,11 @@ class TrainConfig:
     )
     beta: float = option(DEFAULT_BETA, "beta weighs the size of the loss gradient at the token (see --alpha)")
     select_from: str = option(
-        DEFAULT_SELECT_FROM, "rank only positions with a training target (targets) or every token (all: the paper's rule)", choices=SELECT_FROM
+        DEFAULT_SELECT_FROM,
+        "where kept tokens come from: positions with a training target only, the budget capped at their number (targets); "
+        "every token (all: the paper's rule); or every target first and the rest of the budget from the other positions, "
+        "ranked the same way (targets-first: the loss everywhere plus gradients through the context it reads)",
+        choices=SELECT_FROM
     )
     seeking: str = option(
         "offline",

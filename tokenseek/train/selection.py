@@ -39,7 +39,8 @@ class SelectionOptions:
 
     ``ratio``: fraction of each example's tokens kept. ``selection``: ``random`` (TokenTune) or
     a scored strategy (``tokenseek``, ``context``, ``gradient``, ``mixed``, ``probe``).
-    ``select_from``: ``targets`` (only positions with a training target) or ``all``.
+    ``select_from``: ``targets`` (only positions with a training target), ``all``, or
+    ``targets-first`` (every target, then the rest of the budget from the other positions).
     ``alpha``/``beta``: Eq. 5's weights. ``scores``: score store directory for offline scored
     selections (scored there on first use, reused while model and data match). ``seeking``:
     ``offline`` or ``online`` (score inside each step with the current weights, no store).

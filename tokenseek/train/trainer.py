@@ -60,7 +60,7 @@ class DitchedLossMixin:
         self.model_accepts_loss_kwargs = True
         # Online selection over all positions: how many kept targets is unknown in advance.
         online = self.step_options.online
-        self._count_in_advance = online is None or online.select_from == "targets" or self.step_options.loss_norm == "example"
+        self._count_in_advance = online is None or online.select_from != "all" or self.step_options.loss_norm == "example"
         self.online_tally = SelectionTally()  # what online selection kept, over every visit
         self.online_drift = KeptSetDrift()  # each example's kept set at its first and last visit
 
@@ -128,7 +128,7 @@ class DitchedLossMixin:
             return len(batch["input_ids"])
         if options.online is None:
             return int((batch["shift_labels"] != IGNORE_INDEX).sum())
-        # Online, targets only: every kept position is a target, so the count follows from lengths.
+        # Online, targets or targets-first: min(budget, targets) of the targets are kept, so the count follows from lengths.
         lengths = batch["attention_mask"].sum(dim=1).tolist()
         targets = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1).tolist()
         return sum(min(keep_count(n, options.online.ratio), t) for n, t in zip(lengths, targets))
