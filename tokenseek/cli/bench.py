@@ -7,20 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from tokenseek.cli.common import add_adapter_args, add_dtype_arg, add_model_args
-
-
-def lora_kwargs(args: argparse.Namespace, pefts: list[str]) -> dict:
-    """The adapter settings of the flags (``--peft-arg`` parsed), checked for every adapter
-    method to be measured before any worker starts."""
-    from tokenseek.cli.config import parse_pairs
-    from tokenseek.models.adapters import adapter_kwargs, peft_config
-
-    kwargs = adapter_kwargs(argparse.Namespace(**{**vars(args), "peft_args": parse_pairs(args.peft_args, "--peft-arg")}))
-    for method in pefts:
-        if method != "none":  # full-parameter rows take no adapter settings
-            peft_config(method, **kwargs)
-    return kwargs
+from tokenseek.cli.common import add_adapter_args, add_dtype_arg, add_model_args, adapter_kwargs_from_args
 
 
 def register(sub) -> None:
@@ -48,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from tokenseek.cli.config import from_args
 
     cfg = from_args(BenchConfig, args, model=args.model, dtype=args.dtype)
-    cfg = dataclasses.replace(cfg, lora=lora_kwargs(args, cfg.pefts))
+    cfg = dataclasses.replace(cfg, lora=adapter_kwargs_from_args(args, cfg.pefts))
     if cfg.knobs:
         return run_knobs_cli(cfg)
     run_bench(cfg, progress=lambda message: print(message, file=sys.stderr, flush=True))

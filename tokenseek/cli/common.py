@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from tokenseek.cli.config import add_options
+from tokenseek.cli.config import add_options, parse_pairs
 
 MODEL_OPTIONS = ("model",)
 DATA_OPTIONS = ("data", "format", "split", "subset", "fields", "limit", "template", "max_length", "train_on_prompt")
@@ -57,3 +57,15 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
 
 def add_adapter_args(p: argparse.ArgumentParser) -> None:
     _add(p, ADAPTER_OPTIONS)
+
+
+def adapter_kwargs_from_args(args: argparse.Namespace, pefts: list[str]) -> dict:
+    """``apply_peft`` keyword arguments from the ``add_adapter_args`` flags (``--peft-arg`` parsed),
+    checked for every adapter method in ``pefts`` before anything is measured."""
+    from tokenseek.models.adapters import adapter_kwargs, peft_config
+
+    kwargs = adapter_kwargs(argparse.Namespace(**{**vars(args), "peft_args": parse_pairs(args.peft_args, "--peft-arg")}))
+    for method in pefts:
+        if method != "none":  # full-parameter rows take no adapter settings
+            peft_config(method, **kwargs)
+    return kwargs

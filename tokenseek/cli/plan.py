@@ -7,8 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from tokenseek.cli.bench import lora_kwargs
-from tokenseek.cli.common import add_adapter_args, add_model_args
+from tokenseek.cli.common import adapter_kwargs_from_args, add_adapter_args, add_model_args
 from tokenseek.errors import TokenSeekError
 
 
@@ -46,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         plan = plan_from_bench(json.loads(path.read_text()), budget, peft=cfg.peft, seq_len=cfg.seq_len)
     else:
         peft, seq_len = cfg.peft or "lora", cfg.seq_len or 512
-        adapter = lora_kwargs(args, [peft])  # checked before any measuring
+        adapter = adapter_kwargs_from_args(args, [peft])  # checked before any measuring
         ratios = FIT_RATIOS + ((CHECK_RATIO,) if cfg.check else ())
         print(f"measuring peak memory at ratios {', '.join(f'{r:g}' for r in ratios)} ...", file=sys.stderr, flush=True)
         peaks = measure_peaks(
