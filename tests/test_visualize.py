@@ -197,7 +197,7 @@ def test_example_scores_match_the_scorer_and_attention_map(tiny_dir, tokenizer):
 
     model, tok = load_model(str(tiny_dir))
     example = _tokenized(tokenizer).examples[0]
-    view = compute_example(model, tok, example, position=0, ratio=0.25, layers=True)
+    view = compute_example(model, tok, example, position=0, ratio=0.25, layers=True, select_from="all")
     n = len(example["input_ids"])
     assert view.attention.shape == (n, n) and view.grad_map.shape == (n, 32)
     np.testing.assert_allclose(view.attention.sum(axis=0), view.context, rtol=1e-4, atol=1e-5)
@@ -207,6 +207,29 @@ def test_example_scores_match_the_scorer_and_attention_map(tiny_dir, tokenizer):
     np.testing.assert_allclose(view.layer_gradients[1], view.gradient)
     assert (view.keep["context"] == select_keep(n, 0.25, "context", context=view.context, gradient=view.gradient)).all()
     assert model.config._attn_implementation == "sdpa"  # the eager switch is undone
+
+
+@pytest.mark.parametrize("select_from", ["targets", "targets-first", "all"])
+def test_example_shows_the_tokens_training_keeps(tiny_dir, tokenizer, select_from):
+    """The highlighted selection is the one `tokenseek train` makes from the same scores and
+    --select-from (the default included), not the paper's rule regardless."""
+    from tokenseek.models import load_model
+    from tokenseek.seeking.select import DEFAULT_SELECT_FROM, keep_for_labels, target_positions
+    from tokenseek.visualize import compute_example
+
+    model, tok = load_model(str(tiny_dir))
+    example = _tokenized(tokenizer).examples[0]
+    view = compute_example(model, tok, example, position=0, ratio=0.25, select_from=select_from)
+    stored = {"context": view.context, "gradient": view.gradient}
+    trained = keep_for_labels(example["labels"], 0.25, "tokenseek", select_from=select_from, stored=stored)
+    assert np.array_equal(view.keep["combined"], trained) and view.select_from == select_from
+    targets = target_positions(example["labels"])
+    if select_from == "targets":
+        assert not (view.keep["combined"] & ~targets).any()
+    if select_from != "all":
+        assert view.keep["combined"][targets].sum() == min(targets.sum(), math.ceil(0.25 * len(targets)))
+    default = compute_example(model, tok, example, position=0, ratio=0.25)
+    assert default.select_from == DEFAULT_SELECT_FROM
 
 
 def test_example_with_stored_scores(tiny_dir, data_file, store, tmp_path):
@@ -239,7 +262,8 @@ def test_rerun_replaces_outputs_and_drops_stale_files(tiny_dir, data_file, tmp_p
 # ----------------------------------------------------------------------------- summary
 def test_summary_over_a_score_store(tiny_dir, data_file, store, tmp_path, tokenizer):
     out = tmp_path / "summary"
-    assert main(["visualize", "--model", str(tiny_dir), "--data", str(data_file), "--scores", str(store), "--summary", "--output", str(out)]) == 0
+    argv = ["visualize", "--model", str(tiny_dir), "--data", str(data_file), "--scores", str(store), "--summary", "--select-from", "all"]
+    assert main([*argv, "--output", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     data = _tokenized(tokenizer)
     assert summary["examples"] == len(data)
@@ -258,6 +282,20 @@ def test_summary_over_a_score_store(tiny_dir, data_file, store, tmp_path, tokeni
     md = (out / "summary.md").read_text()
     assert "| context |" in md and "Jaccard" in md and "Most frequently kept tokens" in md
     _check_png(out / "positions.png")
+
+
+def test_summary_selects_from_the_targets_as_training_does(tiny_dir, data_file, store, tmp_path, tokenizer):
+    from tokenseek.seeking.select import target_positions
+
+    out = tmp_path / "summary"
+    assert main(["visualize", "--model", str(tiny_dir), "--data", str(data_file), "--scores", str(store), "--summary", "--output", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["selection"]["select_from"] == "targets"
+    data = _tokenized(tokenizer)
+    kept = sum(min(math.ceil(0.1 * len(ex["input_ids"])), int(target_positions(ex["labels"]).sum())) for ex in data.examples)
+    for name in ("context", "gradient", "combined"):
+        assert summary["share"][name]["kept"] == kept
+    assert "positions with a training target only" in (out / "summary.md").read_text()
 
 
 def test_summary_needs_scores(tiny_dir, data_file, tmp_path, capsys):

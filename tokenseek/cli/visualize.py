@@ -124,6 +124,7 @@ def _example(args) -> int:
         ratio=args.ratio,
         alpha=args.alpha,
         beta=args.beta,
+        select_from=args.select_from,
         stored=stored,
         score_source=str(args.scores) if args.scores else "recomputed",
         layers_back=layers_back,
@@ -150,7 +151,7 @@ def _summary(args) -> int:
     tokenizer = load_tokenizer(args.model)
     data = _tokenized(args, tokenizer)
     store = ScoreStore.open(args.scores, data=data)
-    summary = compute_summary(data, store, tokenizer, ratio=args.ratio, alpha=args.alpha, beta=args.beta)
+    summary = compute_summary(data, store, tokenizer, ratio=args.ratio, alpha=args.alpha, beta=args.beta, select_from=args.select_from)
     with staged_dir(args.output, SUMMARY_FILES) as tmp:
         written = render_summary(summary, tmp)
     share = summary["share"]

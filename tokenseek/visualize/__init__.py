@@ -42,6 +42,7 @@ def render_example(view: ExampleView, out_dir: str | Path, tokenizer=None) -> li
             "ratio": view.ratio,
             "alpha": view.alpha,
             "beta": view.beta,
+            "select_from": view.select_from,
             "score_source": view.score_source,
             "gradient_layer": f"N-{view.layers_back}",
             "grad_mode": view.grad_mode,

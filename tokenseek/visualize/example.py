@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from tokenseek.errors import TokenSeekError
-from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO
+from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM
 
 # Names of the three selections shown side by side, with the strategy that makes each.
 SELECTIONS = {"context": "context", "gradient": "gradient", "combined": "tokenseek"}
@@ -36,6 +36,7 @@ class ExampleView:
     ratio: float
     alpha: float
     beta: float
+    select_from: str  # where the kept tokens came from (--select-from)
     layers_back: int
     grad_mode: str
     score_source: str  # "recomputed" or the score store path
@@ -66,13 +67,18 @@ def token_texts(tokenizer, input_ids: list[int]) -> list[str]:
     return texts
 
 
-def keep_masks(context: np.ndarray, gradient: np.ndarray, ratio: float, alpha: float, beta: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Eq. 5 scores and the keep mask of each selection (context-only, gradient-only, combined)."""
-    from tokenseek.seeking.select import combined_score, select_keep
+def keep_masks(
+    context: np.ndarray, gradient: np.ndarray, ratio: float, alpha: float, beta: float, *, labels=None, select_from: str = "all"
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Eq. 5 scores and the keep mask of each selection (context-only, gradient-only, combined),
+    chosen from the positions ``select_from`` allows (``labels`` are needed for all but ``all``),
+    as training chooses them."""
+    from tokenseek.seeking.select import candidate_positions, combined_score, select_keep
 
     n = len(context)
+    pool = candidate_positions(labels, select_from) if select_from != "all" else {}
     masks = {
-        name: select_keep(n, ratio, strategy, context=context, gradient=gradient, alpha=alpha, beta=beta)
+        name: select_keep(n, ratio, strategy, context=context, gradient=gradient, alpha=alpha, beta=beta, **pool)
         for name, strategy in SELECTIONS.items()
     }
     return combined_score(context, gradient, alpha, beta), masks
@@ -109,6 +115,7 @@ def compute_example(
     ratio: float = DEFAULT_RATIO,
     alpha: float = DEFAULT_ALPHA,
     beta: float = DEFAULT_BETA,
+    select_from: str = DEFAULT_SELECT_FROM,
     stored: dict | None = None,
     score_source: str = "recomputed",
     layers_back: int = 1,
@@ -133,7 +140,7 @@ def compute_example(
     context, gradient, grad_map, layer_gradients, attention = _model_maps(model, ids, labels, layers_back, grad_mode, layers)
     if stored is not None:
         context, gradient = _stored_scores(stored, example)
-    combined, masks = keep_masks(context, gradient, ratio, alpha, beta)
+    combined, masks = keep_masks(context, gradient, ratio, alpha, beta, labels=example["labels"], select_from=select_from)
     return ExampleView(
         position=position,
         record_index=int(example["index"]),
@@ -148,6 +155,7 @@ def compute_example(
         ratio=ratio,
         alpha=alpha,
         beta=beta,
+        select_from=select_from,
         layers_back=layers_back,
         grad_mode=grad_mode,
         score_source=score_source,

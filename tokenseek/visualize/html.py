@@ -139,7 +139,7 @@ def render_tokens_html(view: ExampleView, tokenizer=None) -> str:
 <h1>{html.escape(title)}</h1>
 <p class="meta">Model: {html.escape(view.model_name or "?")} ({view.num_layers} decoder layers).
 {n} tokens: {view.prompt_length} prompt + {n - view.prompt_length} response.</p>
-<p class="meta">Keep ratio {view.ratio:g} &rarr; k = {k} of {n} tokens per selection; &alpha; = {view.alpha:g}, &beta; = {view.beta:g}
+<p class="meta">Keep ratio {view.ratio:g} &rarr; k = {k} of {n} tokens per selection (--select-from {html.escape(view.select_from)}); &alpha; = {view.alpha:g}, &beta; = {view.beta:g}
 (Eq. 5: &alpha;&middot;log(context) + &beta;&middot;minmax(gradient)).</p>
 <p class="meta">Scores {html.escape(source)}; context = attention received in the last layer (Eq. 3);
 gradient = {"&Sigma;|dL/dz|" if view.grad_mode == "abs" else "&Sigma; dL/dz"} over the hidden dimension at the {html.escape(layer)} (Eq. 4).</p>

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tokenseek.errors import TokenSeekError
-from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO
+from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM
 from tokenseek.visualize.example import keep_masks, token_texts
 
 NAMES = ("context", "gradient", "combined")
@@ -68,8 +68,28 @@ class _Tally:
         return np.concatenate(self.relative[name]) if self.relative[name] else np.zeros(0)
 
 
-def compute_summary(data, store, tokenizer, *, ratio: float = DEFAULT_RATIO, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA, bins: int = 20, top: int = 20) -> dict:
-    """Statistics over every example of ``data`` with the selections recomputed from the stored scores."""
+# How a summary says where its selections could choose from (--select-from).
+_SELECT_FROM_TEXT = {
+    "all": "every position (--select-from all)",
+    "targets": "positions with a training target only (--select-from targets)",
+    "targets-first": "every target first, then the other positions (--select-from targets-first)",
+}
+
+
+def compute_summary(
+    data,
+    store,
+    tokenizer,
+    *,
+    ratio: float = DEFAULT_RATIO,
+    alpha: float = DEFAULT_ALPHA,
+    beta: float = DEFAULT_BETA,
+    select_from: str = DEFAULT_SELECT_FROM,
+    bins: int = 20,
+    top: int = 20,
+) -> dict:
+    """Statistics over every example of ``data`` with the selections recomputed from the stored
+    scores, from the positions ``select_from`` allows (as training chooses them)."""
     tally = _Tally()
     for ex in data.examples:
         row = store.get(ex["index"])
@@ -79,7 +99,7 @@ def compute_summary(data, store, tokenizer, *, ratio: float = DEFAULT_RATIO, alp
                 f"the score store {store.path} has {len(row['context'])} scores for example {ex['index']}, which has {n} tokens: "
                 "re-score with the same --data/--template/--max-length"
             )
-        _, masks = keep_masks(row["context"], row["gradient"], ratio, alpha, beta)
+        _, masks = keep_masks(row["context"], row["gradient"], ratio, alpha, beta, labels=ex["labels"], select_from=select_from)
         tally.add(ex, masks)
     examples = len(data.examples)
     return {
@@ -88,7 +108,7 @@ def compute_summary(data, store, tokenizer, *, ratio: float = DEFAULT_RATIO, alp
         "store_model": store.meta.get("model", {}).get("model"),
         "store_scoring": store.meta.get("scoring"),
         "data_settings": data.settings,
-        "selection": {"ratio": ratio, "alpha": alpha, "beta": beta},
+        "selection": {"ratio": ratio, "alpha": alpha, "beta": beta, "select_from": select_from},
         "tokens": {
             "total": tally.total_tokens,
             "prompt": tally.prompt_tokens,
@@ -199,7 +219,8 @@ def summary_markdown(summary: dict) -> str:
         f"{summary['examples']} examples from the score store `{summary['store']}` (model {summary['store_model']}); "
         f"{tokens['total']} tokens, mean length {tokens['mean_length']:.1f}, "
         f"{_pct(tokens['prompt'] / max(tokens['total'], 1))} of them in prompts.",
-        f"Selections recomputed from the stored scores at ratio {sel['ratio']:g}, alpha {sel['alpha']:g}, beta {sel['beta']:g}: "
+        f"Selections recomputed from the stored scores at ratio {sel['ratio']:g}, alpha {sel['alpha']:g}, beta {sel['beta']:g}, "
+        f"from {_SELECT_FROM_TEXT[sel.get('select_from', 'all')]}: "
         "*context* = top-k by attention received (Eq. 3), *gradient* = top-k by gradient score (Eq. 4), "
         "*combined* = top-k by Eq. 5.",
         "",
