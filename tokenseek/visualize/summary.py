@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tokenseek.errors import TokenSeekError
+from tokenseek.models import DEFAULT_MODEL_NAME
 from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM
 from tokenseek.visualize.example import keep_masks, token_texts
 
@@ -105,7 +106,7 @@ def compute_summary(
     return {
         "examples": examples,
         "store": str(store.path),
-        "store_model": store.meta.get("model", {}).get("model"),
+        "store_model": store.meta.get("model", {}).get("model") or DEFAULT_MODEL_NAME,  # None: the default model
         "store_scoring": store.meta.get("scoring"),
         "data_settings": data.settings,
         "selection": {"ratio": ratio, "alpha": alpha, "beta": beta, "select_from": select_from},
