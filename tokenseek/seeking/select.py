@@ -148,18 +148,19 @@ def select_keep(
         keep[:] = True
         return keep
     rng = np.random.default_rng([seed, index])
+    budget = keep_count(length, ratio)
     if candidates is not None:
         candidates = np.asarray(candidates, dtype=bool)
         if len(candidates) != length:
             raise TokenSeekError(f"example {index}: {len(candidates)} candidate flags for {length} tokens")
         pool = np.flatnonzero(candidates)
-        k = min(keep_count(length, ratio), len(pool))
+        k = min(budget, len(pool))
     else:
         pool = None
-        k = keep_count(length, ratio)
-    if fill and pool is not None and strategy != "probe" and keep_count(length, ratio) > len(pool):
+        k = budget
+    if fill and pool is not None and strategy != "probe" and budget > len(pool):
         ranking = lambda: _ranking_score(strategy, context, gradient, alpha, beta, length, index)  # noqa: E731
-        return _candidates_then_rest(candidates, keep_count(length, ratio), strategy, rng, ranking)
+        return _candidates_then_rest(candidates, budget, strategy, rng, ranking)
     if strategy != "probe" and k >= (length if pool is None else len(pool)):
         # The budget covers every candidate: nothing to rank, so no scores are needed either.
         keep[slice(None) if pool is None else pool] = True

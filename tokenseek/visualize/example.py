@@ -76,7 +76,7 @@ def keep_masks(
     from tokenseek.seeking.select import candidate_positions, combined_score, select_keep
 
     n = len(context)
-    pool = candidate_positions(labels, select_from) if select_from != "all" else {}
+    pool = candidate_positions(labels, select_from)
     masks = {
         name: select_keep(n, ratio, strategy, context=context, gradient=gradient, alpha=alpha, beta=beta, **pool)
         for name, strategy in SELECTIONS.items()
