@@ -266,3 +266,26 @@ def test_every_entry_point_defaults_to_the_cli_selection():
                 assert f.default == getattr(cli, f.name), f"{cls.__name__}.{f.name}"
                 checked += 1
     assert checked >= 20
+
+
+@pytest.mark.parametrize(
+    "settings, ignored",
+    [
+        ({}, set()),
+        ({"selection": "tokenseek", "alpha": 3.0, "ratio": 0.2, "lora_r": 4}, set()),  # all read
+        ({"selection": "random", "alpha": 3.0, "beta": 0.5, "ratio": 0.2}, {"--alpha", "--beta"}),
+        ({"selection": "context", "beta": 2.0}, {"--beta"}),
+        ({"selection": "full", "ratio": 0.3, "select_from": "all", "alpha": 1.0}, {"--ratio", "--select-from"}),  # alpha at its default
+        ({"memory_budget": "6GiB", "ratio": 0.2}, {"--ratio"}),
+        ({"memory_budget": "6GiB"}, set()),
+        ({"peft": "none", "lora_r": 4, "target_modules": "q_proj"}, {"--lora-r", "--target-modules"}),
+        ({"peft": "ia3", "lora_dropout": 0.1, "target_modules": "q_proj"}, {"--lora-dropout"}),
+        ({"peft": "loha", "lora_r": 4, "lora_dropout": 0.1}, set()),
+    ],
+)
+def test_options_a_run_never_reads_are_named(settings, ignored):
+    from tokenseek.train.recipe import ignored_options
+
+    lines = ignored_options(TrainConfig(**settings))
+    assert {line.split()[0] for line in lines} == ignored
+    assert all("has no effect" in line for line in lines)

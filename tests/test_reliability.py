@@ -83,6 +83,12 @@ def test_truncation_and_unlearnable_examples_are_counted(tmp_path, capsys, tiny_
     assert "no example has a response token left within --max-length 64" in _err(capsys)
 
 
+def test_options_without_effect_are_warned_about(tmp_path, caplog, tiny_model_dir, data_file):
+    argv = _train_argv(tiny_model_dir, data_file, tmp_path / "run", "--selection", "random", "--alpha", "2", "--max-steps", "1", "--grad-accum", "1")
+    assert main(argv) == 0
+    assert "--alpha 2.0 has no effect: --selection random fixes its own score weights" in caplog.text
+
+
 def test_alpha_beta_zero_refused(tmp_path, capsys, tiny_model_dir, data_file):
     assert main(_train_argv(tiny_model_dir, data_file, tmp_path / "run", "--alpha", "0", "--beta", "0")) == 2
     assert "both 0" in _err(capsys)

@@ -23,7 +23,7 @@ from tokenseek.models.adapters import PEFT_METHODS, adapter_kwargs, peft_config
 from tokenseek.models.placement import DTYPE_CHOICES
 from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM, SEEKING, SELECT_FROM, STRATEGIES
 from tokenseek.utils.io import write_json
-from tokenseek.utils.options import check_options, flag_name, option, options
+from tokenseek.utils.options import check_options, default_of, flag_name, option, options
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +187,34 @@ def validate(cfg: TrainConfig) -> None:
     _check_evaluation(cfg)
     check_trainer_args(cfg.trainer_args)
     peft_config(cfg.peft, **adapter_kwargs(cfg))  # refuses bad --peft-arg settings before any work
+
+
+def ignored_options(cfg: TrainConfig) -> list[str]:
+    """One line for each option set away from its default that this run never reads.
+
+    A warning, not an error: one YAML file often serves several runs (a ``selection: full``
+    baseline next to the ratio of the others)."""
+    from tokenseek.seeking.select import SCORE_WEIGHTS
+
+    why: dict[str, str] = {}
+    if cfg.selection == "full":
+        why.update(dict.fromkeys(("ratio", "alpha", "beta", "select_from"), "--selection full back-propagates every token"))
+    elif cfg.selection in SCORE_WEIGHTS:
+        why.update(dict.fromkeys(("alpha", "beta"), f"--selection {cfg.selection} fixes its own score weights"))
+    elif cfg.selection == "probe":
+        why["ratio"] = "--selection probe keeps its own share of the tokens"
+    if cfg.memory_budget and cfg.selection != "full":
+        why["ratio"] = "--memory-budget chooses the ratio"
+    if cfg.peft == "none":
+        why.update(dict.fromkeys(("lora_r", "lora_alpha", "lora_dropout", "target_modules"), "--peft none trains every parameter, no adapter"))
+    elif cfg.peft == "ia3":
+        why.update(dict.fromkeys(("lora_r", "lora_alpha", "lora_dropout"), "IA3 learns scaling vectors, with no rank, alpha or dropout"))
+    fields = {f.name: f for f in options(TrainConfig)}
+    return [
+        f"--{flag_name(fields[name])} {getattr(cfg, name)} has no effect: {reason}"
+        for name, reason in why.items()
+        if getattr(cfg, name) != default_of(fields[name])
+    ]
 
 
 def _check_evaluation(cfg: TrainConfig) -> None:
@@ -402,6 +430,8 @@ def run_train(cfg: TrainConfig) -> dict:
     from tokenseek.models.placement import dtype_name, resolve_dtype, storage_dtype
 
     validate(cfg)
+    for line in ignored_options(cfg):
+        logger.warning(line)
     state = _distributed_state()
     # The run records the precision it ran in: "auto" is fp32 on a CPU (what every run
     # before --dtype did, so their identity is unchanged) and bf16 on a capable GPU.
