@@ -322,6 +322,34 @@ def test_cli_heldout_only(tiny_dir, tmp_path, capsys):
     assert "held-out loss" in stdout
 
 
+def test_cli_names_options_the_evaluation_never_reads(tiny_dir, tmp_path, capsys, caplog):
+    data = tmp_path / "held.json"
+    data.write_text(json.dumps([{"instruction": "Say hi.", "input": "", "output": "Hi there!"}]))
+    argv = ["eval", "--model", str(tiny_dir), "--heldout", str(data), "--num-fewshot", "5", "--max-new-tokens", "8", "--batch-size", "2"]
+    code, _, _ = _run_cli(argv, capsys)
+    assert code == 0
+    assert "--num-fewshot 5 has no effect: no benchmark runs (give --tasks)" in caplog.text
+    assert "--max-new-tokens 8 has no effect: it is the answer length of --exact-match" in caplog.text
+    assert "--batch-size" not in caplog.text  # read by the held-out loss
+
+
+@pytest.mark.parametrize(
+    "settings, ignored",
+    [
+        ({"heldout": "h.json", "exact_match": True, "max_new_tokens": 8, "max_length": 64}, set()),
+        ({"heldout": "h.json", "hub": True, "data_dir": "d", "lm_eval_model": "hf"}, {"--hub", "--data-dir", "--lm-eval-model"}),
+        ({"heldout": "h.json", "tasks": "arc_easy", "num_fewshot": "5"}, set()),  # --tasks given: benchmarks run too
+        ({"tasks": "arc_easy", "template": "chat", "max_length": 64, "fields": "output=answer"}, {"--template", "--max-length", "--fields"}),
+        ({"num_fewshot": "5", "include_path": ["x"]}, set()),  # no --heldout: the paper's tasks run
+    ],
+)
+def test_eval_config_names_what_it_never_reads(settings, ignored):
+    from tokenseek.eval import EvalConfig
+
+    lines = EvalConfig(**settings).ignored_options()
+    assert {line.split()[0] for line in lines} == ignored
+
+
 def test_library_run_eval_writes_what_the_cli_writes(tiny_dir, tmp_path, capsys):
     """`run_eval(EvalConfig(...))` is the CLI's job: same results for the same settings,
     the shared example-building ones (--max-length here) included."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from tokenseek.data.templates import DEFAULT_TEMPLATE
 from tokenseek.data.tokenize import DEFAULT_MAX_LENGTH
 from tokenseek.eval.catalog import DATA_ENV, DEFAULT_TASKS
-from tokenseek.utils.options import check_options, option
+from tokenseek.utils.options import check_options, ignored, option
 
 
 @dataclass
@@ -48,3 +48,20 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check_options(self)
+
+    @property
+    def benchmark_tasks(self) -> str | None:
+        """The tasks to run ("" none, None the paper's): without ``--tasks`` the paper's, unless ``--heldout``
+        says the job is a held-out one."""
+        return self.tasks if self.tasks is not None or not self.heldout else ""
+
+    def ignored_options(self) -> list[str]:
+        """One line for each option set away from its default that this evaluation never reads."""
+        why = {}
+        if not self.exact_match:
+            why["max_new_tokens"] = "it is the answer length of --exact-match"
+        if self.benchmark_tasks == "":
+            why.update(dict.fromkeys(("num_fewshot", "include_path", "hub", "data_dir", "lm_eval_model"), "no benchmark runs (give --tasks)"))
+        if not self.heldout:
+            why.update(dict.fromkeys(("fields", "template", "max_length"), "it builds the --heldout examples, and none are given"))
+        return ignored(self, why)

@@ -4,11 +4,14 @@ model load, answer budgets before any slow pass)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 from tokenseek.errors import TokenSeekError
 from tokenseek.eval.config import EvalConfig
+
+logger = logging.getLogger(__name__)
 
 
 def run_eval(cfg: EvalConfig, *, verbose: bool = False) -> dict:
@@ -16,6 +19,8 @@ def run_eval(cfg: EvalConfig, *, verbose: bool = False) -> dict:
     also write them (JSON, and the table as Markdown next to it). ``results["table_markdown"]``
     is the table the CLI prints."""
     started = time.time()
+    for line in cfg.ignored_options():
+        logger.warning(line)
     selection = _select_benchmarks(cfg, verbose)
     records = _heldout_records(cfg)
 
@@ -41,10 +46,8 @@ def run_eval(cfg: EvalConfig, *, verbose: bool = False) -> dict:
 
 
 def _select_benchmarks(cfg: EvalConfig, verbose: bool):
-    """The lm-eval tasks to run (names, data files and shots checked), or None for none.
-
-    Without ``--tasks``: the paper's tasks, unless ``--heldout`` says the job is a held-out one."""
-    tasks = cfg.tasks if cfg.tasks is not None or not cfg.heldout else ""
+    """The lm-eval tasks to run (names, data files and shots checked), or None for none."""
+    tasks = cfg.benchmark_tasks
     if tasks == "" and not cfg.heldout:
         raise TokenSeekError("nothing to evaluate: give --tasks (e.g. paper) and/or --heldout DATA")
     if tasks == "":

@@ -23,7 +23,7 @@ from tokenseek.models.adapters import PEFT_METHODS, adapter_kwargs, peft_config
 from tokenseek.models.placement import DTYPE_CHOICES
 from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM, SEEKING, SELECT_FROM, STRATEGIES
 from tokenseek.utils.io import write_json
-from tokenseek.utils.options import check_options, default_of, flag_name, option, options
+from tokenseek.utils.options import check_options, flag_name, ignored, option, options
 
 logger = logging.getLogger(__name__)
 
@@ -209,12 +209,7 @@ def ignored_options(cfg: TrainConfig) -> list[str]:
         why.update(dict.fromkeys(("lora_r", "lora_alpha", "lora_dropout", "target_modules"), "--peft none trains every parameter, no adapter"))
     elif cfg.peft == "ia3":
         why.update(dict.fromkeys(("lora_r", "lora_alpha", "lora_dropout"), "IA3 learns scaling vectors, with no rank, alpha or dropout"))
-    fields = {f.name: f for f in options(TrainConfig)}
-    return [
-        f"--{flag_name(fields[name])} {getattr(cfg, name)} has no effect: {reason}"
-        for name, reason in why.items()
-        if getattr(cfg, name) != default_of(fields[name])
-    ]
+    return ignored(cfg, why)
 
 
 def _check_evaluation(cfg: TrainConfig) -> None:

@@ -210,5 +210,17 @@ def describe(f: dataclasses.Field) -> str:
     return text
 
 
+def ignored(cfg, reasons: dict[str, str]) -> list[str]:
+    """``--flag VALUE has no effect: REASON`` for each field named in ``reasons`` (field name ->
+    why this job never reads it) whose value differs from its default. Jobs log these as
+    warnings rather than refuse them: one config file often serves several jobs."""
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    return [
+        f"--{flag_name(fields[name])} {getattr(cfg, name)} has no effect: {reason}"
+        for name, reason in reasons.items()
+        if getattr(cfg, name) != default_of(fields[name])
+    ]
+
+
 def flag_name(f: dataclasses.Field) -> str:
     return (f.metadata.get("flag") or f.name).replace("_", "-")
