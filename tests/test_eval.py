@@ -310,6 +310,22 @@ def test_heldout_loss_matches_an_independent_computation(tiny, tokenizer):
     assert not tiny.training
 
 
+def test_heldout_loss_of_a_model_without_a_findable_decoder(tiny, tokenizer, monkeypatch):
+    """The LM head is applied to response rows only when the decoder body can be hooked; a
+    model without ``get_decoder`` falls back to its own logits, with the same result."""
+    from tokenseek.data import load_records
+
+    records = load_records(None)[:5]
+    expected = heldout_loss(tiny, tokenizer, records, max_length=64, batch_size=2)
+    monkeypatch.setattr(tiny, "get_decoder", lambda: None)
+    calls = []
+    forward = tiny.forward
+    monkeypatch.setattr(tiny, "forward", lambda *a, **k: calls.append(k.get("logits_to_keep")) or forward(*a, **k))
+    got = heldout_loss(tiny, tokenizer, records, max_length=64, batch_size=2)
+    assert calls and all(keep is None for keep in calls)  # full logits: the fallback ran
+    assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5) and got["tokens"] == expected["tokens"]
+
+
 def test_cli_heldout_only(tiny_dir, tmp_path, capsys):
     data = tmp_path / "held.json"
     data.write_text(json.dumps([{"instruction": "Say hi.", "input": "", "output": "Hi there!"}, {"instruction": "Add 2 and 2.", "input": "", "output": "4"}]))
