@@ -284,6 +284,52 @@ def test_summary_over_a_score_store(tiny_dir, data_file, store, tmp_path, tokeni
     _check_png(out / "positions.png")
 
 
+def test_library_run_visualize_writes_what_the_cli_writes(tiny_dir, data_file, store, tmp_path, capsys):
+    """`run_visualize(VisualizeConfig(...))` is the CLI's job, the shared data and selection
+    settings (--ratio, --select-from here) included."""
+    from tokenseek.visualize import VisualizeConfig, run_visualize
+
+    settings = ["--ratio", "0.3", "--select-from", "all"]
+    assert main(["visualize", "--model", str(tiny_dir), "--data", str(data_file), "--scores", str(store), "--summary", *settings, "--output", str(tmp_path / "cli")]) == 0
+    printed = capsys.readouterr().out.strip().replace(str(tmp_path / "cli"), "OUT")
+    cfg = VisualizeConfig(
+        model=str(tiny_dir), data=str(data_file), scores=str(store), summary=True, ratio=0.3, select_from="all", output=str(tmp_path / "lib")
+    )
+    result = run_visualize(cfg)
+    cli, lib = (json.loads((tmp_path / name / "summary.json").read_text()) for name in ("cli", "lib"))
+    assert lib == cli and cli["selection"]["ratio"] == 0.3 and cli["selection"]["select_from"] == "all"
+    assert result["mode"] == "summary" and result["message"].replace(str(tmp_path / "lib"), "OUT") == printed
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"index": 0}, "--output is required"),
+        ({"output": "o"}, "say what to show"),
+        ({"output": "o", "summary": True}, "--summary needs a score store"),
+        ({"output": "o", "summary": True, "scores": "s", "grad_layer": 2}, "reads the store's scores as they were made"),
+        ({"output": "o", "runs": ["r"], "index": 0}, "--runs plots loss curves only"),
+        ({"output": "o", "index": 0, "ratio": 0.0}, "--ratio must be in (0, 1]"),
+        ({"output": "o", "index": 0, "grad_mode": "max"}, "unknown --grad-mode"),
+    ],
+)
+def test_visualize_config_refuses_what_it_cannot_show(settings, message):
+    from tokenseek.errors import TokenSeekError
+    from tokenseek.visualize import VisualizeConfig
+
+    with pytest.raises(TokenSeekError, match=message.replace("(", r"\(").replace("]", r"\]")):
+        VisualizeConfig(**settings)
+
+
+def test_visualize_shares_trains_data_and_selection_settings():
+    from tokenseek.cli.common import DATA_OPTIONS, MODEL_OPTIONS, SELECTION_OPTIONS
+    from tokenseek.train.recipe import TrainConfig
+    from tokenseek.visualize import VisualizeConfig
+
+    for name in MODEL_OPTIONS + DATA_OPTIONS + SELECTION_OPTIONS:
+        assert getattr(VisualizeConfig(output="o", index=0), name) == getattr(TrainConfig(), name), name
+
+
 def test_summary_selects_from_the_targets_as_training_does(tiny_dir, data_file, store, tmp_path, tokenizer):
     from tokenseek.seeking.select import target_positions
 

@@ -50,6 +50,8 @@ def add_options(parser: argparse.ArgumentParser, cls, *, only=None, skip=(), sup
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind is list and f.metadata["comma"]:  # one comma-separated value, split by from_args/resolve
             kwargs.update(metavar=f.metadata["metavar"] or "A,B,...")
+        elif kind is list and f.metadata["several"]:  # --runs A B C
+            kwargs.update(nargs="+", metavar=f.metadata["metavar"] or f.name.upper())
         elif kind in (dict, list):  # repeatable flag; a dict's items are KEY=VALUE
             kwargs.update(action="append", metavar=f.metadata["metavar"] or ("KEY=VALUE" if kind is dict else f.name.upper()))
             if not suppress:

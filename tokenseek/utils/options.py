@@ -33,6 +33,7 @@ def option(
     above: float | None = None,
     below: float | None = None,
     comma: bool = False,
+    several: bool = False,
     required: bool = False,
 ):
     """A dataclass field that is a user option.
@@ -40,7 +41,8 @@ def option(
     ``minimum``, ``maximum`` (inclusive), ``above`` and ``below`` (strict): the range a value
     (or each item of a list) must lie in; ``None`` (an unset optional value) is always allowed.
     ``comma``: a list option given as one comma-separated value (``--ratios 1.0,0.1``), not a
-    repeated flag. ``required``: the command line must give it (its default stays ``None``).
+    repeated flag. ``several``: a list option given as several values after one flag
+    (``--runs A B C``). ``required``: the command line must give it (its default stays ``None``).
     ``aliases``: other accepted names (flags and YAML keys), e.g. the TrainingArguments name.
     ``flag``: the flag's name when it is not the field's name (``--trainer-arg`` for ``trainer_args``).
     ``shown``: how ``--help`` describes the default when the value alone says little (``None``).
@@ -56,6 +58,7 @@ def option(
         "bookkeeping": bookkeeping,
         "range": {"minimum": minimum, "above": above, "maximum": maximum, "below": below},  # lower bounds first
         "comma": comma,
+        "several": several,
         "required": required,
     }
     if default_factory is not MISSING:

@@ -4,6 +4,8 @@
   selection marked, and the attention / gradient maps and score plots as PNGs.
 - :func:`render_summary` — a whole score store: where kept tokens fall, which ones, overlaps.
 - :func:`render_loss_curves` — training loss of several runs on one chart.
+- :func:`run_visualize` — the job of ``tokenseek visualize``: one of the above from a
+  :class:`VisualizeConfig`, loading model, data and score store.
 
 All writers take a directory (or file) that the caller publishes atomically, see
 :mod:`tokenseek.visualize.outputs`.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tokenseek.visualize.config import VisualizeConfig
 from tokenseek.visualize.example import ExampleView, compute_example, keep_masks, token_texts
 
 
@@ -77,4 +80,14 @@ def render_loss_curves(runs: list[dict], path: str | Path) -> None:
     plot_loss_curves(runs, path)
 
 
-__all__ = ["ExampleView", "compute_example", "keep_masks", "render_example", "render_loss_curves", "render_summary", "token_texts"]
+__all__ = [
+    "ExampleView", "VisualizeConfig", "compute_example", "keep_masks", "render_example", "render_loss_curves", "render_summary",
+    "run_visualize", "token_texts",
+]
+
+
+def run_visualize(cfg: VisualizeConfig) -> dict:
+    """See :func:`tokenseek.visualize.job.run_visualize`."""
+    from tokenseek.visualize.job import run_visualize as run
+
+    return run(cfg)
