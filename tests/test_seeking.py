@@ -124,6 +124,29 @@ def test_selection_semantics():
     assert not np.array_equal(select_keep(50, 0.2, "random", seed=0, index=0), select_keep(50, 0.2, "random", seed=1, index=0))
 
 
+def test_mixed_and_probe_pick_what_they_promise():
+    from tokenseek.seeking.select import combined_score
+
+    rng = np.random.default_rng(3)
+    context, gradient = rng.random(40) + 1e-3, rng.random(40)
+    ranked = list(np.argsort(-combined_score(context, gradient, 1.0, 1.0), kind="stable"))  # best first, independently
+    # mixed at 20 %: k = 8, the best 4 by Eq. 5, then 4 random others.
+    mixed = set(np.flatnonzero(select_keep(40, 0.2, "mixed", context=context, gradient=gradient, seed=0, index=1)))
+    assert len(mixed) == 8 and set(ranked[:4]) <= mixed and mixed != set(ranked[:8])  # the other 4 are drawn, not the next best
+    # ... among candidates only: every kept position is a candidate, the best 4 candidates among them.
+    candidates = np.zeros(40, dtype=bool)
+    candidates[::3] = True
+    kept = set(np.flatnonzero(select_keep(40, 0.2, "mixed", context=context, gradient=gradient, candidates=candidates, seed=0, index=1)))
+    best_candidates = [i for i in ranked if candidates[i]]
+    assert len(kept) == 8 and kept <= set(np.flatnonzero(candidates)) and set(best_candidates[:4]) <= kept
+    # probe: the top 10 % (4 of 40) plus ranks 16..19 (the 40-50 % band), whatever the ratio.
+    probe = set(np.flatnonzero(select_keep(40, 0.5, "probe", context=context, gradient=gradient)))
+    assert probe == set(ranked[:4]) | set(ranked[16:20])
+    # ... among 14 candidates: the top 4 candidates plus candidate ranks 5..6 (floor(0.4·14), floor(0.5·14)).
+    probe = set(np.flatnonzero(select_keep(40, 0.1, "probe", context=context, gradient=gradient, candidates=candidates)))
+    assert probe == set(best_candidates[:4]) | set(best_candidates[5:7])
+
+
 def test_seek_never_keeps_padding():
     model = tiny_model("llama")
     input_ids, attention_mask, labels = padded_batch(lengths=(30, 5))

@@ -172,19 +172,31 @@ def select_keep(
     if pool is not None:  # positions outside the pool rank last and are never taken
         score = np.where(candidates, score, -np.inf)
     if strategy == "mixed":
-        top = _top(score, k - int(round(explore * k)))
-        keep[top] = True
-        rest = np.flatnonzero(~keep if pool is None else ~keep & candidates)
-        keep[rng.choice(rest, size=k - len(top), replace=False)] = True
-        return keep
+        return _best_then_random(score, k, explore, rng, candidates)
     if strategy == "probe":
-        n = length if pool is None else len(pool)
-        order = np.argsort(-score, kind="stable")[:n]
-        keep[order[: min(n, keep_count(length, 0.1))]] = True
-        lo, hi = (int(math.floor(q * n)) for q in band)
-        keep[order[lo:hi]] = True
-        return keep
+        return _best_and_band(score, length if pool is None else len(pool), keep_count(length, 0.1), band)
     keep[_top(score, k)] = True
+    return keep
+
+
+def _best_then_random(score: np.ndarray, k: int, explore: float, rng, candidates: np.ndarray | None) -> np.ndarray:
+    """``mixed``: the top (1 - explore)·k by score, then explore·k drawn at random from the other
+    candidates (every position when ``candidates`` is None)."""
+    keep = np.zeros(len(score), dtype=bool)
+    keep[_top(score, k - int(round(explore * k)))] = True
+    rest = np.flatnonzero(~keep if candidates is None else ~keep & candidates)
+    keep[rng.choice(rest, size=k - int(keep.sum()), replace=False)] = True
+    return keep
+
+
+def _best_and_band(score: np.ndarray, n: int, top: int, band: tuple[float, float]) -> np.ndarray:
+    """``probe`` (Tab. S11): the ``top`` best of the ``n`` rankable positions plus those ranked in
+    the ``band`` quantile (positions outside the candidates score -inf and rank last)."""
+    keep = np.zeros(len(score), dtype=bool)
+    order = np.argsort(-score, kind="stable")[:n]
+    keep[order[: min(n, top)]] = True
+    lo, hi = (int(math.floor(q * n)) for q in band)
+    keep[order[lo:hi]] = True
     return keep
 
 
