@@ -289,3 +289,64 @@ def test_options_a_run_never_reads_are_named(settings, ignored):
     lines = ignored_options(TrainConfig(**settings))
     assert {line.split()[0] for line in lines} == ignored
     assert all("has no effect" in line for line in lines)
+
+
+def _saved_peft_config(folder, cls_name: str, **fields):
+    import peft
+
+    getattr(peft, cls_name)(task_type="CAUSAL_LM", **fields).save_pretrained(folder)
+    return folder
+
+
+def test_peft_config_file_becomes_the_adapter_options(tmp_path):
+    """A saved config's method and fields, read back independently of how peft wrote them."""
+    from tokenseek.train.recipe import with_peft_file
+
+    folder = _saved_peft_config(tmp_path / "lora", "LoraConfig", r=4, lora_alpha=32, lora_dropout=0.0, target_modules=["v_proj", "q_proj"], use_rslora=True)
+    cfg = with_peft_file(TrainConfig(peft_config=str(folder)))
+    assert (cfg.peft, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules) == ("lora", 4, 32, 0.0, "q_proj,v_proj")
+    assert cfg.peft_args == {"use_rslora": True} and cfg.peft_config is None  # only fields away from peft's defaults
+    # The file itself (not the folder), a LoHa config, and a LoRA config on a 4-bit base.
+    loha = _saved_peft_config(tmp_path / "loha", "LoHaConfig", r=2, alpha=4, module_dropout=0.1, rank_dropout=0.2)
+    cfg = with_peft_file(TrainConfig(peft_config=str(loha / "adapter_config.json")))
+    assert (cfg.peft, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, cfg.peft_args) == ("loha", 2, 4, 0.1, None, {"rank_dropout": 0.2})
+    assert with_peft_file(TrainConfig(peft="qlora", peft_config=str(folder))).peft == "qlora"
+    ia3 = _saved_peft_config(tmp_path / "ia3", "IA3Config", target_modules=["down_proj", "v_proj"], feedforward_modules=["down_proj"])
+    cfg = with_peft_file(TrainConfig(peft_config=str(ia3)))
+    assert (cfg.peft, cfg.target_modules, cfg.peft_args) == ("ia3", "down_proj,v_proj", {"feedforward_modules": ["down_proj"]})
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"lora_r": 16}, "--peft-config sets the adapter: drop --lora-r"),
+        ({"peft_args": {"use_dora": True}}, "drop --peft-arg"),
+        ({"peft": "loha"}, "--peft loha does not fit --peft-config's lora adapter"),
+        ({"peft": "none"}, "--peft none trains every parameter"),
+    ],
+)
+def test_peft_config_file_refuses_competing_options(tmp_path, settings, message):
+    folder = _saved_peft_config(tmp_path / "lora", "LoraConfig", r=4)
+    with pytest.raises(TokenSeekError, match=message):
+        validate(TrainConfig(peft_config=str(folder), selection="random", **settings))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such file"),
+        ("{not json", "is not valid JSON"),
+        ('{"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM"}', "peft_type 'PROMPT_TUNING' is not an adapter tokenseek trains"),
+        ('{"peft_type": "LORA", "task_type": "SEQ_CLS"}', "task_type SEQ_CLS is not CAUSAL_LM"),
+        ('{"peft_type": "LORA", "target_modules": ".*proj"}', "list the module names instead"),
+    ],
+)
+def test_bad_peft_config_file_is_one_line(tmp_path, capsys, content, message):
+    path = tmp_path / "adapter_config.json"
+    if content is not None:
+        path.write_text(content)
+    out = tmp_path / "run"
+    assert main(["train", "--output-dir", str(out), "--selection", "random", "--peft-config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()

@@ -192,6 +192,24 @@ def test_peft_args_reach_the_adapter_config(tmp_path, tiny_model_dir, data_file)
         assert all(m.scaling["default"] == pytest.approx(8 / math.sqrt(4)) for m in layers.values())
 
 
+def test_peft_config_file_trains_the_adapter_it_describes(tmp_path, tiny_model_dir, data_file):
+    """--peft-config: the run saves an adapter config equal to the given one on every setting,
+    and a rerun of the same command resumes (its identity holds the file's settings)."""
+    import peft
+
+    given = tmp_path / "given"
+    peft.LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=12, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], use_rslora=True).save_pretrained(given)
+    out = tmp_path / "run"
+    argv = ["train", "--model", str(tiny_model_dir), "--data", str(data_file), "--output-dir", str(out), "--max-steps", "1",
+            "--grad-accum", "1", "--max-length", "48", "--selection", "random", "--ratio", "0.5", "--peft-config", str(given)]
+    assert main(argv) == 0
+    mine, theirs = (json.loads((folder / "adapter_config.json").read_text()) for folder in (out / "model", given))
+    skip = {"base_model_name_or_path", "revision", "inference_mode", "peft_version", "target_modules"}
+    assert {k: v for k, v in mine.items() if k not in skip} == {k: v for k, v in theirs.items() if k not in skip}
+    assert sorted(mine["target_modules"]) == sorted(theirs["target_modules"])
+    assert main(argv) == 0  # the same command again: the finished run is recognised, not refused as another run
+
+
 @pytest.mark.parametrize("peft_method", ["none", "loha", "lokr", "ia3"])
 def test_train_cli_peft_methods(tmp_path, tiny_model_dir, data_file, peft_method):
     """The CLI trains and saves each method; their ditched gradients are checked against the

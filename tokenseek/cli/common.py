@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 
 from tokenseek.cli.config import add_options, parse_pairs
+from tokenseek.models.adapters import ADAPTER_OPTIONS
 
 MODEL_OPTIONS = ("model",)
 DATA_OPTIONS = ("data", "format", "split", "subset", "fields", "limit", "template", "max_length", "train_on_prompt")
 SELECTION_OPTIONS = ("ratio", "alpha", "beta", "select_from")
 PRECISION_OPTIONS = ("dtype",)
-ADAPTER_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "peft_args")
 SHARED_OPTIONS = MODEL_OPTIONS + DATA_OPTIONS + SELECTION_OPTIONS + PRECISION_OPTIONS + ADAPTER_OPTIONS
 
 

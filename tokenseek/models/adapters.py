@@ -8,14 +8,22 @@ from tokenseek.errors import TokenSeekError, first_line
 PEFT_METHODS = ("none", "lora", "qlora", "loha", "lokr", "ia3")
 
 
-# The config fields tokenseek's own options set, per method: --peft-arg must not set them twice.
-_OWNED_FIELDS = {
-    "lora": {"r": "--lora-r", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout", "target_modules": "--target-modules"},
-    "loha": {"r": "--lora-r", "alpha": "--lora-alpha", "module_dropout": "--lora-dropout", "target_modules": "--target-modules"},
-    "ia3": {"target_modules": "--target-modules", "feedforward_modules": "--target-modules"},
+# TrainConfig's adapter options, which every command that builds adapters shares (and
+# --peft-config replaces).
+ADAPTER_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "peft_args")
+# The peft config field that each of tokenseek's adapter options sets, per method:
+# --peft-arg must not set them twice, and --peft-config's values for them become those options.
+OPTION_FIELDS = {
+    "lora": {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout", "target_modules": "target_modules"},
+    "loha": {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "module_dropout", "target_modules": "target_modules"},
+    "ia3": {"target_modules": "target_modules"},
 }
-_OWNED_FIELDS["qlora"] = _OWNED_FIELDS["lora"]
-_OWNED_FIELDS["lokr"] = _OWNED_FIELDS["loha"]
+OPTION_FIELDS["qlora"] = OPTION_FIELDS["lora"]
+OPTION_FIELDS["lokr"] = OPTION_FIELDS["loha"]
+# peft_type in a saved adapter_config.json -> --peft method.
+_FILE_METHODS = {"LORA": "lora", "LOHA": "loha", "LOKR": "lokr", "IA3": "ia3"}
+# Saved fields that describe where an adapter came from, not how to build a new one.
+_PROVENANCE_FIELDS = {"peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping", "peft_version"}
 
 
 def _config_class(method: str):
@@ -47,10 +55,11 @@ def peft_config(method: str, *, r: int = 8, alpha: int = 16, dropout: float = 0.
         kwargs.update(r=r, alpha=alpha, module_dropout=dropout, target_modules=targets)
     elif target_modules is not None:
         # IA3 rescales activations; its feed-forward modules are found by peft for known
-        # architectures, else every linear layer's output is scaled.
+        # architectures, else every linear layer's output is scaled (unless --peft-arg says which
+        # scale their input).
         kwargs.update(target_modules=targets, feedforward_modules=[])
     try:
-        return _config_class(method)(**kwargs, **(extra or {}))
+        return _config_class(method)(**{**kwargs, **(extra or {})})
     except (TypeError, ValueError) as exc:
         raise TokenSeekError(f"--peft-arg: peft's {_config_class(method).__name__} refused these settings: {first_line(exc)}") from None
 
@@ -69,8 +78,9 @@ def check_peft_args(method: str, extra: dict) -> None:
     for key in extra:
         if key == "task_type":
             raise TokenSeekError("--peft-arg task_type is set by tokenseek (CAUSAL_LM): drop it")
-        if key in _OWNED_FIELDS[method]:
-            raise TokenSeekError(f"--peft-arg {key} is a tokenseek option for --peft {method}: set it with {_OWNED_FIELDS[method][key]}")
+        owner = next((option for option, field in OPTION_FIELDS[method].items() if field == key), None)
+        if owner:
+            raise TokenSeekError(f"--peft-arg {key} is a tokenseek option for --peft {method}: set it with --{owner.replace('_', '-')}")
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
@@ -107,3 +117,64 @@ def apply_peft(model, method: str, **kwargs):
             fallback = peft_config("ia3", target_modules="all-linear", extra=kwargs.get("extra"))
             return peft.get_peft_model(model, fallback)
         raise TokenSeekError(f"could not add {method} adapters to this model: {exc}") from None
+
+
+def read_peft_config(path) -> tuple[str, dict, dict]:
+    """A saved PEFT config (``adapter_config.json``, or a folder holding one) as tokenseek
+    settings: ``(method, {adapter option: value}, {other field: value})``. The fields that
+    tokenseek's options set (``OPTION_FIELDS``) become those options; every other field that
+    differs from the config class's default goes to ``peft_args``; provenance (base model,
+    peft version) is dropped. Only local files are read."""
+    import json
+    import logging
+    from pathlib import Path
+
+    given = Path(path)
+    file = given / "adapter_config.json" if given.is_dir() else given
+    if not file.is_file():
+        raise TokenSeekError(f"--peft-config {path}: no such file; give an adapter_config.json or a folder holding one (a saved adapter)")
+    try:
+        raw = json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TokenSeekError(f"--peft-config {file} is not valid JSON: {first_line(exc)}") from None
+    if not isinstance(raw, dict) or str(raw.get("peft_type", "")).upper() not in _FILE_METHODS:
+        found = raw.get("peft_type") if isinstance(raw, dict) else None
+        raise TokenSeekError(f"--peft-config {file}: peft_type {found!r} is not an adapter tokenseek trains ({', '.join(_FILE_METHODS)})")
+    if raw.get("task_type") not in (None, "CAUSAL_LM"):
+        raise TokenSeekError(f"--peft-config {file}: task_type {raw['task_type']} is not CAUSAL_LM; tokenseek fine-tunes causal language models")
+    method = _FILE_METHODS[str(raw["peft_type"]).upper()]
+    reference = _config_class(method)(task_type="CAUSAL_LM")
+    options, extra, unknown = {}, {}, []
+    for key, value in raw.items():
+        option = next((o for o, field in OPTION_FIELDS[method].items() if field == key), None)
+        if option == "target_modules":
+            options[option] = _target_modules_option(value, file)
+        elif option:
+            options[option] = value
+        elif key in _PROVENANCE_FIELDS:
+            continue
+        elif not hasattr(reference, key):
+            unknown.append(key)
+        elif not _same(value, getattr(reference, key)):
+            extra[key] = value
+    if unknown:
+        logging.getLogger(__name__).warning("--peft-config %s: ignored field(s) this peft does not know: %s", file, ", ".join(sorted(unknown)))
+    return method, options, extra
+
+
+def _target_modules_option(value, file) -> str | None:
+    """A saved ``target_modules`` as ``--target-modules`` (comma-separated names; None: all linear)."""
+    if value is None or value == "all-linear":
+        return None
+    if isinstance(value, str):
+        raise TokenSeekError(f"--peft-config {file}: target_modules is the pattern {value!r}; list the module names instead (e.g. [q_proj, v_proj])")
+    return ",".join(sorted(value))
+
+
+def _same(saved, default) -> bool:
+    """A JSON value against a config default (sets are saved as lists, tuples as lists)."""
+    if isinstance(default, (set, frozenset)):
+        return isinstance(saved, list) and set(saved) == default
+    if isinstance(default, tuple):
+        return saved == list(default)
+    return saved == default

@@ -19,11 +19,11 @@ from tokenseek.data.templates import DEFAULT_TEMPLATE, TEMPLATES
 from tokenseek.data.tokenize import DEFAULT_MAX_LENGTH
 from tokenseek.ditching.loss import DEFAULT_LOSS_CHUNK, LOSS_NORMS
 from tokenseek.errors import TokenSeekError, first_line
-from tokenseek.models.adapters import PEFT_METHODS, adapter_kwargs, peft_config
+from tokenseek.models.adapters import ADAPTER_OPTIONS, PEFT_METHODS, adapter_kwargs, peft_config
 from tokenseek.models.placement import DTYPE_CHOICES
 from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM, SEEKING, SELECT_FROM, STRATEGIES
 from tokenseek.utils.io import write_json
-from tokenseek.utils.options import check_options, flag_name, ignored, option, options
+from tokenseek.utils.options import check_options, default_of, flag_name, ignored, option, options
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,12 @@ class TrainConfig:
     lora_alpha: int = option(16, "adapter scaling alpha", above=0)
     lora_dropout: float = option(0.05, "adapter dropout", minimum=0, below=1)
     target_modules: str | None = option(None, "comma-separated module names for adapters", shown="all linear layers but the LM head")
+    peft_config: str | None = option(
+        None,
+        "a saved PEFT config (an adapter_config.json, or a folder holding one): its method and settings instead of "
+        "--peft (lora, loha, lokr, ia3; --peft qlora puts a LoRA config on a 4-bit base), --lora-*, "
+        "--target-modules and --peft-arg",
+    )
     peft_args: dict = option(
         default_factory=dict,
         help="any other field of the adapter's peft config, e.g. --peft-arg use_rslora=true, --peft-arg use_dora=true "
@@ -131,7 +137,7 @@ class TrainConfig:
     GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
         "model and data": ("model", "data", "format", "split", "subset", "fields", "limit", "template", "max_length", "train_on_prompt", "heldout"),
         "token selection": ("selection", "ratio", "alpha", "beta", "select_from", "seeking", "scores"),
-        "adapter and precision": ("peft", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "peft_args", "dtype"),
+        "adapter and precision": ("peft", "peft_config", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "peft_args", "dtype"),
         "optimisation": (
             "epochs", "max_steps", "batch_size", "grad_accum", "lr", "optim", "max_grad_norm", "scheduler", "warmup_ratio",
             "weight_decay", "seed", "loss_norm", "trainer_args",
@@ -166,13 +172,14 @@ class TrainConfig:
 # Format "auto" is what those runs did: Alpaca, the only format that loaded then, is detected first.
 LEGACY_BEHAVIOUR = {
     "select_from": "all", "seeking": "offline", "loss_norm": "token", "format": "auto", "split": "train", "subset": None,
-    "dtype": "fp32", "load_best_model_at_end": False, "trainer_args": {}, "peft_args": {},
+    "dtype": "fp32", "load_best_model_at_end": False, "trainer_args": {}, "peft_args": {}, "peft_config": None,
 }
 
 
 def validate(cfg: TrainConfig) -> None:
     from tokenseek.seeking.select import SCORED, check_selection
 
+    cfg = with_peft_file(cfg)  # checks the file and that no other adapter option competes with it
     check_options(cfg)
     check_selection(cfg.selection, cfg.ratio, cfg.alpha, cfg.beta, cfg.select_from)
     if cfg.max_steps == 0:  # the Trainer would read 0 as "not set" and train every epoch
@@ -187,6 +194,27 @@ def validate(cfg: TrainConfig) -> None:
     _check_evaluation(cfg)
     check_trainer_args(cfg.trainer_args)
     peft_config(cfg.peft, **adapter_kwargs(cfg))  # refuses bad --peft-arg settings before any work
+
+
+def with_peft_file(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``--peft-config``'s method and settings in the adapter options (and the
+    path dropped, so a run's identity records what the file says, not where it was)."""
+    from tokenseek.models.adapters import read_peft_config
+
+    if not cfg.peft_config:
+        return cfg
+    fields = {f.name: f for f in options(TrainConfig)}
+    if cfg.peft == "none":
+        raise TokenSeekError("--peft-config describes an adapter, but --peft none trains every parameter: drop one of them")
+    also = [f"--{flag_name(fields[name])}" for name in ADAPTER_OPTIONS if getattr(cfg, name) != default_of(fields[name])]
+    if also:
+        raise TokenSeekError(f"--peft-config sets the adapter: drop {', '.join(also)} (or change the file)")
+    method, settings, extra = read_peft_config(cfg.peft_config)
+    if cfg.peft not in (default_of(fields["peft"]), method) and (cfg.peft, method) != ("qlora", "lora"):
+        raise TokenSeekError(f"--peft {cfg.peft} does not fit --peft-config's {method} adapter: drop --peft (or use --peft qlora with a LoRA config)")
+    peft = "qlora" if cfg.peft == "qlora" else method
+    logger.info("adapter from %s: %s, %s%s", cfg.peft_config, peft, settings, f", peft_args {extra}" if extra else "")
+    return dataclasses.replace(cfg, peft=peft, peft_config=None, peft_args=extra, **settings)
 
 
 def ignored_options(cfg: TrainConfig) -> list[str]:
@@ -424,6 +452,7 @@ def run_train(cfg: TrainConfig) -> dict:
     from tokenseek.models.loading import resolve_model
     from tokenseek.models.placement import dtype_name, resolve_dtype, storage_dtype
 
+    cfg = with_peft_file(cfg)
     validate(cfg)
     for line in ignored_options(cfg):
         logger.warning(line)
