@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +22,20 @@ from tokenseek.data.collate import with_keep
 from tokenseek.data.tokenize import TokenizedData, tokenizer_fingerprint
 from tokenseek.ditching.loss import LOSS_NORMS
 from tokenseek.errors import TokenSeekError
+from tokenseek.utils.options import ignored
 from tokenseek.seeking.select import (
     DEFAULT_ALPHA,
     DEFAULT_BETA,
     DEFAULT_RATIO,
     DEFAULT_SELECT_FROM,
+    SCORE_WEIGHTS,
     SCORED,
     SEEKING,
     check_selection,
     keep_for_labels,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,11 +68,26 @@ class SelectionOptions:
             raise TokenSeekError(f"seeking must be 'offline' or 'online', got {self.seeking!r}")
         if self.loss_norm not in LOSS_NORMS:
             raise TokenSeekError(f"loss_norm must be one of {', '.join(LOSS_NORMS)}, got {self.loss_norm!r}")
+        if self.scores is not None and (self.selection not in SCORED or self.seeking == "online"):
+            raise TokenSeekError(
+                f"scores= is read by offline scored selections only, not selection={self.selection!r} with seeking={self.seeking!r}: drop scores"
+            )
         if self.selection in SCORED and self.scores is None and self.seeking == "offline":
             raise TokenSeekError(
                 f"selection={self.selection!r} needs token scores: pass scores=DIR (scored there on first use), "
                 "seeking='online', or selection='random'"
             )
+        for line in self.ignored_options():
+            logger.warning(line)
+
+    def ignored_options(self) -> list[str]:
+        """One line for each keyword set away from its default that this selection never reads."""
+        why = {}
+        if self.selection == "full":
+            why.update(dict.fromkeys(("ratio", "alpha", "beta", "select_from"), "selection='full' back-propagates every token"))
+        elif self.selection in SCORE_WEIGHTS:
+            why.update(dict.fromkeys(("alpha", "beta"), f"selection={self.selection!r} fixes its own score weights"))
+        return ignored(self, why, keywords=True)
 
     @classmethod
     def pop_from(cls, kwargs: dict) -> SelectionOptions | None:

@@ -213,13 +213,14 @@ def describe(f: dataclasses.Field) -> str:
     return text
 
 
-def ignored(cfg, reasons: dict[str, str]) -> list[str]:
-    """``--flag VALUE has no effect: REASON`` for each field named in ``reasons`` (field name ->
-    why this job never reads it) whose value differs from its default. Jobs log these as
-    warnings rather than refuse them: one config file often serves several jobs."""
+def ignored(cfg, reasons: dict[str, str], *, keywords: bool = False) -> list[str]:
+    """``--flag VALUE has no effect: REASON`` (``name=VALUE ...`` with ``keywords``, for a
+    Python API) for each field named in ``reasons`` (field name -> why this job never reads it)
+    whose value differs from its default. Jobs log these as warnings rather than refuse them:
+    one config file often serves several jobs."""
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     return [
-        f"--{flag_name(fields[name])} {getattr(cfg, name)} has no effect: {reason}"
+        (f"{name}={getattr(cfg, name)!r}" if keywords else f"--{flag_name(fields[name])} {getattr(cfg, name)}") + f" has no effect: {reason}"
         for name, reason in reasons.items()
         if getattr(cfg, name) != default_of(fields[name])
     ]
