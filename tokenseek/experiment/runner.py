@@ -339,62 +339,73 @@ def _selection_config(params: dict):
 
 
 def evaluate_cell(study: Study, cell: Cell, data: dict, progress) -> dict:
-    """Held-out loss and exact match (per example, so pairs of cells can be compared) and lm-eval tasks."""
+    """Held-out loss and exact match (per example, so pairs of cells can be compared) and lm-eval
+    tasks; each is kept in the cell's run folder and reused by any later run of the cell."""
     folder = run_dir(study, cell)
-    ev = study.eval
-    out: dict = {}
-    # Kept evaluations are named by their settings (the folder already fixes model and data).
-    held_file = f"eval_heldout-{short_hash({'limit': ev['heldout_limit']})}.json"
-    tasks_file = f"eval_tasks-{short_hash({k: ev[k] for k in ('tasks', 'limit', 'num_fewshot', 'data_dir')})}.json"
-    em_file = f"eval_exact_match-{short_hash({k: ev[k] for k in ('exact_match_limit', 'exact_match_max_new_tokens')})}.json"
-
-    def kept(name: str):
-        return read_json(folder / name)
-
-    need_heldout = ev["heldout"] and kept(held_file) is None
-    need_tasks = ev["tasks"] and kept(tasks_file) is None
-    need_em = ev["exact_match"] and kept(em_file) is None
-    if need_heldout or need_tasks or need_em:
-        from tokenseek.eval.model import load_for_eval
-
-        selection = None
-        if need_tasks:
-            from tokenseek.eval.harness import select_tasks
-
-            selection = select_tasks(ev["tasks"], data_dir=ev["data_dir"], limit=ev["limit"], num_fewshot=ev["num_fewshot"])
-        if cell.train:
-            model, tokenizer, info = load_for_eval(str(train_dir(study, cell)))  # a QLoRA run is found to be one
-        else:
-            model, tokenizer, info = load_for_eval(cell.params.get("model"), quantize=cell.quantize)
-        if need_heldout:
-            progress(f"  held-out loss of {cell.name}")
-            with timed(folder, held_file[: -len(".json")]):
-                write_json(folder / held_file, {**heldout_per_example(model, tokenizer, study, cell, data), "loaded": info})
-        if need_em:
-            progress(f"  exact match of greedy answers of {cell.name}")
-            with timed(folder, em_file[: -len(".json")]):
-                write_json(folder / em_file, {**exact_match_records(model, tokenizer, study, cell, data), "loaded": info})
-        if need_tasks:
-            from tokenseek.eval.harness import evaluate_tasks
-
-            progress(f"  lm-eval {', '.join(ev['tasks'])} (limit {ev['limit']}) on {cell.name}")
-            with timed(folder, tasks_file[: -len(".json")]):
-                tasks = evaluate_tasks(model, tokenizer, selection, batch_size=ev["batch_size"])
-                write_json(folder / tasks_file, {**tasks, "loaded": info})
-        del model
-        gc.collect()
+    files = _evaluation_files(study)
+    missing = {kind: name for kind, name in files.items() if read_json(folder / name) is None}
+    if missing:
+        _run_evaluations(study, cell, data, missing, progress)
     timings = read_json(folder / "timings.json") or {}
-    out["wall_time_s"] = {}
-    if ev["heldout"]:
-        out["heldout"] = kept(held_file)
-        out["wall_time_s"]["eval_heldout"] = timings.get(held_file[: -len(".json")])
-    if ev["exact_match"]:
-        out["exact_match"] = kept(em_file)
-        out["wall_time_s"]["eval_exact_match"] = timings.get(em_file[: -len(".json")])
-    if ev["tasks"]:
-        out["benchmarks"] = kept(tasks_file)
-        out["wall_time_s"]["eval_tasks"] = timings.get(tasks_file[: -len(".json")])
+    out: dict = {"wall_time_s": {_TIMING_KEYS[kind]: timings.get(_stage(name)) for kind, name in files.items()}}
+    out.update({kind: read_json(folder / name) for kind, name in files.items()})
     return out
+
+
+# The cell result's key for each evaluation's wall time.
+_TIMING_KEYS = {"heldout": "eval_heldout", "exact_match": "eval_exact_match", "benchmarks": "eval_tasks"}
+
+
+def _evaluation_files(study: Study) -> dict[str, str]:
+    """The study's evaluations and the file each is kept in, named by its settings (the run
+    folder already fixes model and data), in the order they run."""
+    ev = study.eval
+    files = {}
+    if ev["heldout"]:
+        files["heldout"] = f"eval_heldout-{short_hash({'limit': ev['heldout_limit']})}.json"
+    if ev["exact_match"]:
+        files["exact_match"] = f"eval_exact_match-{short_hash({k: ev[k] for k in ('exact_match_limit', 'exact_match_max_new_tokens')})}.json"
+    if ev["tasks"]:
+        files["benchmarks"] = f"eval_tasks-{short_hash({k: ev[k] for k in ('tasks', 'limit', 'num_fewshot', 'data_dir')})}.json"
+    return files
+
+
+def _stage(file_name: str) -> str:
+    return file_name[: -len(".json")]
+
+
+def _run_evaluations(study: Study, cell: Cell, data: dict, todo: dict[str, str], progress) -> None:
+    """Load the cell's model once and run the evaluations in ``todo`` (kind -> file), each timed."""
+    from tokenseek.eval.model import load_for_eval
+
+    ev, folder = study.eval, run_dir(study, cell)
+    selection = None
+    if "benchmarks" in todo:  # before the slow model load: a missing task file fails fast
+        from tokenseek.eval.harness import select_tasks
+
+        selection = select_tasks(ev["tasks"], data_dir=ev["data_dir"], limit=ev["limit"], num_fewshot=ev["num_fewshot"])
+    if cell.train:
+        model, tokenizer, info = load_for_eval(str(train_dir(study, cell)))  # a QLoRA run is found to be one
+    else:
+        model, tokenizer, info = load_for_eval(cell.params.get("model"), quantize=cell.quantize)
+
+    def benchmarks() -> dict:
+        from tokenseek.eval.harness import evaluate_tasks
+
+        return evaluate_tasks(model, tokenizer, selection, batch_size=ev["batch_size"])
+
+    jobs = {
+        "heldout": (f"held-out loss of {cell.name}", lambda: heldout_per_example(model, tokenizer, study, cell, data)),
+        "exact_match": (f"exact match of greedy answers of {cell.name}", lambda: exact_match_records(model, tokenizer, study, cell, data)),
+        "benchmarks": (f"lm-eval {', '.join(ev['tasks'] or [])} (limit {ev['limit']}) on {cell.name}", benchmarks),
+    }
+    for kind, name in todo.items():
+        label, run = jobs[kind]
+        progress(f"  {label}")
+        with timed(folder, _stage(name)):
+            write_json(folder / name, {**run(), "loaded": info})
+    del model
+    gc.collect()
 
 
 def exact_match_records(model, tokenizer, study: Study, cell: Cell, data: dict) -> dict:
@@ -500,20 +511,7 @@ def run_study(study: Study, only: list[str] | None = None, *, dry_run: bool = Fa
     cells = study.select(only)
     statuses = {c.name: cell_status(study, c) for c in cells}
     if dry_run:
-        for c in cells:
-            with file_lock(lock_path(run_dir(study, c)), wait=False) as free:
-                if not free:
-                    statuses[c.name] = f"{RUNNING_ELSEWHERE}, {statuses[c.name]}"
-        progress(f"study {study.study}: {len(cells)} cell(s); results -> {study.results_dir}, runs -> {study.runs_dir}")
-        for c in cells:
-            setting = c.scoring()
-            store = f" scores {store_dir(study, setting).name}" if setting else ""
-            what = _describe(c) if c.train else f"evaluate {'NF4 ' if c.quantize else ''}base model"
-            progress(f"  {c.name:<40} {statuses[c.name]:<28} {what}{store}")
-        estimate = remaining_estimate(study, cells, statuses)
-        if estimate:
-            progress(estimate)
-        return statuses
+        return _show_plan(study, cells, statuses, progress)
     todo = [c for c in cells if statuses[c.name] not in ("finished", "stale")]
     for c in cells:
         if statuses[c.name] == "stale":
@@ -548,6 +546,25 @@ def run_study(study: Study, only: list[str] | None = None, *, dry_run: bool = Fa
             + (f"; exact match {100 * em:.1f}%" if em is not None else "")
         )
         statuses[c.name] = "finished"
+    return statuses
+
+
+def _show_plan(study: Study, cells: list[Cell], statuses: dict, progress) -> dict:
+    """``--dry-run``: each cell's state (running in another process included), what it would
+    run and with which score store, and the time left; runs nothing."""
+    for c in cells:
+        with file_lock(lock_path(run_dir(study, c)), wait=False) as free:
+            if not free:
+                statuses[c.name] = f"{RUNNING_ELSEWHERE}, {statuses[c.name]}"
+    progress(f"study {study.study}: {len(cells)} cell(s); results -> {study.results_dir}, runs -> {study.runs_dir}")
+    for c in cells:
+        setting = c.scoring()
+        store = f" scores {store_dir(study, setting).name}" if setting else ""
+        what = _describe(c) if c.train else f"evaluate {'NF4 ' if c.quantize else ''}base model"
+        progress(f"  {c.name:<40} {statuses[c.name]:<28} {what}{store}")
+    estimate = remaining_estimate(study, cells, statuses)
+    if estimate:
+        progress(estimate)
     return statuses
 
 
