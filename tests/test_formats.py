@@ -115,6 +115,33 @@ def test_split_slices_a_local_file_and_subset_is_refused(tmp_path):
         load_records(str(path), split="test")
 
 
+def test_dataset_folders_saved_by_datasets_or_holding_data_files(tmp_path):
+    """save_to_disk folders (a Dataset: one split "train", like a file; a DatasetDict: its
+    splits) and a folder of data files, each sliced by --split as a file is."""
+    import datasets
+
+    rows = [{"prompt": f"q{i}", "completion": f" a{i}"} for i in range(10)]
+    single = datasets.Dataset.from_list(rows)
+    single.save_to_disk(str(tmp_path / "single"))
+    datasets.DatasetDict({"train": single, "test": single.select(range(7, 10))}).save_to_disk(str(tmp_path / "dict"))
+    (tmp_path / "files").mkdir()
+    _write_jsonl(tmp_path / "files" / "train.jsonl", rows[:6])
+    _write_jsonl(tmp_path / "files" / "test.jsonl", rows[6:])
+
+    assert load_records(str(tmp_path / "single")) == rows
+    assert load_records(str(tmp_path / "single"), split="train[:3]") == rows[:3]
+    assert load_records(str(tmp_path / "dict"), split="test") == rows[7:]
+    assert load_records(str(tmp_path / "dict"), split="train[50%:]") == rows[5:]
+    assert load_records(str(tmp_path / "files"), split="test") == rows[6:]
+    with pytest.raises(TokenSeekError, match="Unknown split"):
+        load_records(str(tmp_path / "dict"), split="validation")
+    with pytest.raises(TokenSeekError, match="drop --subset"):
+        load_records(str(tmp_path / "single"), subset="default")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TokenSeekError, match="could not read the dataset folder"):
+        load_records(str(tmp_path / "empty"))
+
+
 def test_hub_dataset_is_loaded_with_subset_and_split(monkeypatch):
     import datasets
 

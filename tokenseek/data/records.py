@@ -1,4 +1,5 @@
-"""Load records (Alpaca, messages, prompt/completion or text) from a file, a Hub dataset or the built-in set."""
+"""Load records (Alpaca, messages, prompt/completion or text) from a file, a dataset folder, a Hub
+dataset or the built-in set."""
 
 from __future__ import annotations
 
@@ -60,6 +61,8 @@ def _load_table(source: str, split: str, subset: str | None):
     datasets.disable_progress_bars()  # "Generating train split" noise for a local file
 
     path = Path(source).expanduser()
+    if path.is_dir():
+        return _load_folder(path, split, subset)
     if path.suffix in _FORMATS or path.exists():
         if not path.is_file():
             raise TokenSeekError(f"data file not found: {source}")
@@ -82,6 +85,32 @@ def _load_table(source: str, split: str, subset: str | None):
         raise TokenSeekError(
             f"could not load dataset {source!r} (subset {subset!r}, split {split!r}: {first_line(exc)}): give an existing "
             ".json/.jsonl/.csv/.parquet file, or a Hub dataset id with an existing --subset/--split when the Hub is reachable"
+        ) from None
+
+
+def _load_folder(path: Path, split: str, subset: str | None):
+    """A local dataset folder: one written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``
+    (its Arrow shards, read by datasets' arrow builder so ``--split`` slices them as it slices a
+    file), or a folder of data files such as a downloaded Hub dataset repo (``load_dataset(folder)``)."""
+    import datasets
+
+    if (path / "dataset_dict.json").is_file():  # DatasetDict.save_to_disk: one subfolder per split
+        splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+        data_files = {name: sorted(str(f) for f in (path / name).glob("*.arrow")) for name in splits}
+    elif (path / "state.json").is_file():  # Dataset.save_to_disk: one split, "train", like a file
+        data_files = {"train": sorted(str(f) for f in path.glob("*.arrow"))}
+    else:
+        data_files = None
+    if data_files is not None and subset:
+        raise TokenSeekError(f"--subset {subset!r} names a configuration of a Hub dataset, and {path} is a saved dataset: drop --subset")
+    try:
+        if data_files is not None:
+            return datasets.load_dataset("arrow", data_files={k: v for k, v in data_files.items() if v}, split=split)
+        return datasets.load_dataset(str(path), subset, split=split)
+    except Exception as exc:  # datasets raises many types for unreadable folders and unknown splits
+        raise TokenSeekError(
+            f"could not read the dataset folder {path} (split {split!r}): {first_line(exc)}; give a folder written by "
+            "save_to_disk, a folder of .json/.jsonl/.csv/.parquet files, or one such file"
         ) from None
 
 

