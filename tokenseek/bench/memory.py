@@ -102,7 +102,7 @@ def replay_memory_events(
     last_t = start_ns
     for t, delta in mem:
         t = min(max(t, start_ns), end_ns)
-        for name, (ws, we) in windows.items():
+        for name, (ws, _end) in windows.items():
             if t >= ws and name not in wpeak:
                 wpeak[name] = live  # level on entering the window
         area += live * (t - last_t)

@@ -346,6 +346,7 @@ def evaluate_cell(study: Study, cell: Cell, data: dict, progress) -> dict:
     missing = {kind: name for kind, name in files.items() if read_json(folder / name) is None}
     if missing:
         _run_evaluations(study, cell, data, missing, progress)
+        gc.collect()  # the model it loaded, before the next cell loads its own
     timings = read_json(folder / "timings.json") or {}
     out: dict = {"wall_time_s": {_TIMING_KEYS[kind]: timings.get(_stage(name)) for kind, name in files.items()}}
     out.update({kind: read_json(folder / name) for kind, name in files.items()})
@@ -404,8 +405,6 @@ def _run_evaluations(study: Study, cell: Cell, data: dict, todo: dict[str, str],
         progress(f"  {label}")
         with timed(folder, _stage(name)):
             write_json(folder / name, {**run(), "loaded": info})
-    del model
-    gc.collect()
 
 
 def exact_match_records(model, tokenizer, study: Study, cell: Cell, data: dict) -> dict:
