@@ -229,7 +229,9 @@ def ignored_options(cfg: TrainConfig) -> list[str]:
 
     why: dict[str, str] = {}
     if cfg.selection == "full":
-        why.update(dict.fromkeys(("ratio", "alpha", "beta", "select_from"), "--selection full back-propagates every token"))
+        why.update(dict.fromkeys(("alpha", "beta", "select_from"), "--selection full back-propagates every token"))
+        if cfg.ratio != 1.0:  # 1.0 says the same as full
+            why["ratio"] = "--selection full back-propagates every token"
     elif cfg.selection in SCORE_WEIGHTS:
         why.update(dict.fromkeys(("alpha", "beta"), f"--selection {cfg.selection} fixes its own score weights"))
     elif cfg.selection == "probe":

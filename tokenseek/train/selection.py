@@ -84,7 +84,9 @@ class SelectionOptions:
         """One line for each keyword set away from its default that this selection never reads."""
         why = {}
         if self.selection == "full":
-            why.update(dict.fromkeys(("ratio", "alpha", "beta", "select_from"), "selection='full' back-propagates every token"))
+            why.update(dict.fromkeys(("alpha", "beta", "select_from"), "selection='full' back-propagates every token"))
+            if self.ratio != 1.0:  # 1.0 says the same as full
+                why["ratio"] = "selection='full' back-propagates every token"
         elif self.selection in SCORE_WEIGHTS:
             why.update(dict.fromkeys(("alpha", "beta"), f"selection={self.selection!r} fixes its own score weights"))
         return ignored(self, why, keywords=True)
