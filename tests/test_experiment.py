@@ -480,6 +480,28 @@ def test_claims_list_the_difference_seed_by_seed():
     assert "per seed" not in verdict("beats", a, row({1: 1.9, 4: 1.9}))  # one shared seed: no list
 
 
+def test_rows_with_different_finished_seeds_are_compared_on_the_shared_ones():
+    """While a study runs, a row with seeds 0-1 against one with seed 0 only is judged on seed 0
+    (the mean over both of a's seeds would add seed-to-seed noise); an untrained row (the base
+    model) is compared with every seed."""
+    from types import SimpleNamespace
+
+    from tokenseek.experiment.report import compare, verdict
+
+    def row(losses, train=True):
+        done = [(SimpleNamespace(params={"seed": s}, train=train), {"heldout": {"loss": v, "per_example_loss": [v - 0.1, v + 0.1], "per_example_tokens": [1, 1]}})
+                for s, v in losses.items()]
+        return {"label": "x", "cells": [c for c, _ in done], "done": done}
+
+    two, one = row({0: 1.90, 1: 2.10}), row({0: 1.95})
+    c = compare(two, one)
+    assert c["delta"] == pytest.approx(-0.05) and c["matched_seeds"] == [0] and c["n_a"] == 1
+    assert "on the seeds both rows have finished (s0)" in verdict("beats", two, one)
+    c = compare(two, row({0: 2.5}, train=False))
+    assert c["delta"] == pytest.approx(2.0 - 2.5) and c["matched_seeds"] is None and c["n_a"] == 2
+    assert compare(two, row({0: 1.8, 1: 2.0}))["matched_seeds"] is None  # same seeds: nothing cut
+
+
 def test_exact_match_per_task_table_averages_the_seeds(tmp_path):
     from tokenseek.experiment.report import load_results, rows, task_table, write_report
 

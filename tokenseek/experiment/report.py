@@ -131,8 +131,30 @@ def mean_per_example(row: dict, metric: str = "heldout") -> tuple[list, list] | 
     return values, weights
 
 
+def matched_seeds(row_a: dict, row_b: dict, metric: str = "heldout") -> tuple[dict, dict, list[int] | None]:
+    """Both trained rows cut to the seeds both have finished, while one has seeds the other has
+    not (a study still running): a cell of one seed shares its data order and adapter
+    initialisation with the other rows' cell of that seed, so comparing means over different
+    seed sets would add seed-to-seed noise to the difference. Returns the rows and the seeds
+    kept (None when nothing was cut: equal seed sets, or a row without training seeds)."""
+    cells = [c for row in (row_a, row_b) for c, _ in row["done"]]
+    if not cells or not all(c is not None and getattr(c, "train", True) for c in cells):
+        return row_a, row_b, None
+    seeds_a, seeds_b = set(_by_seed(row_a, metric)), set(_by_seed(row_b, metric))
+    common = seeds_a & seeds_b
+    if not common or seeds_a == seeds_b:
+        return row_a, row_b, None
+
+    def cut(row: dict) -> dict:
+        return {**row, "done": [(c, r) for c, r in row["done"] if int(effective(c.params).get("seed", 0)) in common]}
+
+    return cut(row_a), cut(row_b), sorted(common)
+
+
 def compare(row_a: dict, row_b: dict, metric: str = "heldout") -> dict | None:
-    """The metric of row a minus row b, with the noise it is judged against."""
+    """The metric of row a minus row b, with the noise it is judged against (on the seeds both
+    rows finished, see :func:`matched_seeds`)."""
+    row_a, row_b, seeds = matched_seeds(row_a, row_b, metric)
     va, vb = metric_values(row_a, metric), metric_values(row_b, metric)
     if not va or not vb:
         return None
@@ -149,7 +171,7 @@ def compare(row_a: dict, row_b: dict, metric: str = "heldout") -> dict | None:
         seed_se = _sd(many) / math.sqrt(len(many))
     se = max([s for s in (example_se, seed_se) if s is not None], default=None)
     return {"delta": delta, "example_se": example_se, "seed_se": seed_se, "se": se, "n_a": len(va), "n_b": len(vb),
-            "per_seed": per_seed_deltas(row_a, row_b, metric)}
+            "per_seed": per_seed_deltas(row_a, row_b, metric), "matched_seeds": seeds}
 
 
 def _by_seed(row: dict, metric: str) -> dict[int, float]:
@@ -372,6 +394,8 @@ def _main_table_notes(reference: bool, exact_match: bool, benchmarks: bool) -> l
     ]
     if reference:
         notes.append(
+            "`Δ`: the row minus the reference on the seeds both have finished (a seed's cells share data order and "
+            "adapter initialisation), so while a study runs it may differ from the difference of the means shown. "
             "`2 SE`: twice the standard error of the difference — the larger of the paired per-example SE "
             "(same held-out records) and the seed-to-seed SE (rows with ≥ 2 seeds); a |Δ| below it is noise."
         )
@@ -492,6 +516,8 @@ def verdict(kind: str, a: dict, b: dict, metric: str = "heldout") -> str:
         return f"**no noise estimate**: Δ {show['name']} {show['delta'](c['delta'])} (a − b)."
     d, two = c["delta"], 2 * c["se"]
     numbers = f"Δ {show['name']} (a − b) = {show['delta'](d)}, 2 SE = {show['size'](two)}"
+    if c["matched_seeds"]:
+        numbers += f", on the seeds both rows have finished ({', '.join(f's{seed}' for seed in c['matched_seeds'])})"
     worse = d if METRICS[metric]["lower_is_better"] else -d  # > 0: a is worse than b
     if kind == "matches":
         text = f"**held**: {numbers} (a is not worse beyond noise)" if worse <= two else f"**not held**: {numbers} (a is worse beyond noise)"
