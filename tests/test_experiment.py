@@ -51,6 +51,31 @@ def _write(tmp_path, config) -> str:
     return str(path)
 
 
+def test_several_studies_run_one_after_the_other(tmp_path, tiny_model_dir, data_file, capsys):
+    """A queue: each config is checked before any work, then each study runs and reports in turn."""
+    configs = []
+    for name in ("first", "second"):
+        config = _study(tmp_path, tiny_model_dir, data_file)
+        config.update(study=name, results_dir=str(tmp_path / "results" / name))
+        config["cells"] = [config["cells"][0]]  # full-token only, with no claim to check
+        config["report"].pop("comparisons")
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        configs.append(str(path))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("study: broken\n")
+    assert main(["experiment", *configs, str(broken)]) == 2
+    assert not (tmp_path / "results").exists()  # refused before the first study started
+    assert main(["experiment", *configs, "--only", "full-s0"]) == 2
+    capsys.readouterr()
+    assert main(["experiment", *configs]) == 0
+    out = capsys.readouterr().out
+    assert out.index("study first: 1 of 1") < out.index("study second: 1 of 1")
+    assert (tmp_path / "results" / "first" / "full-s0.json").is_file() and (tmp_path / "results" / "second" / "full-s0.json").is_file()
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "<!-- BEGIN experiment:first -->" in report and "<!-- BEGIN experiment:second -->" in report
+
+
 def test_grid_expands_to_stably_named_cells(tmp_path):
     raw = {
         "study": "grid",

@@ -12,10 +12,11 @@ def register(sub) -> None:
         description=(
             "Run every cell of a study config (experiments/*.yaml): sample the data, score once per scoring setting, "
             "train, evaluate, and write one JSON per cell plus the study's tables in the report (docs/RESULTS.md). "
-            "Finished cells are skipped; an interrupted run continues where it stopped when rerun."
+            "Finished cells are skipped; an interrupted run continues where it stopped when rerun. Several configs "
+            "are run one after the other (a queue: the process goes on to the next study when one is done)."
         ),
     )
-    p.add_argument("config", help="study YAML, e.g. experiments/alpaca.yaml")
+    p.add_argument("config", nargs="+", help="study YAML(s), e.g. experiments/alpaca.yaml")
     p.add_argument("--only", nargs="+", metavar="CELL", help="run only these cells (names or shell globs, e.g. 'lora-random*')")
     p.add_argument("--dry-run", action="store_true", help="list the cells, their state and what they would run; run nothing")
     p.add_argument("--report", action="store_true", help="only regenerate the tables/figure/report section from the result JSONs")
@@ -38,19 +39,22 @@ def run(args: argparse.Namespace) -> int:
 
     if args.report and (args.dry_run or args.no_report):
         raise TokenSeekError("--report only writes the report: drop --dry-run/--no-report (or drop --report to run cells)")
-    study = load_study(args.config)
+    if len(args.config) > 1 and (args.report_path or args.only):
+        raise TokenSeekError("--report-path and --only are for one study: give one config, or drop them")
+    studies = [load_study(path) for path in args.config]  # every config checked before any work
     if args.threads is not None:
         import torch
 
         if args.threads < 1:
             raise TokenSeekError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    if args.report:
-        out = write_report(study, args.report_path)
-        print(f"{study.study}: {out['finished']} of {out['cells']} cells finished; wrote {out['report']} and {out['table']}")
-        return 0
-    run_study(study, args.only, dry_run=args.dry_run, progress=lambda line: print(line, flush=True))
-    if not args.dry_run and not args.no_report:
-        out = write_report(study, args.report_path)
-        print(f"report: {out['report']} ({out['finished']} of {out['cells']} cells finished)")
+    for study in studies:
+        if args.report:
+            out = write_report(study, args.report_path)
+            print(f"{study.study}: {out['finished']} of {out['cells']} cells finished; wrote {out['report']} and {out['table']}")
+            continue
+        run_study(study, args.only, dry_run=args.dry_run, progress=lambda line: print(line, flush=True))
+        if not args.dry_run and not args.no_report:
+            out = write_report(study, args.report_path)
+            print(f"report: {out['report']} ({out['finished']} of {out['cells']} cells finished)")
     return 0
