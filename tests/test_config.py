@@ -359,7 +359,7 @@ def test_trainer_selection_keywords_name_what_they_never_read(caplog):
 
     assert SelectionOptions(selection="tokenseek", seeking="online", alpha=3.0).ignored_options() == []
     lines = SelectionOptions(selection="random", alpha=3.0, beta=0.5).ignored_options()
-    assert lines == ["alpha=3.0 has no effect: selection='random' fixes its own score weights", "beta=0.5 has no effect: selection='random' fixes its own score weights"]
+    assert lines == ["alpha=3.0 has no effect: random selection fixes its own score weights", "beta=0.5 has no effect: random selection fixes its own score weights"]
     assert "alpha=3.0 has no effect" in caplog.text  # logged when the options are made
     assert sorted(line.split()[0] for line in SelectionOptions(selection="full", ratio=0.5, select_from="all").ignored_options()) == ["ratio=0.5", "select_from='all'"]
     for settings in ({"selection": "random", "scores": "s"}, {"selection": "tokenseek", "seeking": "online", "scores": "s"}):

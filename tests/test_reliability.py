@@ -86,7 +86,7 @@ def test_truncation_and_unlearnable_examples_are_counted(tmp_path, capsys, tiny_
 def test_options_without_effect_are_warned_about(tmp_path, caplog, tiny_model_dir, data_file):
     argv = _train_argv(tiny_model_dir, data_file, tmp_path / "run", "--selection", "random", "--alpha", "2", "--max-steps", "1", "--grad-accum", "1")
     assert main(argv) == 0
-    assert "--alpha 2.0 has no effect: --selection random fixes its own score weights" in caplog.text
+    assert "--alpha 2.0 has no effect: random selection fixes its own score weights" in caplog.text
 
 
 def test_alpha_beta_zero_refused(tmp_path, capsys, tiny_model_dir, data_file):

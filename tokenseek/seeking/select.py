@@ -48,6 +48,21 @@ def check_selection(strategy: str, ratio: float, alpha: float = DEFAULT_ALPHA, b
         raise TokenSeekError(f"--alpha and --beta must be >= 0, got {alpha} and {beta}")
 
 
+def unread_settings(strategy: str, ratio: float) -> dict[str, str]:
+    """The selection settings ``strategy`` never reads, each with the reason (for the warnings of
+    the train job and the trainers' keywords; the caller drops those left at their defaults)."""
+    if strategy == "full":
+        why = dict.fromkeys(("alpha", "beta", "select_from"), "full selection back-propagates every token")
+        if ratio != 1.0:  # 1.0 says the same as full
+            why["ratio"] = why["alpha"]
+        return why
+    if strategy in SCORE_WEIGHTS:
+        return dict.fromkeys(("alpha", "beta"), f"{strategy} selection fixes its own score weights")
+    if strategy == "probe":
+        return {"ratio": "the probe keeps its own share of the tokens"}
+    return {}
+
+
 def minmax(values: np.ndarray) -> np.ndarray:
     lo, hi = float(values.min()), float(values.max())
     if hi - lo <= 0:

@@ -225,17 +225,9 @@ def ignored_options(cfg: TrainConfig) -> list[str]:
 
     A warning, not an error: one YAML file often serves several runs (a ``selection: full``
     baseline next to the ratio of the others)."""
-    from tokenseek.seeking.select import SCORE_WEIGHTS
+    from tokenseek.seeking.select import unread_settings
 
-    why: dict[str, str] = {}
-    if cfg.selection == "full":
-        why.update(dict.fromkeys(("alpha", "beta", "select_from"), "--selection full back-propagates every token"))
-        if cfg.ratio != 1.0:  # 1.0 says the same as full
-            why["ratio"] = "--selection full back-propagates every token"
-    elif cfg.selection in SCORE_WEIGHTS:
-        why.update(dict.fromkeys(("alpha", "beta"), f"--selection {cfg.selection} fixes its own score weights"))
-    elif cfg.selection == "probe":
-        why["ratio"] = "--selection probe keeps its own share of the tokens"
+    why = unread_settings(cfg.selection, cfg.ratio)
     if cfg.memory_budget and cfg.selection != "full":
         why["ratio"] = "--memory-budget chooses the ratio"
     if cfg.peft == "none":

@@ -28,11 +28,11 @@ from tokenseek.seeking.select import (
     DEFAULT_BETA,
     DEFAULT_RATIO,
     DEFAULT_SELECT_FROM,
-    SCORE_WEIGHTS,
     SCORED,
     SEEKING,
     check_selection,
     keep_for_labels,
+    unread_settings,
 )
 
 logger = logging.getLogger(__name__)
@@ -82,14 +82,7 @@ class SelectionOptions:
 
     def ignored_options(self) -> list[str]:
         """One line for each keyword set away from its default that this selection never reads."""
-        why = {}
-        if self.selection == "full":
-            why.update(dict.fromkeys(("alpha", "beta", "select_from"), "selection='full' back-propagates every token"))
-            if self.ratio != 1.0:  # 1.0 says the same as full
-                why["ratio"] = "selection='full' back-propagates every token"
-        elif self.selection in SCORE_WEIGHTS:
-            why.update(dict.fromkeys(("alpha", "beta"), f"selection={self.selection!r} fixes its own score weights"))
-        return ignored(self, why, keywords=True)
+        return ignored(self, unread_settings(self.selection, self.ratio), keywords=True)
 
     @classmethod
     def pop_from(cls, kwargs: dict) -> SelectionOptions | None:
