@@ -26,6 +26,11 @@ _FILE_METHODS = {"LORA": "lora", "LOHA": "loha", "LOKR": "lokr", "IA3": "ia3"}
 _PROVENANCE_FIELDS = {"peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping", "peft_version"}
 
 
+def _option_setting(method: str, field: str) -> str | None:
+    """The tokenseek option that sets ``field`` of the method's peft config, if one does."""
+    return next((option for option, owned in OPTION_FIELDS[method].items() if owned == field), None)
+
+
 def _config_class(method: str):
     import peft
 
@@ -78,7 +83,7 @@ def check_peft_args(method: str, extra: dict) -> None:
     for key in extra:
         if key == "task_type":
             raise TokenSeekError("--peft-arg task_type is set by tokenseek (CAUSAL_LM): drop it")
-        owner = next((option for option, field in OPTION_FIELDS[method].items() if field == key), None)
+        owner = _option_setting(method, key)
         if owner:
             raise TokenSeekError(f"--peft-arg {key} is a tokenseek option for --peft {method}: set it with --{owner.replace('_', '-')}")
         if key not in known:
@@ -146,7 +151,7 @@ def read_peft_config(path) -> tuple[str, dict, dict]:
     reference = _config_class(method)(task_type="CAUSAL_LM")
     options, extra, unknown = {}, {}, []
     for key, value in raw.items():
-        option = next((o for o, field in OPTION_FIELDS[method].items() if field == key), None)
+        option = _option_setting(method, key)
         if option == "target_modules":
             options[option] = _target_modules_option(value, file)
         elif option:
