@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -202,6 +203,51 @@ def test_bench_measures_the_adapter_peft_args_configure(tiny_model, tmp_path):
     lora_params, dora_params = (out[name]["lora"]["rows"][0]["params"]["trainable_params"] for name in ("lora", "dora"))
     assert dora_params > lora_params  # one magnitude per output feature of each adapted layer
     assert out["dora"]["none"]["rows"][0]["params"] == out["lora"]["none"]["rows"][0]["params"]
+
+
+def test_bench_and_plan_read_a_peft_config_file(tiny_model, tmp_path, caplog):
+    """--peft-config in bench builds the adapter the file describes (its method and settings
+    reach the workers); plan resolves it as train does and refuses what train refuses."""
+    import argparse
+
+    import peft
+
+    from tokenseek.cli.common import adapter_from_args, add_adapter_args
+
+    given = tmp_path / "loha"
+    peft.LoHaConfig(task_type="CAUSAL_LM", r=2, alpha=6, target_modules=["q_proj", "v_proj"], rank_dropout=0.1).save_pretrained(given)
+    out = tmp_path / "bench"
+    argv = ["bench", "--model", tiny_model, "--seq-len", "32", "--ratios", "1.0", "--steps", "1", "--no-score",
+            "--output", str(out), "--peft-config", str(given)]
+    assert main(argv) == 0
+    (group,) = json.loads((out / "bench.json").read_text())["groups"]
+    assert group["peft"] == "loha"  # the file's method replaced the default --peft lora
+    spec = group["rows"][0]["spec"]["lora"]
+    assert (spec["r"], spec["alpha"], sorted(spec["target_modules"]), spec["extra"]) == (2, 6, ["q_proj", "v_proj"], {"rank_dropout": 0.1})
+
+    def resolve(*flags, pefts=("lora",)):
+        parser = argparse.ArgumentParser()
+        add_adapter_args(parser)
+        return adapter_from_args(parser.parse_args(["--peft-config", str(lora), *flags]), list(pefts))
+
+    lora = tmp_path / "lora"
+    peft.LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=12, lora_dropout=0.0).save_pretrained(lora)
+    methods, kwargs = resolve(pefts=("lora", "qlora", "none"))
+    assert methods == ["lora", "qlora", "none"] and (kwargs["r"], kwargs["alpha"], kwargs["dropout"]) == (4, 12, 0.0)
+    for flags, pefts, needle in (
+        (("--lora-r", "16"), ("lora",), "--peft-config sets the adapter: drop --lora-r"),
+        ((), ("loha",), "--peft loha does not fit --peft-config's lora adapter"),
+        ((), ("none",), "--peft none trains every parameter"),
+    ):
+        with pytest.raises(TokenSeekError, match=re.escape(needle)):
+            resolve(*flags, pefts=pefts)
+
+    bench_json = tmp_path / "plan-from" / "bench.json"
+    bench_json.parent.mkdir()
+    bench_json.write_text((out / "bench.json").read_text())
+    with caplog.at_level("WARNING"):
+        main(["plan", "--budget", "1GiB", "--from-bench", str(bench_json), "--peft-config", str(lora)])
+    assert any("--peft-config" in r.message and "has no effect" in r.message for r in caplog.records)
 
 
 def test_knobs_table_relates_every_setting_to_the_baseline(tiny_model, tmp_path):

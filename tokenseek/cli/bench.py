@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from tokenseek.cli.common import add_adapter_args, add_dtype_arg, add_model_args, adapter_kwargs_from_args
+from tokenseek.cli.common import add_adapter_args, add_dtype_arg, add_model_args, adapter_from_args
 
 
 def register(sub) -> None:
@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from tokenseek.cli.config import from_args
 
     cfg = from_args(BenchConfig, args, model=args.model, dtype=args.dtype)
-    cfg = dataclasses.replace(cfg, lora=adapter_kwargs_from_args(args, cfg.pefts))
+    pefts, adapter = adapter_from_args(args, cfg.pefts)
+    cfg = dataclasses.replace(cfg, pefts=pefts, lora=adapter)
     if cfg.knobs:
         return run_knobs_cli(cfg)
     run_bench(cfg, progress=lambda message: print(message, file=sys.stderr, flush=True))

@@ -56,16 +56,43 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_adapter_args(p: argparse.ArgumentParser) -> None:
-    _add(p, ADAPTER_OPTIONS)
+    _add(p, ("peft_config",) + ADAPTER_OPTIONS)
 
 
-def adapter_kwargs_from_args(args: argparse.Namespace, pefts: list[str]) -> dict:
-    """``apply_peft`` keyword arguments from the ``add_adapter_args`` flags (``--peft-arg`` parsed),
-    checked for every adapter method in ``pefts`` before anything is measured."""
+def adapter_from_args(args: argparse.Namespace, pefts: list[str]) -> tuple[list[str], dict]:
+    """The adapter methods to build and their ``apply_peft`` keyword arguments, from ``pefts``
+    and the ``add_adapter_args`` flags (``--peft-arg`` parsed; ``--peft-config``'s method and
+    settings, as ``train`` reads them), checked for every method before anything is measured."""
     from tokenseek.models.adapters import adapter_kwargs, peft_config
+    from tokenseek.train.recipe import TrainConfig, with_peft_file
 
-    kwargs = adapter_kwargs(argparse.Namespace(**{**vars(args), "peft_args": parse_pairs(args.peft_args, "--peft-arg")}))
-    for method in pefts:
+    given = _adapter_settings(args, ADAPTER_OPTIONS)
+    methods, kwargs = list(pefts), adapter_kwargs(argparse.Namespace(**given))
+    if args.peft_config:
+        # Each method is resolved against the file as train resolves it: the default method becomes
+        # the file's, qlora takes a LoRA file, any other mismatch (--peft none alone too) is refused.
+        adapters = [method for method in pefts if method != "none"] or ["none"]
+        read = {method: with_peft_file(TrainConfig(peft=method, peft_config=args.peft_config, **given)) for method in adapters}
+        methods = list(dict.fromkeys(read[method].peft if method in read else method for method in pefts))
+        kwargs = adapter_kwargs(read[adapters[0]])
+    for method in methods:
         if method != "none":  # full-parameter rows take no adapter settings
             peft_config(method, **kwargs)
-    return kwargs
+    return methods, kwargs
+
+
+def unread_adapter_args(args: argparse.Namespace, reason: str) -> list[str]:
+    """A warning line for each ``add_adapter_args`` flag set away from its default, for a job
+    that builds no adapter (``plan --from-bench`` reads the settings the bench ran with)."""
+    from tokenseek.train.recipe import TrainConfig
+    from tokenseek.utils.options import ignored
+
+    names = ("peft_config",) + ADAPTER_OPTIONS
+    return ignored(TrainConfig(**_adapter_settings(args, names)), dict.fromkeys(names, reason))
+
+
+def _adapter_settings(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    """The TrainConfig values of the adapter flags ``names`` (``--peft-arg`` pairs as a dict)."""
+    given = {name: getattr(args, name) for name in names}
+    given["peft_args"] = parse_pairs(args.peft_args, "--peft-arg")
+    return given

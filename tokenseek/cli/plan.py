@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
-from tokenseek.cli.common import adapter_kwargs_from_args, add_adapter_args, add_model_args
+from tokenseek.cli.common import adapter_from_args, add_adapter_args, add_model_args, unread_adapter_args
 from tokenseek.errors import TokenSeekError
+
+logger = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
@@ -37,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = from_args(PlanConfig, args)
     budget = parse_budget(cfg.budget)  # before any measuring: a typo should cost nothing
     if cfg.from_bench:
+        for line in unread_adapter_args(args, "--from-bench plans from the bench's measurements, taken with its own adapter settings"):
+            logger.warning(line)
         path = Path(cfg.from_bench)
         if path.is_dir():
             path = path / "bench.json"
@@ -44,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
             raise TokenSeekError(f"--from-bench {cfg.from_bench}: no bench.json there; run `tokenseek bench` first")
         plan = plan_from_bench(json.loads(path.read_text()), budget, peft=cfg.peft, seq_len=cfg.seq_len)
     else:
-        peft, seq_len = cfg.peft or "lora", cfg.seq_len or 512
-        adapter = adapter_kwargs_from_args(args, [peft])  # checked before any measuring
+        seq_len = cfg.seq_len or 512
+        (peft,), adapter = adapter_from_args(args, [cfg.peft or "lora"])  # checked before any measuring
         ratios = FIT_RATIOS + ((CHECK_RATIO,) if cfg.check else ())
         print(f"measuring peak memory at ratios {', '.join(f'{r:g}' for r in ratios)} ...", file=sys.stderr, flush=True)
         peaks = measure_peaks(
