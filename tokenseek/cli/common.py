@@ -44,13 +44,6 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     _add(p, DATA_OPTIONS)
 
 
-def load_data(args: argparse.Namespace) -> list[dict]:
-    """The records named by the ``add_data_args`` options."""
-    from tokenseek.data import load_records
-
-    return load_records(args.data, fields=args.fields, split=args.split, subset=args.subset, format=args.format, limit=args.limit)
-
-
 def add_selection_args(p: argparse.ArgumentParser) -> None:
     _add(p, SELECTION_OPTIONS)
 

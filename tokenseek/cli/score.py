@@ -23,8 +23,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenseek.cli.common import load_data
-    from tokenseek.data import tokenize_records
+    from tokenseek.data import records_from, tokenize_with
     from tokenseek.models import load_model
     from tokenseek.cli.config import from_args
     from tokenseek.seeking.config import ScoreConfig
@@ -38,9 +37,9 @@ def run(args: argparse.Namespace) -> int:
         import torch.distributed as dist
 
         dist.init_process_group("gloo")
-    records = load_data(args)
+    records = records_from(args)
     model, tokenizer = load_model(args.model, dtype=args.dtype)
-    data = tokenize_records(records, tokenizer, template=args.template, max_length=args.max_length, train_on_prompt=args.train_on_prompt)
+    data = tokenize_with(records, tokenizer, args)
     started = time.time()
     store = score_dataset(
         model,

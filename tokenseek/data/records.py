@@ -158,3 +158,11 @@ def load_records(
         raise TokenSeekError(f"the dataset {source or '(built-in)'} has no usable records (none with {USABLE[fmt]})")
     return records
 
+
+def records_from(settings) -> list[dict]:
+    """The records named by the data options (``data``, ``fields``, ``split``, ``subset``,
+    ``format``, ``limit``) of any settings object: a TrainConfig, a VisualizeConfig, or the
+    parsed flags of a command that borrows train's data options."""
+    return load_records(
+        settings.data, fields=settings.fields, split=settings.split, subset=settings.subset, format=settings.format, limit=settings.limit
+    )

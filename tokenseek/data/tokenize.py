@@ -148,3 +148,9 @@ def tokenize_records(
     if fmt != "alpaca":  # Alpaca settings stay as they were: stored scores depend on this fingerprint
         settings["format"] = fmt
     return TokenizedData(examples, truncated, dropped, settings)
+
+
+def tokenize_with(records: list[dict], tokenizer, settings) -> TokenizedData:
+    """``tokenize_records`` with the ``template``, ``max_length`` and ``train_on_prompt`` of any
+    settings object (a TrainConfig, a VisualizeConfig, parsed train flags)."""
+    return tokenize_records(records, tokenizer, template=settings.template, max_length=settings.max_length, train_on_prompt=settings.train_on_prompt)

@@ -444,7 +444,7 @@ def peak_memory_bytes(device: torch.device | None = None) -> int:
 def run_train(cfg: TrainConfig) -> dict:
     from transformers import set_seed
 
-    from tokenseek.data import load_records
+    from tokenseek.data import records_from
     from tokenseek.models import load_model
     from tokenseek.models.loading import resolve_model
     from tokenseek.models.placement import dtype_name, resolve_dtype, storage_dtype
@@ -466,7 +466,7 @@ def run_train(cfg: TrainConfig) -> dict:
     started = time.time()
 
     resolve_model(cfg.model)  # fail on a bad --model before reading data
-    records = load_records(cfg.data, fields=cfg.fields, split=cfg.split, subset=cfg.subset, format=cfg.format, limit=cfg.limit)
+    records = records_from(cfg)
     model, tokenizer = load_model(
         cfg.model, quantize="nf4" if cfg.peft == "qlora" else None, dtype=storage_dtype(compute, cfg.peft), device=state.device
     )
@@ -516,9 +516,9 @@ def run_train(cfg: TrainConfig) -> dict:
 
 def _setup_data(cfg: TrainConfig, records: list[dict], tokenizer):
     """Tokenized data, split into training, held-out and (with --eval-steps) evaluation examples."""
-    from tokenseek.data import tokenize_records
+    from tokenseek.data import tokenize_with
 
-    data = tokenize_records(records, tokenizer, template=cfg.template, max_length=cfg.max_length, train_on_prompt=cfg.train_on_prompt)
+    data = tokenize_with(records, tokenizer, cfg)
     logger.info("data: %s", data.report())
     train_examples, heldout_examples = _split_heldout(data.examples, cfg.heldout, cfg.seed)
     eval_examples = _eval_examples(cfg, heldout_examples, tokenizer) if cfg.eval_steps else []
@@ -622,7 +622,7 @@ def _budget_ratio(cfg: TrainConfig, out: Path, train_examples: list, resuming: b
 
 def _eval_examples(cfg: TrainConfig, heldout_examples: list, tokenizer) -> list:
     """What --eval-steps evaluates: the held-out records, a data file, or a split of the --data dataset."""
-    from tokenseek.data import load_records, tokenize_records
+    from tokenseek.data import load_records, tokenize_with
 
     if cfg.eval_split in (None, "heldout"):
         return heldout_examples
@@ -635,7 +635,7 @@ def _eval_examples(cfg: TrainConfig, heldout_examples: list, tokenizer) -> list:
             f"--eval-split {cfg.eval_split} is not a file, and splits exist only for a Hub --data: give a data file, "
             "heldout, or a split name with a Hub dataset"
         )
-    data = tokenize_records(records, tokenizer, template=cfg.template, max_length=cfg.max_length, train_on_prompt=cfg.train_on_prompt)
+    data = tokenize_with(records, tokenizer, cfg)
     return data.examples
 
 

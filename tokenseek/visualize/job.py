@@ -17,10 +17,9 @@ def run_visualize(cfg: VisualizeConfig) -> dict:
 
 
 def _tokenized(cfg: VisualizeConfig, tokenizer):
-    from tokenseek.data import load_records, tokenize_records
+    from tokenseek.data import records_from, tokenize_with
 
-    records = load_records(cfg.data, fields=cfg.fields, split=cfg.split, subset=cfg.subset, format=cfg.format, limit=cfg.limit)
-    return tokenize_records(records, tokenizer, template=cfg.template, max_length=cfg.max_length, train_on_prompt=cfg.train_on_prompt)
+    return tokenize_with(records_from(cfg), tokenizer, cfg)
 
 
 def _gradient_setting(cfg: VisualizeConfig, store) -> tuple[int, str]:
