@@ -101,3 +101,22 @@ def test_bad_export_input_is_one_line_and_writes_nothing(tmp_path, lora_run, cap
     err = _err(capsys)
     assert "does not fit this base model" in err and len(err.splitlines()) == 1
     assert not target.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".merged")]
+
+
+def test_export_config_is_checked_where_it_is_built(tmp_path, lora_run, capsys):
+    """The library's ExportConfig refuses what the CLI refuses (one declaration of the options),
+    and the CLI's positional RUN_DIR and required --out come from the same fields."""
+    from tokenseek.errors import TokenSeekError
+    from tokenseek.models.export import ExportConfig, export_run
+
+    with pytest.raises(TokenSeekError, match="add --push-to-hub REPO_ID or drop --private"):
+        ExportConfig(run_dir=str(lora_run), out=str(tmp_path / "o"), private=True)
+    with pytest.raises(TokenSeekError, match="^RUN_DIR is required$"):
+        ExportConfig(run_dir=None, out=str(tmp_path / "o"))
+    with pytest.raises(TokenSeekError, match="^--out is required$"):
+        ExportConfig(run_dir=str(lora_run), out=None)
+    done = export_run(ExportConfig(run_dir=str(lora_run), out=str(tmp_path / "adapter")))
+    assert done["kind"] == "adapter" and (tmp_path / "adapter" / "adapter_config.json").is_file()
+    with pytest.raises(SystemExit):
+        main(["export", str(lora_run)])  # argparse: --out is required
+    assert "--out" in capsys.readouterr().err

@@ -40,6 +40,9 @@ def add_options(parser: argparse.ArgumentParser, cls, *, only=None, skip=(), sup
             continue
         default = default_of(f)
         kind = value_type(cls, f.name)
+        if f.metadata.get("positional"):
+            _add_positional(sections.get(f.name, parser), cls, f)
+            continue
         names = [f"--{flag_name(f)}"]
         if kind is not dict:  # a dict's alias is its YAML block name (training_args), not a flag
             names += [f"--{a.replace('_', '-')}" for a in f.metadata["aliases"]]
@@ -59,6 +62,12 @@ def add_options(parser: argparse.ArgumentParser, cls, *, only=None, skip=(), sup
         else:
             kwargs.update(type=kind, metavar=f.metadata["metavar"] or f.name.upper())
         sections.get(f.name, parser).add_argument(*names, **kwargs)
+
+
+def _add_positional(parser: argparse.ArgumentParser, cls, f: dataclasses.Field) -> None:
+    several = value_type(cls, f.name) is list
+    kwargs = {"nargs": "+"} if several else {"type": value_type(cls, f.name)}
+    parser.add_argument(f.name, metavar=f.metadata["metavar"] or f.name.upper(), help=describe(f).replace("%", "%%"), **kwargs)
 
 
 def _help_sections(parser: argparse.ArgumentParser, cls) -> dict:

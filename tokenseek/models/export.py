@@ -9,40 +9,56 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenseek.errors import TokenSeekError, first_line
 from tokenseek.utils.io import atomic_dir
+from tokenseek.utils.options import check_options, option
 
 logger = logging.getLogger(__name__)
 
 
-def export_run(run: str | Path, out: str | Path, *, merge: bool = False, push_to_hub: str | None = None, private: bool = False) -> dict:
-    """Write ``run``'s model to ``out``; returns what was written (for the CLI's one-line report).
+@dataclass
+class ExportConfig:
+    """What ``tokenseek export`` writes (the CLI's arguments are these fields)."""
 
-    ``merge=True`` folds an adapter into its base model (loaded in full precision, also for a
+    run_dir: str = option(None, "a `tokenseek train` output directory, or its model/ folder", positional=True, metavar="RUN_DIR")
+    out: str = option(None, "new output directory (must not exist or be empty)", required=True)
+    merge: bool = option(False, "merge the adapter into the base model (safetensors + tokenizer) instead of exporting the adapter alone")
+    push_to_hub: str | None = option(None, "also upload the exported folder to this Hub repo (needs network and `hf auth login`)", metavar="REPO_ID")
+    private: bool = option(False, "with --push-to-hub: create the repo private")
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        if self.private and not self.push_to_hub:
+            raise TokenSeekError("--private sets the visibility of the Hub repo that --push-to-hub creates: add --push-to-hub REPO_ID or drop --private")
+
+
+def export_run(cfg: ExportConfig) -> dict:
+    """Write the run's model to ``cfg.out``; returns what was written (for the CLI's one-line report).
+
+    ``merge`` folds an adapter into its base model (loaded in full precision, also for a
     QLoRA run) and saves the merged weights as safetensors with the tokenizer.
     """
     from tokenseek.models.runs import run_model_dir
 
-    if private and not push_to_hub:
-        raise TokenSeekError("--private sets the visibility of the Hub repo that --push-to-hub creates: add --push-to-hub REPO_ID or drop --private")
-    model_dir, run_dir = run_model_dir(str(run))
+    model_dir, run_dir = run_model_dir(str(cfg.run_dir))
     if model_dir is None or not any((model_dir / name).is_file() for name in ("config.json", "adapter_config.json")):
-        raise TokenSeekError(f"{run} holds no trained model: give a `tokenseek train` output directory (with model/) or its model/ folder")
-    out = Path(out)
+        raise TokenSeekError(f"{cfg.run_dir} holds no trained model: give a `tokenseek train` output directory (with model/) or its model/ folder")
+    out = Path(cfg.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TokenSeekError(f"--out {out} already exists and is not empty: give a new directory")
     adapter = (model_dir / "adapter_config.json").is_file()
-    kind = "merged model" if adapter and merge else "adapter" if adapter else "full model"
+    kind = "merged model" if adapter and cfg.merge else "adapter" if adapter else "full model"
     with atomic_dir(out) as tmp:
-        if adapter and merge:
+        if adapter and cfg.merge:
             _write_merged(model_dir, run_dir, tmp)
         else:
             _copy_model_files(model_dir, tmp)
-    if push_to_hub:
-        _push(out, push_to_hub, private)
-    return {"out": str(out), "kind": kind, "pushed_to": push_to_hub}
+    if cfg.push_to_hub:
+        _push(out, cfg.push_to_hub, cfg.private)
+    return {"out": str(out), "kind": kind, "pushed_to": cfg.push_to_hub}
 
 
 def _write_merged(adapter_dir: Path, run_dir: Path | None, target: Path) -> None:

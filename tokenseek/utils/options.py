@@ -35,6 +35,7 @@ def option(
     comma: bool = False,
     several: bool = False,
     required: bool = False,
+    positional: bool = False,
 ):
     """A dataclass field that is a user option.
 
@@ -59,7 +60,8 @@ def option(
         "range": {"minimum": minimum, "above": above, "maximum": maximum, "below": below},  # lower bounds first
         "comma": comma,
         "several": several,
-        "required": required,
+        "required": required or positional,
+        "positional": positional,
     }
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
@@ -175,7 +177,7 @@ def check_values(cls, values: dict) -> None:
         value = values.get(f.name)
         if value is None:
             if f.metadata.get("required") and f.name in values:
-                raise TokenSeekError(f"--{flag_name(f)} is required")
+                raise TokenSeekError(f"{shown_name(f)} is required")
             continue
         for item in value if isinstance(value, list) else [value]:
             _check_value(f, item)
@@ -184,10 +186,10 @@ def check_values(cls, values: dict) -> None:
 def _check_value(f: dataclasses.Field, value) -> None:
     choices = f.metadata["choices"]
     if choices and value not in choices:
-        raise TokenSeekError(f"unknown --{flag_name(f)} {value!r}: choose one of {', '.join(map(str, choices))}")
+        raise TokenSeekError(f"unknown {shown_name(f)} {value!r}: choose one of {', '.join(map(str, choices))}")
     # "not inside" rather than "outside", so that NaN is refused too.
     if isinstance(value, (int, float)) and not all(_INSIDE[kind](value, bound) for kind, bound in _range_parts(f)):
-        raise TokenSeekError(f"--{flag_name(f)} must be {range_text(f)}, got {value!r}")
+        raise TokenSeekError(f"{shown_name(f)} must be {range_text(f)}, got {value!r}")
 
 
 _INSIDE = {"minimum": operator.ge, "maximum": operator.le, "above": operator.gt, "below": operator.lt}
@@ -224,6 +226,13 @@ def ignored(cfg, reasons: dict[str, str], *, keywords: bool = False) -> list[str
         for name, reason in reasons.items()
         if getattr(cfg, name) != default_of(fields[name])
     ]
+
+
+def shown_name(f: dataclasses.Field) -> str:
+    """How messages name an option: ``--flag``, or a positional argument's ``METAVAR``."""
+    if f.metadata.get("positional"):
+        return f.metadata["metavar"] or f.name.upper()
+    return f"--{flag_name(f)}"
 
 
 def flag_name(f: dataclasses.Field) -> str:
