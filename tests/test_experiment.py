@@ -568,3 +568,26 @@ def test_dry_run_estimates_the_time_left_from_finished_cells(tmp_path, capsys):
     assert [statuses[f"full-s{i}"] for i in range(5)] == ["finished", "finished", "todo", "todo", "todo"]
     text = remaining_estimate(study, study.cells, statuses)
     assert text.startswith("3 trained cell(s) left; the 2 finished took 15 min each") and "about 0.8 h in one process" in text
+
+
+def test_experiment_options_are_checked_where_they_are_built(tmp_path, tiny_model_dir, data_file):
+    """ExperimentOptions (the library form of the command) refuses what the CLI refuses, and
+    run_experiments does what the command does: here, a dry run that writes nothing."""
+    from tokenseek.errors import TokenSeekError
+    from tokenseek.experiment.job import ExperimentOptions, run_experiments
+
+    path = _write(tmp_path, _study(tmp_path, tiny_model_dir, data_file))
+    for kwargs, needle in (
+        ({"configs": []}, "give at least one study config"),
+        ({"configs": [path], "report": True, "dry_run": True}, "--report only writes the report"),
+        ({"configs": [path, path], "only": ["x"]}, "--report-path and --only are for one study"),
+        ({"configs": [path], "threads": 0}, "--threads must be at least 1, got 0"),
+    ):
+        with pytest.raises(TokenSeekError, match=re.escape(needle)):
+            ExperimentOptions(**kwargs)
+    lines = []
+    run_experiments(ExperimentOptions(configs=[path], dry_run=True), progress=lines.append)
+    assert any("todo" in line for line in lines)
+    assert not (tmp_path / "results").exists() and not (tmp_path / "RESULTS.md").exists()
+    with pytest.raises(SystemExit):
+        main(["experiment", path, "--no-dry-run"])  # a plain switch: no negated form

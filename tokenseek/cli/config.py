@@ -50,7 +50,7 @@ def add_options(parser: argparse.ArgumentParser, cls, *, only=None, skip=(), sup
         if f.metadata["required"] and not suppress:  # with --config the YAML may give it
             kwargs["required"] = True
         if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs["action"] = argparse.BooleanOptionalAction if f.metadata["negatable"] else "store_true"
         elif kind is list and f.metadata["comma"]:  # one comma-separated value, split by from_args/resolve
             kwargs.update(metavar=f.metadata["metavar"] or "A,B,...")
         elif kind is list and f.metadata["several"]:  # --runs A B C

@@ -36,6 +36,7 @@ def option(
     several: bool = False,
     required: bool = False,
     positional: bool = False,
+    negatable: bool = True,
 ):
     """A dataclass field that is a user option.
 
@@ -62,6 +63,7 @@ def option(
         "several": several,
         "required": required or positional,
         "positional": positional,
+        "negatable": negatable,
     }
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
