@@ -362,7 +362,8 @@ def _write_results(study, results: dict) -> None:
 def test_ratio_sweep_figure_from_result_files(tmp_path):
     """Fig. 3 data: one line per spread across ratios, mean/min/max over the finished seeds,
     the reference row as a level; drawn once, and unchanged on a second report."""
-    from tokenseek.experiment.report import load_results, ratio_panels, rows, write_report
+    from tokenseek.experiment.figures import ratio_panels
+    from tokenseek.experiment.report import load_results, rows, write_report
 
     study = _results_only_study(
         tmp_path, "sweep",
@@ -511,7 +512,8 @@ def test_rows_with_different_finished_seeds_are_compared_on_the_shared_ones():
     model) is compared with every seed."""
     from types import SimpleNamespace
 
-    from tokenseek.experiment.report import compare, verdict
+    from tokenseek.experiment.report import verdict
+    from tokenseek.experiment.stats import compare
 
     def row(losses, train=True):
         done = [(SimpleNamespace(params={"seed": s}, train=train), {"heldout": {"loss": v, "per_example_loss": [v - 0.1, v + 0.1], "per_example_tokens": [1, 1]}})

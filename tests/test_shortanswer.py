@@ -341,7 +341,8 @@ def test_study_scores_base_and_finetuned_through_one_path(tmp_path, tiny_model_d
 
 
 def test_accuracy_comparisons_count_higher_as_better():
-    from tokenseek.experiment.report import compare, verdict
+    from tokenseek.experiment.report import verdict
+    from tokenseek.experiment.stats import compare
 
     def row(correct_per_seed):
         done = [(None, {"exact_match": {"accuracy": sum(c) / len(c), "per_example_correct": c}}) for c in correct_per_seed]

@@ -14,13 +14,21 @@ from __future__ import annotations
 import math
 import os
 import re
-import statistics
-import tempfile
 from pathlib import Path
 
 from tokenseek.experiment.config import METRICS, Study, effective
+from tokenseek.experiment.figures import loss_figure, ratio_figure
 from tokenseek.experiment.runner import read_json, result_path
-from tokenseek.utils.io import publish, write_text
+from tokenseek.experiment.stats import (
+    benchmark_summary,
+    compare,
+    heldout_values,
+    mean_of,
+    metric_values,
+    sd_of,
+    variance_ratio_test,
+)
+from tokenseek.utils.io import write_text
 
 BEGIN = "<!-- BEGIN experiment:{study} -->"
 END = "<!-- END experiment:{study} -->"
@@ -49,176 +57,6 @@ def rows(study: Study, results: dict[str, dict]) -> list[dict]:
         cells = [c for c in study.cells if c.label == label]
         done = [(c, results[c.name]) for c in cells if c.name in results]
         out.append({"label": label, "cells": cells, "done": done})
-    return out
-
-
-# ----------------------------------------------------------------------------- statistics
-def _mean(values):
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
-def _sd(values):
-    values = [v for v in values if v is not None]
-    return statistics.stdev(values) if len(values) >= 2 else None
-
-
-def _per_example(result: dict, metric: str) -> tuple[list, list] | None:
-    """(per-example values, their weights) of one cell: held-out losses weighted by response
-    tokens, or exact-match correctness (0/1) weighted equally."""
-    if metric == "heldout":
-        h = result.get("heldout")
-        return (h["per_example_loss"], h["per_example_tokens"]) if h else None
-    e = result.get(metric)
-    return (e["per_example_correct"], [1] * len(e["per_example_correct"])) if e else None
-
-
-def _value(result: dict, metric: str) -> float:
-    """One cell's held-out loss or exact-match accuracy (the caller checks it was measured)."""
-    return result[metric]["loss" if metric == "heldout" else "accuracy"]
-
-
-def metric_values(row: dict, metric: str = "heldout") -> list[float]:
-    """The row's value per finished seed: held-out loss or exact-match accuracy."""
-    return [_value(r, metric) for _, r in row["done"] if r.get(metric)]
-
-
-def heldout_values(row: dict) -> list[float]:
-    return metric_values(row, "heldout")
-
-
-def _paired(pa: tuple[list, list] | None, pb: tuple[list, list] | None) -> tuple[float, float, int] | None:
-    """(Δ a−b, its SE over examples, n) for two cells scored on the same examples.
-
-    Δ is the weighted mean of per-example differences (= the difference of the two
-    weighted means); the SE is its linearised (ratio-estimator) standard error. With equal
-    weights (exact match) it is the ordinary paired SE, sd(d)/√n.
-    """
-    if not pa or not pb:
-        return None
-    la, ta = pa
-    lb, tb = pb
-    if len(la) != len(lb) or ta != tb:
-        return None
-    pairs = [(x - y, t) for x, y, t in zip(la, lb, ta) if x is not None and y is not None and t]
-    n = len(pairs)
-    if n < 2:
-        return None
-    total = sum(t for _, t in pairs)
-    delta = sum(d * t for d, t in pairs) / total
-    var = n / (n - 1) * sum((t * (d - delta)) ** 2 for d, t in pairs)
-    return delta, math.sqrt(var) / total, n
-
-
-def paired_se(a: dict, b: dict, metric: str = "heldout") -> tuple[float, float, int] | None:
-    """(Δ a−b, its SE over the evaluation examples, n) for two cells (result dicts)."""
-    return _paired(_per_example(a, metric), _per_example(b, metric))
-
-
-def mean_per_example(row: dict, metric: str = "heldout") -> tuple[list, list] | None:
-    """The row's per-example values averaged over its seeds (same examples), with their weights."""
-    per = [_per_example(r, metric) for _, r in row["done"]]
-    per = [p for p in per if p]
-    if not per:
-        return None
-    weights = per[0][1]
-    if any(w != weights for _, w in per):
-        return None
-    values = []
-    for i in range(len(weights)):
-        column = [v[i] for v, _ in per]
-        values.append(None if any(v is None for v in column) else sum(column) / len(column))
-    return values, weights
-
-
-def matched_seeds(row_a: dict, row_b: dict, metric: str = "heldout") -> tuple[dict, dict, list[int] | None]:
-    """Both trained rows cut to the seeds both have finished, while one has seeds the other has
-    not (a study still running): a cell of one seed shares its data order and adapter
-    initialisation with the other rows' cell of that seed, so comparing means over different
-    seed sets would add seed-to-seed noise to the difference. Returns the rows and the seeds
-    kept (None when nothing was cut: equal seed sets, or a row without training seeds)."""
-    cells = [c for row in (row_a, row_b) for c, _ in row["done"]]
-    if not cells or not all(c is not None and getattr(c, "train", True) for c in cells):
-        return row_a, row_b, None
-    seeds_a, seeds_b = set(_by_seed(row_a, metric)), set(_by_seed(row_b, metric))
-    common = seeds_a & seeds_b
-    if not common or seeds_a == seeds_b:
-        return row_a, row_b, None
-
-    def cut(row: dict) -> dict:
-        return {**row, "done": [(c, r) for c, r in row["done"] if int(effective(c.params).get("seed", 0)) in common]}
-
-    return cut(row_a), cut(row_b), sorted(common)
-
-
-def compare(row_a: dict, row_b: dict, metric: str = "heldout") -> dict | None:
-    """The metric of row a minus row b, with the noise it is judged against (on the seeds both
-    rows finished, see :func:`matched_seeds`)."""
-    row_a, row_b, seeds = matched_seeds(row_a, row_b, metric)
-    va, vb = metric_values(row_a, metric), metric_values(row_b, metric)
-    if not va or not vb:
-        return None
-    delta = _mean(va) - _mean(vb)
-    # Evaluation sampling noise: paired over the same examples, on the seed-averaged per-example values.
-    paired = _paired(mean_per_example(row_a, metric), mean_per_example(row_b, metric))
-    example_se = paired[1] if paired else None
-    # Training noise: seed-to-seed spread of the rows' means.
-    seed_se = None
-    if len(va) >= 2 and len(vb) >= 2:
-        seed_se = math.sqrt(_sd(va) ** 2 / len(va) + _sd(vb) ** 2 / len(vb))
-    elif len(va) >= 2 or len(vb) >= 2:
-        many = va if len(va) >= 2 else vb
-        seed_se = _sd(many) / math.sqrt(len(many))
-    se = max([s for s in (example_se, seed_se) if s is not None], default=None)
-    return {"delta": delta, "example_se": example_se, "seed_se": seed_se, "se": se, "n_a": len(va), "n_b": len(vb),
-            "per_seed": per_seed_deltas(row_a, row_b, metric), "matched_seeds": seeds}
-
-
-def _by_seed(row: dict, metric: str) -> dict[int, float]:
-    return {int(effective(c.params).get("seed", 0)): _value(r, metric) for c, r in row["done"] if c is not None and r.get(metric)}
-
-
-def per_seed_deltas(row_a: dict, row_b: dict, metric: str = "heldout") -> list[tuple[int, float]]:
-    """a − b seed by seed, for the seeds both rows finished. Cells of one seed share the data
-    order and the adapter's initialisation, so a difference that holds in every seed is
-    visible here even when the seeds' unpaired spread (the verdict's noise) is wide."""
-    a, b = _by_seed(row_a, metric), _by_seed(row_b, metric)
-    return [(s, a[s] - b[s]) for s in sorted(a.keys() & b.keys())]
-
-
-def variance_ratio_test(a: list[float], b: list[float]) -> tuple[float, float]:
-    """F = var(b) / var(a) and the one-sided p-value of "a varies less than b" (F-test for
-    two normal samples' variances: under equal variances F ~ F(n_b - 1, n_a - 1))."""
-    from scipy.stats import f as f_distribution
-
-    var_a, var_b = statistics.variance(a), statistics.variance(b)
-    if var_a == 0:
-        return math.inf, 0.0 if var_b > 0 else 1.0
-    ratio = var_b / var_a
-    return ratio, float(f_distribution.sf(ratio, len(b) - 1, len(a) - 1))
-
-
-def benchmark_summary(row: dict) -> dict:
-    """``{task: (value, noise, kind)}`` plus ``"average"``; noise is lm-eval's stderr for one run,
-    the seed sd for several."""
-    per_task: dict[str, list] = {}
-    for _, r in row["done"]:
-        for name, rec in ((r.get("benchmarks") or {}).get("tasks") or {}).items():
-            per_task.setdefault(name, []).append(rec)
-    out = {}
-    for name, recs in per_task.items():
-        values = [x["value"] for x in recs if x.get("value") is not None]
-        if not values:
-            continue
-        if len(values) == 1:
-            out[name] = (values[0], recs[0].get("stderr"), "stderr")
-        else:
-            out[name] = (_mean(values), _sd(values), "sd")
-    if out:
-        vals = [v for v, _, _ in out.values()]
-        errs = [e for _, e, k in out.values() if e is not None and k == "stderr"]
-        avg_se = math.sqrt(sum(e * e for e in errs)) / len(vals) if len(errs) == len(vals) else None
-        out["average"] = (sum(vals) / len(vals), avg_se, "stderr")
     return out
 
 
@@ -316,10 +154,10 @@ def _timing(study: Study, results: dict[str, dict]) -> str:
     machine = trained[0].get("machine", {})
     threads = machine.get("torch_threads")
     where = machine.get("gpu") or f"CPU ({machine.get('cpus')} cores, {threads} torch thread{'s' * (threads != 1)})"
-    parts = [f"training {_mean(train):.0f} s per cell" if train else None, f"evaluation {_mean(evals):.0f} s per cell" if evals else None]
+    parts = [f"training {mean_of(train):.0f} s per cell" if train else None, f"evaluation {mean_of(evals):.0f} s per cell" if evals else None]
     score_times = [t for t in stores.values() if t]
     if score_times:
-        parts.append(f"scoring {_mean(score_times):.0f} s per store ({len(stores)} store(s))")
+        parts.append(f"scoring {mean_of(score_times):.0f} s per store ({len(stores)} store(s))")
     return f"Wall time on {where}: " + ", ".join(p for p in parts if p) + "."
 
 
@@ -353,22 +191,22 @@ def _training_cells(row: dict) -> list[str]:
     """setting, runs, tokens kept, targets trained, train loss."""
     done = row["done"]
     trained = [r["train"] for _, r in done if r.get("train")]
-    kept = _mean([t.get("kept_fraction") for t in trained])
-    targets = _mean([(r.get("selection_stats") or {}).get("target_fraction_trained") for _, r in done if r.get("train")])
+    kept = mean_of([t.get("kept_fraction") for t in trained])
+    targets = mean_of([(r.get("selection_stats") or {}).get("target_fraction_trained") for _, r in done if r.get("train")])
     return [
         row["label"],
         f"{len(done)}/{len(row['cells'])}",
         "—" if kept is None else f"{100 * kept:.1f}%",
         "—" if targets is None else f"{100 * targets:.1f}%",
-        _f(_mean([t.get("train_loss") for t in trained])),
+        _f(mean_of([t.get("train_loss") for t in trained])),
     ]
 
 
 def _heldout_cells(row: dict, ref: dict | None) -> list[str]:
     """held-out loss (± seed sd), perplexity and, with a reference row, Δ and its 2 SE."""
     held = heldout_values(row)
-    ppl = _mean([r["heldout"]["perplexity"] for _, r in row["done"] if r.get("heldout")])
-    cells = [_pm(_mean(held), _sd(held), kind=f"sd, n={len(held)}") if len(held) >= 2 else _f(_mean(held)), _f(ppl, 2)]
+    ppl = mean_of([r["heldout"]["perplexity"] for _, r in row["done"] if r.get("heldout")])
+    cells = [_pm(mean_of(held), sd_of(held), kind=f"sd, n={len(held)}") if len(held) >= 2 else _f(mean_of(held)), _f(ppl, 2)]
     if ref is None:
         return cells
     c = None if row is ref or not row["done"] else compare(row, ref)
@@ -378,7 +216,7 @@ def _heldout_cells(row: dict, ref: dict | None) -> list[str]:
 def _exact_match_cells(row: dict, ref: dict | None) -> list[str]:
     """exact match in % (± seed sd) and, with a reference row, Δ and its 2 SE in points."""
     acc = metric_values(row, "exact_match")
-    cells = [_pm(100 * _mean(acc), 100 * _sd(acc), 1, f"sd, n={len(acc)}") if len(acc) >= 2 else _pct(_mean(acc))]
+    cells = [_pm(100 * mean_of(acc), 100 * sd_of(acc), 1, f"sd, n={len(acc)}") if len(acc) >= 2 else _pct(mean_of(acc))]
     if ref is None:
         return cells
     c = None if row is ref or not row["done"] else compare(row, ref, "exact_match")
@@ -415,7 +253,7 @@ def task_accuracies(row: dict) -> dict[str, tuple[float, int]]:
     for _, r in row["done"]:
         for task, rec in ((r.get("exact_match") or {}).get("per_task") or {}).items():
             per_task.setdefault(task, []).append(rec["accuracy"])
-    return {task: (_mean(values), len(values)) for task, values in sorted(per_task.items())}
+    return {task: (mean_of(values), len(values)) for task, values in sorted(per_task.items())}
 
 
 def task_table(table_rows: list[dict]) -> str | None:
@@ -500,7 +338,7 @@ def verdict(kind: str, a: dict, b: dict, metric: str = "heldout") -> str:
         va, vb = metric_values(a, metric), metric_values(b, metric)
         if len(va) < 3 or len(vb) < 3:
             return f"**not testable**: needs ≥ 3 finished seeds per row to compare spreads (have {len(va)} and {len(vb)})."
-        sa, sb = _sd(va), _sd(vb)
+        sa, sb = sd_of(va), sd_of(vb)
         numbers = f"{show['name']} seed sd {show['size'](sa)} (n={len(va)}) vs {show['size'](sb)} (n={len(vb)})"
         if sa >= sb:
             return f"**not held**: {numbers}."
@@ -539,7 +377,7 @@ def verdict(kind: str, a: dict, b: dict, metric: str = "heldout") -> str:
 
 def spread_verdict(spread_rows: list[dict], metric: str = "heldout") -> str:
     show = _SHOW[metric]
-    values = [(r["label"], _mean(metric_values(r, metric))) for r in spread_rows]
+    values = [(r["label"], mean_of(metric_values(r, metric))) for r in spread_rows]
     have = [(label, v) for label, v in values if v is not None]
     if len(have) < 2:
         return "**not run yet** (fewer than two finished rows)."
@@ -556,89 +394,6 @@ def spread_verdict(spread_rows: list[dict], metric: str = "heldout") -> str:
         f"**{word}**: {show['name']} from {show['value'](lo[1])} ({lo[0]}) to {show['value'](hi[1])} ({hi[0]}), "
         f"range {show['size'](rng)}, 2 SE of that pair {show['size'](2 * c['se'])}{tail}."
     )
-
-
-# ----------------------------------------------------------------------------- figures
-def _publish_figure(path: Path, draw) -> None:
-    """Draw into a temporary file and replace ``path`` only when the bytes change, so an
-    unchanged study leaves its figures untouched (and a failed draw leaves no half file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        draw(tmp)
-        if not (path.is_file() and Path(tmp).read_bytes() == path.read_bytes()):
-            publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def loss_figure(study: Study, table_rows: list[dict], path: Path) -> bool:
-    """Fig. 5-style training loss curves, one line per row (mean over its seeds)."""
-    from tokenseek.visualize.plots import plot_loss_curves
-
-    runs = []
-    for row in table_rows:
-        curves = [r["loss_curve"] for _, r in row["done"] if r.get("loss_curve")]
-        if not curves:
-            continue
-        steps = sorted(set.intersection(*[{p["step"] for p in c} for c in curves]))
-        means = [{"step": s, "loss": _mean([next(p["loss"] for p in c if p["step"] == s) for c in curves])} for s in steps]
-        label = row["label"] + (f" (mean of {len(curves)} seeds)" if len(curves) > 1 else "")
-        runs.append({"label": label, "curve": means})
-    if not runs:
-        return False
-    _publish_figure(path, lambda tmp: plot_loss_curves(runs, tmp))
-    return True
-
-
-_AXIS_LABEL = {"heldout": "held-out loss (lower is better)", "exact_match": "exact match, % (higher is better)"}
-
-
-def _row_ratio(row: dict) -> float:
-    return float(effective(row["cells"][0].params).get("ratio", 1.0))
-
-
-def ratio_panels(study: Study, table_rows: list[dict]) -> list[dict]:
-    """The Fig. 3 data: every ``report.spreads`` entry whose rows differ in ratio is one line
-    (its finished rows only), grouped into one panel per metric."""
-    by_label = {r["label"]: r for r in table_rows}
-    scale = {"heldout": 1.0, "exact_match": 100.0}
-    panels: dict[str, dict] = {}
-    for spread in study.report["spreads"]:
-        metric = spread.get("metric", "heldout")
-        spread_rows = [by_label[lab] for lab in spread["labels"]]
-        if len({_row_ratio(r) for r in spread_rows}) < 2:
-            continue
-        points = []
-        for row in spread_rows:
-            values = [scale[metric] * v for v in metric_values(row, metric)]
-            if values:
-                points.append((_row_ratio(row), _mean(values), min(values), max(values)))
-        if not points:
-            continue
-        # The line is named by its first row's label without the percentage ("TokenSeek 5%, targets").
-        name = re.sub(r"\s*\d+(\.\d+)?\s*%", "", spread_rows[0]["label"]).strip(" ,")
-        panel = panels.setdefault(metric, {"ylabel": _AXIS_LABEL[metric], "series": [], "reference": None})
-        panel["series"].append({"label": name, "points": sorted(points)})
-    reference = by_label.get(study.report["reference"]) if study.report["reference"] else None
-    for metric, panel in panels.items():
-        values = metric_values(reference, metric) if reference else []
-        if values:
-            panel["reference"] = {"label": f"{reference['label']} (mean of {len(values)})", "value": scale[metric] * _mean(values)}
-    return [panels[m] for m in METRICS if m in panels]
-
-
-def ratio_figure(study: Study, table_rows: list[dict], path: Path) -> bool:
-    """Fig. 3-style quality against ratio, drawn when the study has a ratio spread with results."""
-    from tokenseek.visualize.plots import plot_ratio_sweep
-
-    panels = ratio_panels(study, table_rows)
-    if not panels:
-        return False
-    _publish_figure(path, lambda tmp: plot_ratio_sweep(panels, tmp))
-    return True
 
 
 # ----------------------------------------------------------------------------- section
