@@ -125,6 +125,7 @@ def test_bad_configs_are_one_line_errors(change, message):
 
 
 def test_toy_study_stops_resumes_and_reports(tmp_path, tiny_model_dir, data_file, monkeypatch, capsys):
+    import tokenseek.experiment.cells as cells
     import tokenseek.experiment.runner as runner
     import tokenseek.seeking.store as store
 
@@ -183,7 +184,7 @@ def test_toy_study_stops_resumes_and_reports(tmp_path, tiny_model_dir, data_file
     from tokenseek.experiment import load_study
 
     study = load_study(config)
-    model, tokenizer, _ = load_for_eval(str(runner.train_dir(study, study.cell("ts50-s0"))))
+    model, tokenizer, _ = load_for_eval(str(cells.train_dir(study, study.cell("ts50-s0"))))
     heldout_file = next((tmp_path / "runs" / "data").glob("*/heldout.json"))
     whole = heldout_loss(model, tokenizer, load_records(str(heldout_file)), max_length=128)
     assert whole["loss"] == pytest.approx(held["loss"], rel=1e-4)
@@ -318,7 +319,7 @@ def test_committed_study_configs_load_and_share_runs():
     from pathlib import Path
 
     from tokenseek.experiment import load_study
-    from tokenseek.experiment.runner import train_dir
+    from tokenseek.experiment.cells import train_dir
 
     root = Path(__file__).resolve().parent.parent / "experiments"
     studies = {p.stem: load_study(p) for p in sorted(root.glob("*.yaml"))}
@@ -351,7 +352,7 @@ def _results_only_study(tmp_path, name: str, cells: list, **report):
 
 
 def _write_results(study, results: dict) -> None:
-    from tokenseek.experiment.runner import result_path
+    from tokenseek.experiment.cells import result_path
 
     for name, result in results.items():
         path = result_path(study, study.cell(name))
@@ -405,7 +406,9 @@ def test_a_cell_another_process_holds_is_skipped_and_a_busy_store_is_waited_for(
     import threading
 
     from tokenseek.experiment import load_study
-    from tokenseek.experiment.runner import ensure_scores, lock_path, run_dir, sample_data, store_dir
+    from tokenseek.experiment.cells import lock_path, run_dir, store_dir
+    from tokenseek.experiment.data import sample_data
+    from tokenseek.experiment.runner import ensure_scores
     from tokenseek.utils.io import file_lock
 
     config = _study(tmp_path, tiny_model_dir, data_file)
@@ -447,7 +450,7 @@ def test_a_cell_whose_store_another_process_writes_goes_behind_the_others(tmp_pa
     import threading
 
     from tokenseek.experiment import load_study
-    from tokenseek.experiment.runner import lock_path, store_dir
+    from tokenseek.experiment.cells import lock_path, store_dir
     from tokenseek.utils.io import file_lock
 
     config = _study(tmp_path, tiny_model_dir, data_file)
@@ -557,7 +560,8 @@ def test_exact_match_per_task_table_averages_the_seeds(tmp_path):
 
 
 def test_dry_run_estimates_the_time_left_from_finished_cells(tmp_path, capsys):
-    from tokenseek.experiment.runner import cell_status, remaining_estimate
+    from tokenseek.experiment.cells import cell_status
+    from tokenseek.experiment.runner import remaining_estimate
 
     study = _results_only_study(tmp_path, "left", [
         {"name": "full-s{seed}", "label": "full-token", "selection": "full", "ratio": 1.0, "grid": {"seed": [0, 1, 2, 3, 4]}},

@@ -273,7 +273,7 @@ def test_study_scores_base_and_finetuned_through_one_path(tmp_path, tiny_model_d
     from tokenseek.data import load_records
     from tokenseek.eval.model import load_for_eval
     from tokenseek.experiment import load_study
-    from tokenseek.experiment.runner import train_dir
+    from tokenseek.experiment.cells import train_dir
 
     calls = []
     real = em.greedy_answers
@@ -365,7 +365,7 @@ def test_accuracy_comparisons_count_higher_as_better():
 
 def test_generated_data_is_written_once_and_a_changed_generator_is_refused(tmp_path, monkeypatch):
     import tokenseek.data.generators as generators
-    from tokenseek.experiment.runner import sample_data
+    from tokenseek.experiment.data import sample_data
 
     study = parse_study(_config(tmp_path, "m"))
     meta = sample_data(study)

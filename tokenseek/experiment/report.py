@@ -16,9 +16,9 @@ import os
 import re
 from pathlib import Path
 
+from tokenseek.experiment.cells import read_json, result_path
 from tokenseek.experiment.config import METRICS, Study, effective
 from tokenseek.experiment.figures import loss_figure, ratio_figure
-from tokenseek.experiment.runner import read_json, result_path
 from tokenseek.experiment.stats import (
     benchmark_summary,
     compare,

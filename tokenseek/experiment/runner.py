@@ -22,159 +22,32 @@ import contextlib
 import gc
 import json
 import logging
-import math
 import platform
 import subprocess
 import time
 from collections import deque
 from pathlib import Path
 
-from tokenseek.errors import TokenSeekError
-from tokenseek.experiment.config import SCORING_KEYS, Cell, Study, eval_identity, short_hash
+from tokenseek.experiment.cells import (
+    cell_status,
+    lock_path,
+    read_json,
+    result_path,
+    run_dir,
+    store_dir,
+    timed,
+    train_dir,
+)
+from tokenseek.experiment.config import SCORING_KEYS, Cell, Study
+from tokenseek.experiment.data import sample_data
+from tokenseek.experiment.evaluate import evaluate_cell
 from tokenseek.train.recipe import TrainConfig, run_train
 from tokenseek.utils.io import file_lock, write_json
 
 logger = logging.getLogger(__name__)
 
 
-# ----------------------------------------------------------------------------- paths
-def result_path(study: Study, cell: Cell) -> Path:
-    return study.results_dir / f"{cell.name}.json"
-
-
-def work_spec(study: Study, cell: Cell) -> dict:
-    """What a cell's training and evaluation depend on — not its name or label, so cells of
-    different studies with the same settings share one run directory (trained once)."""
-    params = dict(cell.params)
-    if cell.scoring() is None:
-        for key in SCORING_KEYS:
-            params.pop(key, None)
-    return {"train": cell.train, "params": params, "data": study.data_spec()}
-
-
-def run_dir(study: Study, cell: Cell) -> Path:
-    """The cell's work folder: ``train/`` (the run_train output), timings and kept evaluations."""
-    return study.runs_dir / "cells" / short_hash(work_spec(study, cell))
-
-
-def lock_path(folder: Path) -> Path:
-    """The lock that says a process works on ``folder``: a hidden sibling, so the folder itself
-    stays exactly what its writer expects (a score store refuses a non-empty directory)."""
-    return folder.parent / f".{folder.name}.lock"
-
-
-def train_dir(study: Study, cell: Cell) -> Path:
-    return run_dir(study, cell) / "train"
-
-
-def data_dir(study: Study) -> Path:
-    return study.runs_dir / "data" / short_hash(study.data_spec())
-
-
-def store_dir(study: Study, scoring: dict) -> Path:
-    q = scoring["quantize"] or "fp32"
-    tag = f"L{scoring['grad_layer']}-{scoring['grad_mode']}-{q}-len{scoring['max_length']}"
-    return study.runs_dir / "scores" / f"{tag}-{short_hash({'scoring': scoring, 'data': study.data_spec()})}"
-
-
-def read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-# ----------------------------------------------------------------------------- data
-def sample_data(study: Study) -> dict:
-    """Draw the training and held-out samples (seeded) and write them once; returns their paths."""
-    import numpy as np
-
-    from tokenseek.data import load_records
-
-    folder = data_dir(study)
-    meta_file = folder / "sample.json"
-    meta = read_json(meta_file)
-    if "generator" in study.data_spec():
-        return generate_data(study, folder, meta)
-    if meta and meta.get("spec") == study.data_spec() and (folder / "train.json").is_file():
-        return meta
-    spec = study.data_spec()
-    records = load_records(spec["path"], fields=spec["fields"])
-    n_train = spec["sample"] if spec["sample"] is not None else len(records) - spec["heldout"]
-    if n_train < 1 or n_train + spec["heldout"] > len(records):
-        raise TokenSeekError(
-            f"{spec['path']} has {len(records)} usable records, too few for data.sample {spec['sample']} + data.heldout {spec['heldout']}"
-        )
-    order = np.random.default_rng(spec["seed"]).permutation(len(records)).tolist()
-    train_idx, held_idx = order[:n_train], order[n_train : n_train + spec["heldout"]]
-    train = [records[i] for i in train_idx]
-    held = [records[i] for i in held_idx]
-    write_json(folder / "train.json", train)
-    if held:
-        write_json(folder / "heldout.json", held)
-    meta = {
-        "spec": spec,
-        "source_records": len(records),
-        "train_file": str(folder / "train.json"),
-        "heldout_file": str(folder / "heldout.json") if held else None,
-        "train_records": len(train),
-        "heldout_records": len(held),
-        "train_indices_sha": short_hash(train_idx),
-        "heldout_indices_sha": short_hash(held_idx),
-    }
-    write_json(meta_file, meta)  # last: its presence means both files are complete
-    return meta
-
-
-def generate_data(study: Study, folder: Path, meta: dict | None) -> dict:
-    """Write a generator's train and test splits once (the test split is the held-out data).
-
-    Generating is instant, so it is redone on every start and compared with what the study's
-    runs were trained on: a generator whose code changed must not silently mix two datasets.
-    """
-    from tokenseek.data.generators import generate_splits
-
-    spec = study.data_spec()
-    train, test = generate_splits(spec["generator"], spec["train"], spec["test"], spec["seed"])
-    shas = {"train_sha": short_hash(train), "heldout_sha": short_hash(test)}
-    if meta and meta.get("spec") == spec and (folder / "train.json").is_file():
-        if {k: meta.get(k) for k in shas} != shas:
-            raise TokenSeekError(
-                f"the {spec['generator']} generator now writes other records than the ones in {folder} (its code changed): "
-                f"delete {folder} and the study's results to start over, or restore the generator"
-            )
-        return meta
-    write_json(folder / "train.json", train)
-    if test:
-        write_json(folder / "heldout.json", test)
-    meta = {
-        "spec": spec,
-        "source_records": len(train) + len(test),
-        "train_file": str(folder / "train.json"),
-        "heldout_file": str(folder / "heldout.json") if test else None,
-        "train_records": len(train),
-        "heldout_records": len(test),
-        **shas,
-    }
-    write_json(folder / "sample.json", meta)  # last: its presence means both files are complete
-    return meta
-
-
 # ----------------------------------------------------------------------------- bookkeeping
-@contextlib.contextmanager
-def timed(folder: Path, stage: str):
-    """Add this stage's wall time to ``folder/timings.json``, also when interrupted."""
-    started = time.time()
-    try:
-        yield
-    finally:
-        file = folder / "timings.json"
-        timings = read_json(file) or {}
-        timings[stage] = round(timings.get(stage, 0.0) + time.time() - started, 2)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(file, timings)
-
-
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -214,30 +87,6 @@ def train_config(study: Study, cell: Cell, data: dict, scores: Path | None) -> T
         data=data["train_file"],
         heldout=0.0,
         scores=str(scores) if scores else None,
-    )
-
-
-# ----------------------------------------------------------------------------- status
-def cell_status(study: Study, cell: Cell) -> str:
-    """finished | stale (finished under another config) | trained | training (step N) | todo
-    (``run_study`` adds "running" for a cell another process holds)."""
-    done = read_json(result_path(study, cell))
-    if done is not None:
-        return "finished" if is_current(study, cell, done) else "stale"
-    folder = train_dir(study, cell)
-    if (folder / "train_summary.json").is_file() or not cell.train:
-        return "trained" if cell.train else "todo"
-    steps = [int(p.name.split("-")[-1]) for p in (folder / "checkpoints").glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    return f"training (checkpoint at step {max(steps)})" if steps else "todo"
-
-
-def is_current(study: Study, cell: Cell, result: dict) -> bool:
-    """Was this result written for the cell, data and evaluation the config asks for now?"""
-    same = lambda a, b: json.loads(json.dumps(a)) == json.loads(json.dumps(b))  # noqa: E731
-    return (
-        same(result.get("cell"), cell.identity())
-        and same((result.get("data") or {}).get("spec"), study.data_spec())
-        and same(eval_identity(result.get("eval")), eval_identity(study.eval))
     )
 
 
@@ -336,132 +185,6 @@ def _selection_config(params: dict):
     from tokenseek.train.recipe import TrainConfig
 
     return TrainConfig(**{k: v for k, v in params.items() if k in TrainConfig.field_names()})
-
-
-def evaluate_cell(study: Study, cell: Cell, data: dict, progress) -> dict:
-    """Held-out loss and exact match (per example, so pairs of cells can be compared) and lm-eval
-    tasks; each is kept in the cell's run folder and reused by any later run of the cell."""
-    folder = run_dir(study, cell)
-    files = _evaluation_files(study)
-    missing = {kind: name for kind, name in files.items() if read_json(folder / name) is None}
-    if missing:
-        _run_evaluations(study, cell, data, missing, progress)
-        gc.collect()  # the model it loaded, before the next cell loads its own
-    timings = read_json(folder / "timings.json") or {}
-    out: dict = {"wall_time_s": {_TIMING_KEYS[kind]: timings.get(_stage(name)) for kind, name in files.items()}}
-    out.update({kind: read_json(folder / name) for kind, name in files.items()})
-    return out
-
-
-# The cell result's key for each evaluation's wall time.
-_TIMING_KEYS = {"heldout": "eval_heldout", "exact_match": "eval_exact_match", "benchmarks": "eval_tasks"}
-
-
-def _evaluation_files(study: Study) -> dict[str, str]:
-    """The study's evaluations and the file each is kept in, named by its settings (the run
-    folder already fixes model and data), in the order they run."""
-    ev = study.eval
-    files = {}
-    if ev["heldout"]:
-        files["heldout"] = f"eval_heldout-{short_hash({'limit': ev['heldout_limit']})}.json"
-    if ev["exact_match"]:
-        files["exact_match"] = f"eval_exact_match-{short_hash({k: ev[k] for k in ('exact_match_limit', 'exact_match_max_new_tokens')})}.json"
-    if ev["tasks"]:
-        files["benchmarks"] = f"eval_tasks-{short_hash({k: ev[k] for k in ('tasks', 'limit', 'num_fewshot', 'data_dir')})}.json"
-    return files
-
-
-def _stage(file_name: str) -> str:
-    return file_name[: -len(".json")]
-
-
-def _run_evaluations(study: Study, cell: Cell, data: dict, todo: dict[str, str], progress) -> None:
-    """Load the cell's model once and run the evaluations in ``todo`` (kind -> file), each timed."""
-    from tokenseek.eval.model import load_for_eval
-
-    ev, folder = study.eval, run_dir(study, cell)
-    selection = None
-    if "benchmarks" in todo:  # before the slow model load: a missing task file fails fast
-        from tokenseek.eval.harness import select_tasks
-
-        selection = select_tasks(ev["tasks"], data_dir=ev["data_dir"], limit=ev["limit"], num_fewshot=ev["num_fewshot"])
-    if cell.train:
-        model, tokenizer, info = load_for_eval(str(train_dir(study, cell)))  # a QLoRA run is found to be one
-    else:
-        model, tokenizer, info = load_for_eval(cell.params.get("model"), quantize=cell.quantize)
-
-    def benchmarks() -> dict:
-        from tokenseek.eval.harness import evaluate_tasks
-
-        return evaluate_tasks(model, tokenizer, selection, batch_size=ev["batch_size"])
-
-    jobs = {
-        "heldout": (f"held-out loss of {cell.name}", lambda: heldout_per_example(model, tokenizer, study, cell, data)),
-        "exact_match": (f"exact match of greedy answers of {cell.name}", lambda: exact_match_records(model, tokenizer, study, cell, data)),
-        "benchmarks": (f"lm-eval {', '.join(ev['tasks'] or [])} (limit {ev['limit']}) on {cell.name}", benchmarks),
-    }
-    for kind, name in todo.items():
-        label, run = jobs[kind]
-        progress(f"  {label}")
-        with timed(folder, _stage(name)):
-            write_json(folder / name, {**run(), "loaded": info})
-
-
-def exact_match_records(model, tokenizer, study: Study, cell: Cell, data: dict) -> dict:
-    """Exact match of greedy answers on the held-out records, with a per-task breakdown when
-    the records name their task (generated data does)."""
-    from tokenseek.data import load_records
-    from tokenseek.eval.exact_match import exact_match
-
-    ev = study.eval
-    records = load_records(data["heldout_file"], limit=ev["exact_match_limit"])
-    raw = (read_json(Path(data["heldout_file"])) or [])[: len(records)]
-    # load_records drops records without an answer; the raw task names line up only if none was dropped.
-    aligned = len(raw) == len(records) and all(isinstance(r, dict) and "task" in r and r.get("output") == x["output"] for r, x in zip(raw, records))
-    return exact_match(
-        model,
-        tokenizer,
-        records,
-        template=cell.params.get("template", "alpaca"),
-        max_new_tokens=ev["exact_match_max_new_tokens"],
-        batch_size=ev["batch_size"],
-        tasks=[r["task"] for r in raw] if aligned else None,
-    )
-
-
-def heldout_per_example(model, tokenizer, study: Study, cell: Cell, data: dict) -> dict:
-    """``heldout_loss`` record by record: the token-weighted total equals one call on all
-    records, and the per-example values give paired standard errors between cells."""
-    from tokenseek.data import load_records
-    from tokenseek.eval.heldout import heldout_loss
-
-    records = load_records(data["heldout_file"], limit=study.eval["heldout_limit"])
-    template = cell.params.get("template", "alpaca")
-    max_length = cell.params.get("max_length", 512)
-    losses, tokens, skipped = [], [], 0
-    for record in records:
-        try:
-            r = heldout_loss(model, tokenizer, [record], template=template, max_length=max_length, batch_size=1)
-        except TokenSeekError:  # no response token left within max_length
-            skipped += 1
-            losses.append(None)
-            tokens.append(0)
-            continue
-        losses.append(r["loss"])
-        tokens.append(r["tokens"])
-    total = sum(t for t in tokens)
-    loss = sum(l * t for l, t in zip(losses, tokens) if l is not None) / max(total, 1)
-    return {
-        "records": len(records),
-        "examples": len(records) - skipped,
-        "tokens": total,
-        "loss": loss,
-        "perplexity": math.exp(loss) if loss < 700 else math.inf,
-        "template": template,
-        "max_length": max_length,
-        "per_example_loss": [None if l is None else round(l, 6) for l in losses],
-        "per_example_tokens": tokens,
-    }
 
 
 # ----------------------------------------------------------------------------- the job
