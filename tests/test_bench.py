@@ -93,7 +93,7 @@ def test_plan_from_bench_picks_a_ratio(bench_dir, capsys):
 
 def test_ratio_for_budget_end_to_end(tiny_model):
     from tokenseek.bench.planner import ratio_for_budget
-    from tokenseek.train.recipe import TrainConfig
+    from tokenseek.train.config import TrainConfig
 
     cfg = TrainConfig(model=tiny_model, peft="lora", batch_size=1, memory_budget="2GiB")
     assert ratio_for_budget(cfg, 64) == 1.0
@@ -101,7 +101,7 @@ def test_ratio_for_budget_end_to_end(tiny_model):
 
 def test_ratio_for_budget_names_smallest_peak(monkeypatch):
     from tokenseek.bench import planner
-    from tokenseek.train.recipe import TrainConfig
+    from tokenseek.train.config import TrainConfig
 
     # peak = 100 MiB + 1000 MiB x ratio
     monkeypatch.setattr(planner, "measure_peaks", lambda *a, **k: {1.0: 1100 * 2**20, 0.1: 200 * 2**20})

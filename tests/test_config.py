@@ -9,7 +9,8 @@ import pytest
 from tokenseek.cli.main import main, parse_args
 from tokenseek.cli.train import config_from_args
 from tokenseek.errors import TokenSeekError
-from tokenseek.train.recipe import TrainConfig, training_arguments, validate
+from tokenseek.train.config import TrainConfig, validate
+from tokenseek.train.recipe import training_arguments
 from tokenseek.utils.options import default_text, field_of, flag_name, options
 
 
@@ -227,7 +228,7 @@ def test_experiment_defaults_come_from_trainconfig():
 
 def test_docs_options_table_matches_trainconfig():
     """docs/TRAINING.md holds the generated table; regenerate it with
-    python3 -c "from tokenseek.cli.config import options_table; from tokenseek.train.recipe import TrainConfig; print(options_table(TrainConfig))"
+    python3 -c "from tokenseek.cli.config import options_table; from tokenseek.train.config import TrainConfig; print(options_table(TrainConfig))"
     """
     from pathlib import Path
 
@@ -285,7 +286,7 @@ def test_every_entry_point_defaults_to_the_cli_selection():
     ],
 )
 def test_options_a_run_never_reads_are_named(settings, ignored):
-    from tokenseek.train.recipe import ignored_options
+    from tokenseek.train.config import ignored_options
 
     lines = ignored_options(TrainConfig(**settings))
     assert {line.split()[0] for line in lines} == ignored
@@ -301,7 +302,7 @@ def _saved_peft_config(folder, cls_name: str, **fields):
 
 def test_peft_config_file_becomes_the_adapter_options(tmp_path):
     """A saved config's method and fields, read back independently of how peft wrote them."""
-    from tokenseek.train.recipe import with_peft_file
+    from tokenseek.train.config import with_peft_file
 
     folder = _saved_peft_config(tmp_path / "lora", "LoraConfig", r=4, lora_alpha=32, lora_dropout=0.0, target_modules=["v_proj", "q_proj"], use_rslora=True)
     cfg = with_peft_file(TrainConfig(peft_config=str(folder)))

@@ -387,7 +387,7 @@ def test_library_run_eval_writes_what_the_cli_writes(tiny_dir, tmp_path, capsys)
 
 def test_eval_shares_trains_example_settings():
     from tokenseek.eval import EvalConfig
-    from tokenseek.train.recipe import TrainConfig
+    from tokenseek.train.config import TrainConfig
 
     for name in ("model", "fields", "template", "max_length", "dtype"):
         assert getattr(EvalConfig(), name) == getattr(TrainConfig(), name), name

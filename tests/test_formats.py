@@ -253,7 +253,7 @@ def test_each_format_trains_a_tiny_model(tmp_path, tiny_model_dir, fmt):
 
 
 def test_auto_format_keeps_old_run_identity():
-    from tokenseek.train.recipe import TrainConfig
+    from tokenseek.train.config import TrainConfig
 
     assert not {"format", "split", "subset"} & set(TrainConfig().identity())
     assert TrainConfig(format="messages", split="train_sft", subset="x").identity()["split"] == "train_sft"

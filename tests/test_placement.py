@@ -139,7 +139,7 @@ def test_train_cli_bf16_end_to_end(tmp_path, tiny_model_dir, data_file):
 
 def test_auto_dtype_keeps_recorded_runs_resumable():
     from tokenseek.models.placement import resolve_dtype
-    from tokenseek.train.recipe import TrainConfig
+    from tokenseek.train.config import TrainConfig
 
     assert resolve_dtype("auto", "cpu") == torch.float32  # no GPU: runs stay fp32, as before --dtype existed
     assert "dtype" not in TrainConfig(dtype="fp32").identity()

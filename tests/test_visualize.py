@@ -323,7 +323,7 @@ def test_visualize_config_refuses_what_it_cannot_show(settings, message):
 
 def test_visualize_shares_trains_data_and_selection_settings():
     from tokenseek.cli.common import DATA_OPTIONS, MODEL_OPTIONS, SELECTION_OPTIONS
-    from tokenseek.train.recipe import TrainConfig
+    from tokenseek.train.config import TrainConfig
     from tokenseek.visualize import VisualizeConfig
 
     for name in MODEL_OPTIONS + DATA_OPTIONS + SELECTION_OPTIONS:

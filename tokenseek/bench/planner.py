@@ -207,7 +207,7 @@ def plan_from_bench(doc: dict, budget: int, peft: str | None = None, seq_len: in
 def ratio_for_budget(cfg, max_seq_len: int) -> float:
     """The largest ratio whose predicted peak fits ``cfg.memory_budget`` for training ``cfg`` on ``max_seq_len`` tokens.
 
-    ``cfg`` is a :class:`tokenseek.train.recipe.TrainConfig`. Raises :class:`TokenSeekError`
+    ``cfg`` is a :class:`tokenseek.train.config.TrainConfig`. Raises :class:`TokenSeekError`
     naming the smallest predicted peak when no ratio fits.
     """
     budget = parse_budget(cfg.memory_budget)

@@ -1,6 +1,6 @@
 """Argument groups other jobs share with ``tokenseek train``.
 
-They are built from :class:`tokenseek.train.recipe.TrainConfig`'s fields, so a flag means the
+They are built from :class:`tokenseek.train.config.TrainConfig`'s fields, so a flag means the
 same thing, with the same default and help, in every command.
 """
 
@@ -19,14 +19,14 @@ SHARED_OPTIONS = MODEL_OPTIONS + DATA_OPTIONS + SELECTION_OPTIONS + PRECISION_OP
 
 
 def _add(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
-    from tokenseek.train.recipe import TrainConfig
+    from tokenseek.train.config import TrainConfig
 
     add_options(p, TrainConfig, only=names, suppress=False)
 
 
 def check_shared_args(args: argparse.Namespace) -> None:
     """The choices and ranges of the train options a command shares (``score --max-length 1``, ``bench --lora-r 0``)."""
-    from tokenseek.train.recipe import TrainConfig
+    from tokenseek.train.config import TrainConfig
     from tokenseek.utils.options import check_values
 
     check_values(TrainConfig, {name: getattr(args, name) for name in SHARED_OPTIONS if hasattr(args, name)})
@@ -57,7 +57,7 @@ def adapter_from_args(args: argparse.Namespace, pefts: list[str]) -> tuple[list[
     and the ``add_adapter_args`` flags (``--peft-arg`` parsed; ``--peft-config``'s method and
     settings, as ``train`` reads them), checked for every method before anything is measured."""
     from tokenseek.models.adapters import adapter_kwargs, peft_config
-    from tokenseek.train.recipe import TrainConfig, with_peft_file
+    from tokenseek.train.config import TrainConfig, with_peft_file
 
     given = _adapter_settings(args, ADAPTER_OPTIONS)
     methods, kwargs = list(pefts), adapter_kwargs(argparse.Namespace(**given))
@@ -77,7 +77,7 @@ def adapter_from_args(args: argparse.Namespace, pefts: list[str]) -> tuple[list[
 def unread_adapter_args(args: argparse.Namespace, reason: str) -> list[str]:
     """A warning line for each ``add_adapter_args`` flag set away from its default, for a job
     that builds no adapter (``plan --from-bench`` reads the settings the bench ran with)."""
-    from tokenseek.train.recipe import TrainConfig
+    from tokenseek.train.config import TrainConfig
     from tokenseek.utils.options import ignored
 
     names = ("peft_config",) + ADAPTER_OPTIONS

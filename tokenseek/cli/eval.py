@@ -13,7 +13,7 @@ from tokenseek.cli.common import add_dtype_arg, add_model_args
 def register(sub) -> None:
     from tokenseek.cli.config import add_options
     from tokenseek.eval.config import EvalConfig
-    from tokenseek.train.recipe import TrainConfig
+    from tokenseek.train.config import TrainConfig
 
     p = sub.add_parser(
         "eval",

@@ -1,4 +1,4 @@
-"""``tokenseek train``: flags and YAML keys come from :class:`tokenseek.train.recipe.TrainConfig`."""
+"""``tokenseek train``: flags and YAML keys come from :class:`tokenseek.train.config.TrainConfig`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from tokenseek.cli.config import add_options, resolve
 
 
 def register(sub) -> None:
-    from tokenseek.train.recipe import TrainConfig
+    from tokenseek.train.config import TrainConfig
 
     p = sub.add_parser(
         "train",
@@ -24,7 +24,7 @@ def register(sub) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig for parsed ``tokenseek train`` arguments (defaults < --config YAML < given flags)."""
-    from tokenseek.train.recipe import TrainConfig, trainer_arg_name
+    from tokenseek.train.config import TrainConfig, trainer_arg_name
 
     return resolve(TrainConfig, args, extra=("trainer_args", trainer_arg_name))
 

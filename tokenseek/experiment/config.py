@@ -91,7 +91,7 @@ COMPARISON_KINDS = ("matches", "beats", "lower_seed_variance")
 
 def train_defaults() -> dict:
     """TrainConfig's defaults for the fields a config may set."""
-    from tokenseek.train.recipe import TrainConfig
+    from tokenseek.train.config import TrainConfig
     from tokenseek.utils.options import defaults
 
     return {k: v for k, v in defaults(TrainConfig).items() if k not in RUNNER_KEYS}
@@ -103,7 +103,7 @@ def effective(params: dict) -> dict:
 
 
 def train_fields() -> set[str]:
-    from tokenseek.train.recipe import TrainConfig
+    from tokenseek.train.config import TrainConfig
 
     return TrainConfig.field_names() - RUNNER_KEYS
 
@@ -476,7 +476,7 @@ def _validate_cell(path: Path, cell: Cell) -> None:
     if not cell.train:
         return
     from tokenseek.seeking.config import ScoreConfig
-    from tokenseek.train.recipe import TrainConfig, validate
+    from tokenseek.train.config import TrainConfig, validate
 
     try:
         ScoreConfig(grad_layer=cell.params["grad_layer"], grad_mode=cell.params["grad_mode"])  # checks their choices

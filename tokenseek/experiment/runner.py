@@ -41,7 +41,8 @@ from tokenseek.experiment.cells import (
 from tokenseek.experiment.config import SCORING_KEYS, Cell, Study
 from tokenseek.experiment.data import sample_data
 from tokenseek.experiment.evaluate import evaluate_cell
-from tokenseek.train.recipe import TrainConfig, run_train
+from tokenseek.train.config import TrainConfig
+from tokenseek.train.recipe import run_train
 from tokenseek.utils.io import file_lock, write_json
 
 logger = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ def selection_stats(cell: Cell, data: dict, scores: Path | None, summary: dict |
 
 
 def _selection_config(params: dict):
-    from tokenseek.train.recipe import TrainConfig
+    from tokenseek.train.config import TrainConfig
 
     return TrainConfig(**{k: v for k, v in params.items() if k in TrainConfig.field_names()})
 

@@ -5,7 +5,7 @@ __all__ = ["TokenSeekTrainer"]
 
 def __getattr__(name: str):
     # Lazy: importing transformers' Trainer takes seconds, and every CLI call builds the
-    # train parser from tokenseek.train.recipe.TrainConfig.
+    # train parser from tokenseek.train.config.TrainConfig.
     if name == "TokenSeekTrainer":
         from tokenseek.train.trainer import TokenSeekTrainer
 
