@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -237,6 +238,23 @@ def test_docs_options_table_matches_trainconfig():
     docs = (Path(__file__).parent.parent / "docs" / "TRAINING.md").read_text()
     assert options_table(TrainConfig) in docs
     assert docs.count("| `--") == len(options(TrainConfig))  # no stale row left beside the table
+
+
+def test_library_jobs_are_importable_as_the_docs_show():
+    """The import lines of docs/TRAINING.md, docs/RESULTS.md, docs/EVAL.md and docs/VISUALIZE.md
+    name the classes the commands are built from (not copies)."""
+    import tokenseek.experiment.job
+    import tokenseek.train.config
+    import tokenseek.train.recipe
+    from tokenseek.experiment import ExperimentOptions, run_experiments
+    from tokenseek.train import TrainConfig as Train
+    from tokenseek.train import run_train
+
+    assert Train is tokenseek.train.config.TrainConfig and run_train is tokenseek.train.recipe.run_train
+    assert ExperimentOptions is tokenseek.experiment.job.ExperimentOptions and run_experiments is tokenseek.experiment.job.run_experiments
+    docs = Path(__file__).parent.parent / "docs"
+    assert "from tokenseek.train import TrainConfig, run_train" in (docs / "TRAINING.md").read_text()
+    assert "from tokenseek.experiment import ExperimentOptions, run_experiments" in (docs / "RESULTS.md").read_text()
 
 
 def test_every_entry_point_defaults_to_the_cli_selection():

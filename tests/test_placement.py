@@ -31,6 +31,12 @@ def _cosines(a: dict, b: dict) -> dict[str, float]:
 
 
 # The bf16 tests also run on a GPU when there is one (the lead engineer's CUDA check).
+# How close (cosine, per parameter) bf16-computed gradients must come to the fp32 reference. CPU
+# bf16 matmul kernels differ by machine (AMX, AVX-512 BF16): the lowest cosine of the Llama
+# full fine-tuning case was 0.99886 on one of our machines and above 0.999 on another. Plain
+# (all-token) bf16 gradients, the wrong answer, stay below 0.2 on the same inputs.
+BF16_COSINE = 0.998
+
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 
 
@@ -95,7 +101,7 @@ def test_bf16_lora_gradients_match_fp32_reference(arch, device):
     got = _ditched(bf16, input_ids, attention_mask, labels, keep, autocast=True)
     want = _reference(fp32, input_ids, attention_mask, labels, keep)
     cos = _cosines(got, want)
-    assert min(cos.values()) >= 0.999, sorted(cos.items(), key=lambda kv: kv[1])[:3]
+    assert min(cos.values()) >= BF16_COSINE, sorted(cos.items(), key=lambda kv: kv[1])[:3]
     # The bound discriminates: plain (all-token) bf16 gradients are a different direction.
     plain = _plain(bf16, input_ids, attention_mask, labels, autocast=True)
     assert min(_cosines(plain, want).values()) < 0.99
@@ -113,7 +119,7 @@ def test_bf16_full_finetuning_gradients_match_fp32_reference(arch, device):
     assert all(p.dtype == torch.float32 for p in model.parameters())
     want = _reference(reference, input_ids, attention_mask, labels, keep)
     cos = _cosines(got, want)
-    assert min(cos.values()) >= 0.999, sorted(cos.items(), key=lambda kv: kv[1])[:3]
+    assert min(cos.values()) >= BF16_COSINE, sorted(cos.items(), key=lambda kv: kv[1])[:3]
     plain = _plain(model, input_ids, attention_mask, labels, autocast=True)
     assert min(_cosines(plain, want).values()) < 0.99
 
@@ -422,4 +428,4 @@ def test_real_flash_attention_2_on_gpu(arch):
     rounded = copy.deepcopy(reference).to(torch.bfloat16).float()  # the same bf16-rounded weights, in fp32
     want = _reference(rounded, input_ids, attention_mask, labels, keep)
     cos = _cosines(got, want)
-    assert min(cos.values()) >= 0.999, sorted(cos.items(), key=lambda kv: kv[1])[:3]
+    assert min(cos.values()) >= BF16_COSINE, sorted(cos.items(), key=lambda kv: kv[1])[:3]
