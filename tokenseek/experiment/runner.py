@@ -108,17 +108,13 @@ def ensure_scores(study: Study, cell: Cell, data: dict, progress) -> Path | None
 
 
 def _score_store(folder: Path, setting: dict, data: dict, progress) -> None:
-    from tokenseek.data import load_records, tokenize_records
     from tokenseek.models import load_model
     from tokenseek.seeking.store import score_dataset
 
     progress(f"  scoring {data['train_records']} examples -> {folder} (layer N-{setting['grad_layer']}, {setting['quantize'] or 'fp32'})")
     with timed(folder.parent, folder.name):
-        records = load_records(data["train_file"])
         model, tokenizer = load_model(setting["model"], quantize=setting["quantize"])
-        tokenized = tokenize_records(
-            records, tokenizer, template=setting["template"], max_length=setting["max_length"], train_on_prompt=setting["train_on_prompt"]
-        )
+        tokenized = _training_data(data, setting, tokenizer)
         score_dataset(
             model,
             tokenizer,
@@ -133,6 +129,17 @@ def _score_store(folder: Path, setting: dict, data: dict, progress) -> None:
         del model
         gc.collect()
     write_json(folder / "setting.json", setting)
+
+
+def _training_data(data: dict, settings: dict, tokenizer):
+    """The study's training records tokenized as ``settings`` (a cell's parameters or a scoring
+    setting: template, max_length, train_on_prompt) say, as the cell's training tokenizes them."""
+    from tokenseek.data import load_records, tokenize_records
+
+    return tokenize_records(
+        load_records(data["train_file"]), tokenizer,
+        template=settings["template"], max_length=settings["max_length"], train_on_prompt=settings["train_on_prompt"],
+    )
 
 
 def train_cell(study: Study, cell: Cell, data: dict, scores: Path | None, progress) -> dict:
@@ -159,7 +166,6 @@ def selection_stats(cell: Cell, data: dict, scores: Path | None, summary: dict |
     if summary and "kept_targets" in summary:
         tally = summary
     else:
-        from tokenseek.data import load_records, tokenize_records
         from tokenseek.experiment.config import effective
         from tokenseek.models import load_tokenizer
         from tokenseek.seeking.store import ScoreStore
@@ -167,9 +173,7 @@ def selection_stats(cell: Cell, data: dict, scores: Path | None, summary: dict |
 
         p = effective(cell.params)
         tokenizer = load_tokenizer(p["model"])
-        tokenized = tokenize_records(
-            load_records(data["train_file"]), tokenizer, template=p["template"], max_length=p["max_length"], train_on_prompt=p["train_on_prompt"]
-        )
+        tokenized = _training_data(data, p, tokenizer)
         store = ScoreStore.open(scores, data=tokenized) if scores else None
         tally = attach_keep(tokenized.examples, _selection_config(p), store).summary()
     return {
