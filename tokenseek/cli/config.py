@@ -40,7 +40,7 @@ def add_options(parser: argparse.ArgumentParser, cls, *, only=None, skip=(), sup
             continue
         default = default_of(f)
         kind = value_type(cls, f.name)
-        if f.metadata.get("positional"):
+        if f.metadata["positional"]:
             _add_positional(sections.get(f.name, parser), cls, f)
             continue
         names = [f"--{flag_name(f)}"]
