@@ -216,6 +216,25 @@ def test_toy_study_stops_resumes_and_reports(tmp_path, tiny_model_dir, data_file
     assert trained == [] and len(scored) == 1
     reused = json.loads((tmp_path / "results" / "toy2" / "same-as-ts.json").read_text())
     assert reused["heldout"] == second["heldout"] and reused["train"] == second["train"]
+    assert (reused["study"], reused["cell"]["name"], reused["shared_from"]) == ("toy2", "same-as-ts", "toy/ts50-s0.json")
+
+    # On a new machine (no run folders, only the committed result files) the result file is reused;
+    # a study that evaluates differently gets no shared result.
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs")
+    for name, evaluation in (("toy3", other["eval"]), ("toy4", {**other["eval"], "heldout_limit": 3})):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**other, "study": name, "results_dir": str(tmp_path / "results" / name), "eval": evaluation}))
+        capsys.readouterr()
+        assert main(["experiment", str(path), "--dry-run"]) == 0
+        plan = capsys.readouterr().out
+        assert ("shared (toy)" in plan) == (name == "toy3"), plan
+    assert main(["experiment", str(tmp_path / "toy3.yaml")]) == 0
+    assert trained == [] and len(scored) == 1
+    third = json.loads((tmp_path / "results" / "toy3" / "same-as-ts.json").read_text())
+    assert third["heldout"] == second["heldout"] and third["shared_from"] == "toy/ts50-s0.json"
+    assert "| same-as-ts (the run of toy) |" in (tmp_path / "RESULTS.md").read_text()
     both = (tmp_path / "RESULTS.md").read_text()
     assert both.count("BEGIN experiment:toy2 -->") == 1 and both.count("BEGIN experiment:toy -->") == 1
     assert both.startswith(report.rstrip("\n"))  # the first study's section is untouched

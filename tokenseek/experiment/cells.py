@@ -12,13 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from tokenseek.experiment.config import (
-    SCORING_KEYS,
-    Cell,
-    Study,
-    eval_identity,
-    short_hash,
-)
+from tokenseek.experiment.config import SCORING_KEYS, Cell, Study, eval_identity, short_hash
 from tokenseek.utils.io import write_json
 
 
@@ -29,11 +23,44 @@ def result_path(study: Study, cell: Cell) -> Path:
 def work_spec(study: Study, cell: Cell) -> dict:
     """What a cell's training and evaluation depend on — not its name or label, so cells of
     different studies with the same settings share one run directory (trained once)."""
+    return _work(cell, study.data_spec())
+
+
+def _work(cell: Cell, data_spec: dict) -> dict:
     params = dict(cell.params)
     if cell.scoring() is None:
         for key in SCORING_KEYS:
             params.pop(key, None)
-    return {"train": cell.train, "params": params, "data": study.data_spec()}
+    return {"train": cell.train, "params": params, "data": data_spec}
+
+
+def _shared_key(work: dict, evaluation: dict | None) -> str:
+    return json.dumps({"work": work, "eval": eval_identity(evaluation)}, sort_keys=True, default=str)
+
+
+def shared_results(study: Study) -> dict[str, Path]:
+    """The result files of the other studies (siblings of ``study.results_dir``), by the work
+    and evaluation they report. A cell of ``study`` with the same key would train and evaluate
+    exactly that run again; ``shared_result`` finds it so the runner reuses the file instead.
+    (Run folders are shared too, but they stay on the machine that made them; result files
+    are committed.)"""
+    index: dict[str, Path] = {}
+    for path in sorted(study.results_dir.parent.glob("*/*.json")):
+        if path.parent == study.results_dir:
+            continue
+        result = read_json(path)
+        identity = result.get("cell") if isinstance(result, dict) else None
+        spec = (result.get("data") or {}).get("spec") if isinstance(result, dict) else None
+        if not isinstance(identity, dict) or spec is None or "params" not in identity:
+            continue
+        donor = Cell(name=identity["name"], label=identity.get("label", ""), params=identity["params"], train=identity.get("train", True))
+        index.setdefault(_shared_key(_work(donor, spec), result.get("eval")), path)
+    return index
+
+
+def shared_result(study: Study, cell: Cell, index: dict[str, Path]) -> Path | None:
+    """Another study's result file for this cell's work and evaluation settings, if any."""
+    return index.get(_shared_key(work_spec(study, cell), study.eval))
 
 
 def run_dir(study: Study, cell: Cell) -> Path:

@@ -285,8 +285,9 @@ def cell_table(study: Study, results: dict[str, dict]) -> str:
         w = (r or {}).get("wall_time_s") or {}
         held = ((r or {}).get("heldout") or {}).get("loss")
         trained = cell.train
+        shared = (r or {}).get("shared_from")
         row = [
-            cell.name,
+            cell.name + (f" (the run of {shared.split('/')[0]})" if shared else ""),
             p.get("selection", "—") if trained else "(base model)",
             f"{p['ratio']:g}" if trained else "—",
             f"{p['alpha']:g},{p['beta']:g}" if trained and p.get("selection") in ("tokenseek", "mixed", "probe") else "—",

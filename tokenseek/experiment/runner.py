@@ -34,6 +34,8 @@ from tokenseek.experiment.cells import (
     read_json,
     result_path,
     run_dir,
+    shared_result,
+    shared_results,
     store_dir,
     timed,
     train_dir,
@@ -233,10 +235,29 @@ def run_cell(study: Study, cell: Cell, data: dict, progress) -> dict:
 RUNNING_ELSEWHERE = "running"  # another process holds the cell's lock
 
 
+def _status(study: Study, cell: Cell, shared: dict[str, Path]) -> str:
+    """``cell_status``, or "shared (STUDY)" for an unfinished cell whose run another study's
+    result file reports (reused, not run again)."""
+    status = cell_status(study, cell)
+    donor = shared_result(study, cell, shared) if status not in ("finished", "stale") else None
+    return f"shared ({donor.parent.name})" if donor else status
+
+
+def reuse_result(study: Study, cell: Cell, donor: Path) -> dict:
+    """This cell's result from another study's file for the same run (same training, data and
+    evaluation settings): its numbers as they are, under this study's name and cell, with
+    ``shared_from`` saying where they came from."""
+    result = read_json(donor)
+    result = {**result, "study": study.study, "cell": cell.identity(), "shared_from": f"{donor.parent.name}/{donor.name}"}
+    write_json(result_path(study, cell), result)
+    return result
+
+
 def run_study(study: Study, only: list[str] | None = None, *, dry_run: bool = False, progress=print) -> dict:
     """Run every (selected) cell that is not finished; returns ``{cell name: status}``."""
     cells = study.select(only)
-    statuses = {c.name: cell_status(study, c) for c in cells}
+    shared = shared_results(study)
+    statuses = {c.name: _status(study, c, shared) for c in cells}
     if dry_run:
         return _show_plan(study, cells, statuses, progress)
     todo = [c for c in cells if statuses[c.name] not in ("finished", "stale")]
@@ -257,14 +278,15 @@ def run_study(study: Study, only: list[str] | None = None, *, dry_run: bool = Fa
         # Several runner processes may work on one study (or on studies sharing runs): each
         # cell is run by whichever takes its lock first; the others move on to the next cell.
         with file_lock(lock_path(run_dir(study, c)), wait=False) as mine:
-            status = cell_status(study, c) if mine else RUNNING_ELSEWHERE
+            status = _status(study, c, shared) if mine else RUNNING_ELSEWHERE
             if status in ("finished", "stale", RUNNING_ELSEWHERE):
                 progress(f"[{i}/{len(todo)}] {c.name}: {status} in another process; skipped")
                 statuses[c.name] = status
                 continue
             progress(f"[{i}/{len(todo)}] {c.name} ({status})")
             started = time.time()
-            result = run_cell(study, c, data, progress)
+            donor = shared_result(study, c, shared)
+            result = reuse_result(study, c, donor) if donor else run_cell(study, c, data, progress)
         held = (result.get("heldout") or {}).get("loss")
         em = (result.get("exact_match") or {}).get("accuracy")
         progress(
@@ -304,7 +326,7 @@ def remaining_estimate(study: Study, cells: list[Cell], statuses: dict) -> str |
             total = ((read_json(result_path(study, c)) or {}).get("wall_time_s") or {}).get("total")
             if total:
                 measured.append(total)
-    left = [c for c in cells if c.train and statuses[c.name] not in ("finished", "stale")]
+    left = [c for c in cells if c.train and statuses[c.name] not in ("finished", "stale") and "shared" not in statuses[c.name]]
     if not measured or not left:
         return None
     mean = sum(measured) / len(measured)
