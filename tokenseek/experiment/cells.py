@@ -44,7 +44,8 @@ def shared_results(study: Study) -> dict[str, Path]:
     exactly that run again; ``shared_result`` finds it so the runner reuses the file instead.
     (Run folders are shared too, but they stay on the machine that made them; result files
     are committed.)"""
-    index: dict[str, Path] = {}
+    originals: dict[str, Path] = {}
+    copies: dict[str, Path] = {}
     for path in sorted(study.results_dir.parent.glob("*/*.json")):
         if path.parent == study.results_dir:
             continue
@@ -54,8 +55,9 @@ def shared_results(study: Study) -> dict[str, Path]:
         if not isinstance(identity, dict) or spec is None or "params" not in identity:
             continue
         donor = Cell(name=identity["name"], label=identity.get("label", ""), params=identity["params"], train=identity.get("train", True))
-        index.setdefault(_shared_key(_work(donor, spec), result.get("eval")), path)
-    return index
+        found = copies if result.get("shared_from") else originals  # the study that ran it, where there is one
+        found.setdefault(_shared_key(_work(donor, spec), result.get("eval")), path)
+    return {**copies, **originals}
 
 
 def shared_result(study: Study, cell: Cell, index: dict[str, Path]) -> Path | None:

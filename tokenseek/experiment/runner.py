@@ -248,7 +248,8 @@ def reuse_result(study: Study, cell: Cell, donor: Path) -> dict:
     evaluation settings): its numbers as they are, under this study's name and cell, with
     ``shared_from`` saying where they came from."""
     result = read_json(donor)
-    result = {**result, "study": study.study, "cell": cell.identity(), "shared_from": f"{donor.parent.name}/{donor.name}"}
+    origin = result.get("shared_from") or f"{donor.parent.name}/{donor.name}"  # the study that ran it
+    result = {**result, "study": study.study, "cell": cell.identity(), "shared_from": origin}
     write_json(result_path(study, cell), result)
     return result
 
