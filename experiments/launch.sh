@@ -6,7 +6,8 @@
 #   bash experiments/launch.sh "experiments/shortanswer.yaml experiments/alpha_beta.yaml" \
 #                              "experiments/targets_first.yaml experiments/ratio_sweep.yaml"
 #
-# Before it moves a work tree to this commit it copies the cell JSONs finished there back into
+# A queue given as - leaves that process alone (bash experiments/launch.sh - "B.yaml" restarts
+# only process 2). Before it moves a work tree to this commit it copies the cell JSONs finished there back into
 # this checkout's experiments/results/ (cp -n: nothing here is overwritten); run
 #   bash experiments/launch.sh --collect
 # to do only that (before committing results). Logs: ../tokenseek-runs/study<N>.log. Runs,
@@ -36,6 +37,7 @@ if [[ $1 == --collect ]]; then
   exit 0
 fi
 for queue in "$@"; do
+  [[ $queue == - ]] && continue
   for config in $queue; do
     [[ -f $config ]] || { echo "launch.sh: no study config $config" >&2; exit 2; }
   done
@@ -46,6 +48,7 @@ mkdir -p ../tokenseek-runs
 n=0
 for queue in "$@"; do
   n=$((n + 1))
+  [[ $queue == - ]] && continue
   tree=$(realpath -m "../study$n")
   for pid in $(pgrep -f "tokenseek experiment" || true); do
     if [[ "$(readlink "/proc/$pid/cwd")" == "$tree" ]]; then
