@@ -15,6 +15,7 @@ MODEL_OPTIONS = ("model",)
 DATA_OPTIONS = ("data", "format", "split", "subset", "fields", "limit", "template", "max_length", "train_on_prompt")
 SELECTION_OPTIONS = ("ratio", "alpha", "beta", "select_from")
 PRECISION_OPTIONS = ("dtype",)
+ADAPTER_FLAGS = ("peft_config",) + ADAPTER_OPTIONS  # what add_adapter_args adds
 SHARED_OPTIONS = MODEL_OPTIONS + DATA_OPTIONS + SELECTION_OPTIONS + PRECISION_OPTIONS + ADAPTER_OPTIONS
 
 
@@ -49,7 +50,7 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_adapter_args(p: argparse.ArgumentParser) -> None:
-    _add(p, ("peft_config",) + ADAPTER_OPTIONS)
+    _add(p, ADAPTER_FLAGS)
 
 
 def adapter_from_args(args: argparse.Namespace, pefts: list[str]) -> tuple[list[str], dict]:
@@ -80,8 +81,7 @@ def unread_adapter_args(args: argparse.Namespace, reason: str) -> list[str]:
     from tokenseek.train.config import TrainConfig
     from tokenseek.utils.options import ignored
 
-    names = ("peft_config",) + ADAPTER_OPTIONS
-    return ignored(TrainConfig(**_adapter_settings(args, names)), dict.fromkeys(names, reason))
+    return ignored(TrainConfig(**_adapter_settings(args, ADAPTER_FLAGS)), dict.fromkeys(ADAPTER_FLAGS, reason))
 
 
 def _adapter_settings(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
