@@ -350,6 +350,12 @@ def test_committed_study_configs_load_and_share_runs():
         return next(c for c in studies[study].cells if c.name == name)
 
     assert train_dir(studies["equal_time"], cell("equal_time", "full-s0")) == train_dir(studies["alpaca"], cell("alpaca", "full-s0"))
+    # alpha_beta_targets copies Study A's settings: its (1,1) row is Study A's run, its (0,1) row is new.
+    for name in ("full-s1", "targets-random10-s2", "targets-tokenseek10-a1b1-s0", "targets-tokenseek10-a1b0-s2"):
+        assert train_dir(studies["alpha_beta_targets"], cell("alpha_beta_targets", name)) == train_dir(studies["alpaca"], cell("alpaca", name))
+    assert train_dir(studies["alpha_beta_targets"], cell("alpha_beta_targets", "targets-tokenseek10-a0b1-s0")) not in {
+        train_dir(studies["alpaca"], c) for c in studies["alpaca"].cells if c.train
+    }
     # More epochs is a different run, never a reused one.
     assert train_dir(studies["equal_time"], cell("equal_time", "equal-tokenseek10-a1b0-s0")) != train_dir(
         studies["alpaca"], cell("alpaca", "targets-tokenseek10-a1b0-s0")
