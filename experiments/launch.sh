@@ -5,6 +5,7 @@
 #
 #   bash experiments/launch.sh "experiments/shortanswer.yaml experiments/alpha_beta.yaml" \
 #                              "experiments/targets_first.yaml experiments/ratio_sweep.yaml"
+#   bash experiments/launch.sh        # the queues of experiments/queues.txt, one line per process
 #
 # A queue given as - leaves that process alone (bash experiments/launch.sh - "B.yaml" restarts
 # only process 2). Before it moves a work tree to this commit it copies the cell JSONs finished there back into
@@ -27,8 +28,12 @@ collect() {  # finished cells of every work tree -> this checkout
   done
 }
 
+if [[ $# -eq 0 && -f experiments/queues.txt ]]; then
+  mapfile -t queues < <(grep -v '^[[:space:]]*\(#\|$\)' experiments/queues.txt)
+  set -- "${queues[@]}"
+fi
 if [[ $# -eq 0 ]]; then
-  echo "usage: bash experiments/launch.sh \"A.yaml B.yaml\" [\"C.yaml ...\"]  (one quoted queue per process) | --collect" >&2
+  echo "usage: bash experiments/launch.sh [\"A.yaml B.yaml\" [\"C.yaml ...\"]]  (one quoted queue per process; none: the lines of experiments/queues.txt) | --collect" >&2
   exit 2
 fi
 if [[ $1 == --collect ]]; then
