@@ -558,7 +558,8 @@ def test_rows_with_different_finished_seeds_are_compared_on_the_shared_ones():
 
 
 def test_exact_match_per_task_table_averages_the_seeds(tmp_path):
-    from tokenseek.experiment.report import load_results, rows, task_table, write_report
+    from tokenseek.experiment.report import load_results, rows, write_report
+    from tokenseek.experiment.tasks import task_table
 
     study = _results_only_study(tmp_path, "tasks", [
         {"name": "full-s{seed}", "label": "full-token", "selection": "full", "ratio": 1.0, "grid": {"seed": [0, 1]}},
@@ -582,6 +583,46 @@ def test_exact_match_per_task_table_averages_the_seeds(tmp_path):
     assert lines[3] == "| random 10% | 1 | — | 0.0 |"
     write_report(study)
     assert "<details><summary>Exact match per task</summary>" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_heldout_loss_per_task_of_generated_data(tmp_path):
+    """Each task's loss is token-weighted within a seed and averaged over seeds, and the task
+    of each record comes from the study's generator (records in order); file data gets none."""
+    from tokenseek.data.generators import generate_splits
+    from tokenseek.experiment.config import parse_study
+    from tokenseek.experiment.report import load_results, rows, write_report
+    from tokenseek.experiment.tasks import heldout_task_table, heldout_tasks
+
+    file_study = _results_only_study(tmp_path, "file", [{"name": "full-s0", "label": "full-token", "selection": "full", "ratio": 1.0}])
+    assert heldout_tasks(file_study) is None
+    study = parse_study({
+        "study": "gen",
+        "data": {"generator": "shortanswer", "train": 4, "test": 8, "seed": 3},
+        "results_dir": str(tmp_path / "results"),
+        "runs_dir": str(tmp_path / "runs"),
+        "eval": {"heldout": True},
+        "report": {"path": str(tmp_path / "RESULTS.md"), "reference": "full-token"},
+        "cells": [{"name": "full-s{seed}", "label": "full-token", "selection": "full", "ratio": 1.0, "grid": {"seed": [0, 1]}}],
+    }, path=tmp_path / "gen.yaml")
+    tasks = [r["task"] for r in generate_splits("shortanswer", 4, 8, 3)[1]]
+    assert heldout_tasks(study) == tasks and len(set(tasks)) >= 2
+    losses = {"full-s0": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, None], "full-s1": [2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]}
+    tokens = [1, 2, 3, 4, 1, 2, 3, 0]
+    _write_results(study, {name: {"heldout": {"loss": 1.0, "perplexity": 2.7, "per_example_loss": l, "per_example_tokens": tokens}} for name, l in losses.items()})
+
+    def expected(task):  # written out: seed 0's token-weighted mean, seed 1's is 2.0
+        pairs = [(l, t) for l, t, name in zip(losses["full-s0"], tokens, tasks) if name == task and l is not None and t]
+        return (sum(l * t for l, t in pairs) / sum(t for _, t in pairs) + 2.0) / 2 if pairs else 2.0
+
+    table = heldout_task_table(rows(study, load_results(study)), tasks)
+    lines = table.splitlines()
+    names = sorted({name for name, t in zip(tasks, tokens) if t})  # a task with no scored token has no column
+    assert lines[0] == "| setting | runs | " + " | ".join(f"`{t}`" for t in names) + " |"
+    share = [sum(t for t, name in zip(tokens, tasks) if name == task) / sum(tokens) for task in names]
+    assert lines[2] == "| share of answer tokens |  | " + " | ".join(f"{100 * s:.1f} %" for s in share) + " |"
+    assert lines[3] == "| full-token | 2 | " + " | ".join(f"{expected(t):.3f}" for t in names) + " |"
+    write_report(study)
+    assert "<details><summary>Held-out loss per task</summary>" in (tmp_path / "RESULTS.md").read_text()
 
 
 def test_dry_run_estimates_the_time_left_from_finished_cells(tmp_path, capsys):

@@ -19,6 +19,7 @@ from pathlib import Path
 from tokenseek.experiment.cells import read_json, result_path
 from tokenseek.experiment.config import METRICS, Study, effective
 from tokenseek.experiment.figures import loss_figure, ratio_figure
+from tokenseek.experiment.tasks import heldout_task_table, heldout_tasks, task_table
 from tokenseek.experiment.stats import (
     benchmark_summary,
     compare,
@@ -247,31 +248,6 @@ def _main_table_notes(reference: bool, exact_match: bool, benchmarks: bool) -> l
     return notes
 
 
-def task_accuracies(row: dict) -> dict[str, tuple[float, int]]:
-    """``{task: (mean exact match over the row's seeds, seeds)}`` from the per-task breakdown."""
-    per_task: dict[str, list[float]] = {}
-    for _, r in row["done"]:
-        for task, rec in ((r.get("exact_match") or {}).get("per_task") or {}).items():
-            per_task.setdefault(task, []).append(rec["accuracy"])
-    return {task: (mean_of(values), len(values)) for task, values in sorted(per_task.items())}
-
-
-def task_table(table_rows: list[dict]) -> str | None:
-    """Exact match per task (rows × tasks), or None when no cell has a per-task breakdown:
-    shows on which kinds of answer a selection loses or gains, not only the total."""
-    measured = [(row, task_accuracies(row)) for row in table_rows]
-    measured = [(row, acc) for row, acc in measured if acc]
-    if not measured:
-        return None
-    tasks = sorted({task for _, acc in measured for task in acc})
-    head = ["setting", "runs"] + [f"`{t}`" for t in tasks]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row, acc in measured:
-        runs = max(n for _, n in acc.values())
-        lines.append("| " + " | ".join([row["label"], str(runs)] + [_pct(acc[t][0]) if t in acc else "—" for t in tasks]) + " |")
-    return "\n".join(lines) + "\n\nExact match in % per task of the test set (mean over the row's finished seeds)."
-
-
 def cell_table(study: Study, results: dict[str, dict]) -> str:
     head = ["cell", "selection", "ratio", "α,β", "grad layer", "peft", "seed", "steps", "tokens kept", "final loss", "held-out loss", "train s", "eval s"]
     em = study.eval["exact_match"]
@@ -429,6 +405,9 @@ def section(study: Study, results: dict[str, dict], figure: Path | None, report_
     per_task = task_table(table_rows)
     if per_task:
         out += ["<details><summary>Exact match per task</summary>", "", per_task, "", "</details>", ""]
+    per_task = heldout_task_table(table_rows, heldout_tasks(study))
+    if per_task:
+        out += ["<details><summary>Held-out loss per task</summary>", "", per_task, "", "</details>", ""]
     if ratio_plot is not None:
         rel = Path(os.path.relpath(ratio_plot, report_path.parent)).as_posix()
         out += [f"![Quality against ratio, study {study.study}]({rel})", "", (
