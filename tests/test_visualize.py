@@ -284,6 +284,26 @@ def test_summary_over_a_score_store(tiny_dir, data_file, store, tmp_path, tokeni
     _check_png(out / "positions.png")
 
 
+def test_summary_says_where_in_the_answer_the_kept_targets_fall(tiny_dir, data_file, store, tmp_path, tokenizer):
+    """Ranking targets only, every kept position has a target, so the fifths of the answer count
+    them all; keeping every target reproduces the distribution of all targets."""
+    base = ["visualize", "--model", str(tiny_dir), "--data", str(data_file), "--scores", str(store), "--summary", "--select-from", "targets"]
+    data = _tokenized(tokenizer)
+    targets = sum(sum(1 for label in ex["labels"][1:] if label != -100) for ex in data.examples)
+    assert main([*base, "--output", str(tmp_path / "tenth")]) == 0
+    summary = json.loads((tmp_path / "tenth" / "summary.json").read_text())
+    answer = summary["answer_positions"]
+    assert sum(answer["counts"]["all targets"]) == targets
+    for name in ("context", "gradient", "combined"):
+        assert sum(answer["counts"][name]) == summary["share"][name]["kept"] < targets
+    assert "Where in the answer the kept targets fall" in (tmp_path / "tenth" / "summary.md").read_text()
+    assert main([*base, "--ratio", "1.0", "--output", str(tmp_path / "all")]) == 0
+    answer = json.loads((tmp_path / "all" / "summary.json").read_text())["answer_positions"]
+    for name in ("context", "gradient", "combined"):
+        assert answer["counts"][name] == answer["counts"]["all targets"]
+        assert answer["mean"][name] == pytest.approx(answer["mean"]["all targets"])
+
+
 def test_library_run_visualize_writes_what_the_cli_writes(tiny_dir, data_file, store, tmp_path, capsys):
     """`run_visualize(VisualizeConfig(...))` is the CLI's job, the shared data and selection
     settings (--ratio, --select-from here) included."""

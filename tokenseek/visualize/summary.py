@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tokenseek.constants import IGNORE_INDEX
 from tokenseek.errors import TokenSeekError
 from tokenseek.models import DEFAULT_MODEL_NAME
 from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM
@@ -36,6 +37,7 @@ class _Tally:
     occurrences: Counter = field(default_factory=Counter)
     jaccards: dict = field(default_factory=lambda: {key: [] for key in PAIRS})
     pooled: dict = field(default_factory=lambda: {key: [0, 0] for key in PAIRS})  # intersection, union
+    in_answer: dict = field(default_factory=lambda: {name: [] for name in (*NAMES, "all targets")})  # kept targets / (targets-1)
     total_tokens: int = 0
     prompt_tokens: int = 0
     prompt_fractions: list = field(default_factory=list)
@@ -60,6 +62,13 @@ class _Tally:
             if n > p:
                 self.response_kept_fraction[name].append(float(mask[p:].mean()))
             self.counters[name].update(ids[positions].tolist())
+        # Where in the answer a kept target sits: 0 = the position that predicts the first
+        # target token, 1 = the one that predicts the last (what --select-from targets ranks).
+        targets = np.flatnonzero(np.asarray(ex["labels"][1:]) != IGNORE_INDEX)
+        scale = max(len(targets) - 1, 1)
+        self.in_answer["all targets"].append(np.arange(len(targets)) / scale)
+        for name in NAMES:
+            self.in_answer[name].append(np.flatnonzero(masks[name][targets]) / scale)
         for key, (a, b) in PAIRS.items():
             self.jaccards[key].append(_jaccard(masks[a], masks[b]))
             self.pooled[key][0] += int((masks[a] & masks[b]).sum())
@@ -67,6 +76,9 @@ class _Tally:
 
     def positions(self, name: str) -> np.ndarray:
         return np.concatenate(self.relative[name]) if self.relative[name] else np.zeros(0)
+
+    def answer_positions(self, name: str) -> np.ndarray:
+        return np.concatenate(self.in_answer[name]) if self.in_answer[name] else np.zeros(0)
 
 
 # How a summary says where its selections could choose from (--select-from).
@@ -119,6 +131,7 @@ def compute_summary(
         },
         "share": _shares(tally, examples),
         "positions": _position_histograms(tally, bins),
+        "answer_positions": _answer_histograms(tally),
         "overlap": _overlaps(tally),
         "top_tokens": _top_tokens(tally, tokenizer, top),
     }
@@ -164,6 +177,18 @@ def _position_histograms(tally: _Tally, bins: int) -> dict:
         counts[name] = c.tolist()
         density[name] = (c / max(c.sum(), 1) / (edges[1] - edges[0])).tolist()
     return {"bin_edges": edges.tolist(), "density": density, "counts": counts}
+
+
+def _answer_histograms(tally: _Tally, bins: int = 5) -> dict:
+    """Per selection: its kept targets by fifth of the answer (each example's targets scaled
+    to 0..1), against every target: whether a score prefers the start or the end of answers."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    out = {"bin_edges": edges.tolist(), "counts": {}, "mean": {}}
+    for name in (*NAMES, "all targets"):
+        positions = tally.answer_positions(name)
+        out["counts"][name] = np.histogram(positions, bins=edges)[0].tolist()
+        out["mean"][name] = float(positions.mean()) if positions.size else None
+    return out
 
 
 def _overlaps(tally: _Tally) -> dict:
@@ -253,6 +278,24 @@ def summary_markdown(summary: dict) -> str:
     for b in range(len(edges) - 1):
         cells = " | ".join(f"{100 * summary['positions']['counts'][name][b] / totals[name]:.1f} %" for name in names)
         lines.append(f"| {edges[b]:.2f}-{edges[b + 1]:.2f} | {cells} |")
+    answer = summary["answer_positions"]
+    names = list(answer["counts"].keys())
+    lines += [
+        "",
+        "## Where in the answer the kept targets fall",
+        "",
+        "Kept positions with a training target, by fifth of each example's answer (0 = the position that predicts "
+        "the answer's first token, 1 = its last); *all targets* is every target, what a uniform choice would give.",
+        "",
+        "| part of the answer | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    edges = answer["bin_edges"]
+    totals = {name: max(sum(answer["counts"][name]), 1) for name in names}
+    for b in range(len(edges) - 1):
+        cells = " | ".join(f"{100 * answer['counts'][name][b] / totals[name]:.1f} %" for name in names)
+        lines.append(f"| {edges[b]:.1f}-{edges[b + 1]:.1f} | {cells} |")
+    lines.append("| mean | " + " | ".join("-" if answer["mean"][n] is None else f"{answer['mean'][n]:.3f}" for n in names) + " |")
     lines += ["", "## Overlap (Jaccard index of the kept sets)", "", "| pair | mean per example | median | pooled |", "|---|---:|---:|---:|"]
     for key, row in summary["overlap"].items():
         lines.append(f"| {key.replace('_vs_', ' vs ')} | {row['mean_jaccard']:.3f} | {row['median_jaccard']:.3f} | {row['pooled_jaccard']:.3f} |")
