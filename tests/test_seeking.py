@@ -118,6 +118,12 @@ def test_selection_semantics():
     assert pick("gradient") == {8, 0}  # ties in gradient go to the earliest position
     assert pick("tokenseek", alpha=1, beta=1) == {0, 8}  # log 5 + 0 and log 1 + 1 beat log 2
     assert select_keep(10, 0.2, "full").all()
+    # first: the earliest positions, needing no scores; among candidates, the earliest candidates.
+    assert set(np.flatnonzero(select_keep(10, 0.2, "first"))) == {0, 1}
+    answer = np.array([False] * 4 + [True] * 6)
+    assert set(np.flatnonzero(select_keep(10, 0.2, "first", candidates=answer))) == {4, 5}
+    fill = select_keep(10, 0.9, "first", candidates=answer, fill=True)  # 9 = the 6 targets, then positions 0..2
+    assert set(np.flatnonzero(fill)) == set(range(10)) - {3}
     probe = select_keep(10, 0.1, "probe", context=context, gradient=gradient)
     assert probe.sum() == 2  # top 10 % + the 40–50 % band
     assert select_keep(10, 0.2, "random", seed=0, index=0).sum() == 2

@@ -151,7 +151,7 @@ def test_train_cli_writes_a_run_and_refuses_another(tmp_path, capsys, tiny_model
     assert code == 2 and "holds a different run" in err
 
 
-@pytest.mark.parametrize("selection", ["random", "tokenseek"])
+@pytest.mark.parametrize("selection", ["random", "first", "tokenseek"])
 def test_targets_first_trains_every_target_and_spends_the_whole_budget(tmp_path, tiny_model_dir, data_file, selection):
     """--select-from targets-first keeps what targets keeps plus the rest of the budget; all keeps the budget too
     but not every target."""

@@ -12,7 +12,7 @@ import numpy as np
 
 from tokenseek.errors import TokenSeekError
 
-STRATEGIES = ("full", "random", "tokenseek", "context", "gradient", "mixed", "probe")
+STRATEGIES = ("full", "random", "first", "tokenseek", "context", "gradient", "mixed", "probe")
 # (α, β) of the strategies that fix them; the others use the user's --alpha / --beta.
 SCORE_WEIGHTS = {"random": (0.0, 0.0), "context": (1.0, 0.0), "gradient": (0.0, 1.0)}
 # The defaults of every entry point (CLI, TRL trainer, seek(), online seeking, stores, views):
@@ -58,6 +58,8 @@ def unread_settings(strategy: str, ratio: float) -> dict[str, str]:
         return why
     if strategy in SCORE_WEIGHTS:
         return dict.fromkeys(("alpha", "beta"), f"{strategy} selection fixes its own score weights")
+    if strategy == "first":
+        return dict.fromkeys(("alpha", "beta"), "first selection ranks by position, not by score")
     if strategy == "probe":
         return {"ratio": "the probe keeps its own share of the tokens"}
     return {}
@@ -144,6 +146,8 @@ def select_keep(
 
     - ``full``: every token (ordinary training).
     - ``random``: TokenTune — k random tokens, seeded by (seed, example index).
+    - ``first``: the k earliest positions — a positional control for the context score,
+      which favours early tokens (with ``--select-from targets``: the start of the answer).
     - ``context`` / ``gradient`` / ``tokenseek``: top-k by context score, gradient score, or Eq. 5.
     - ``mixed``: top (1-explore)·k by Eq. 5 plus a random explore·k of the rest (paper S7 future work).
     - ``probe``: the misestimation probe of Tab. S11 — the top 10 % by Eq. 5 plus the tokens
@@ -183,6 +187,9 @@ def select_keep(
     if strategy == "random":
         keep[rng.choice(length, size=k, replace=False) if pool is None else rng.choice(pool, size=k, replace=False)] = True
         return keep
+    if strategy == "first":
+        keep[(np.arange(length) if pool is None else pool)[:k]] = True
+        return keep
     score = _ranking_score(strategy, context, gradient, alpha, beta, length, index)
     if pool is not None:  # positions outside the pool rank last and are never taken
         score = np.where(candidates, score, -np.inf)
@@ -217,7 +224,7 @@ def _best_and_band(score: np.ndarray, n: int, top: int, band: tuple[float, float
 
 def _candidates_then_rest(candidates: np.ndarray, budget: int, strategy: str, rng, ranking) -> np.ndarray:
     """Every candidate, and the rest of the budget from the other positions: drawn at random,
-    or the highest of ``ranking()`` (called only when there is a choice to make)."""
+    the earliest (``first``), or the highest of ``ranking()`` (called only when there is a choice)."""
     keep = candidates.copy()
     rest = np.flatnonzero(~candidates)
     extra = budget - int(candidates.sum())
@@ -225,6 +232,8 @@ def _candidates_then_rest(candidates: np.ndarray, budget: int, strategy: str, rn
         keep[rest] = True
     elif strategy == "random":
         keep[rng.choice(rest, size=extra, replace=False)] = True
+    elif strategy == "first":
+        keep[rest[:extra]] = True
     else:
         keep[_top(np.where(candidates, -np.inf, ranking()), extra)] = True
     return keep
