@@ -343,3 +343,20 @@ def test_weight_sample_indices_stay_inside_large_tensors():
         assert len(idx) == min(64, length)
         assert int(idx[0]) == 0 and int(idx[-1]) == length - 1
         assert bool((idx[1:] > idx[:-1]).all())
+
+
+def test_selection_tally_counts_targets_and_where_in_the_answer_they_sit():
+    from tokenseek.seeking.select import SelectionTally
+
+    tally = SelectionTally()
+    labels = [-100, -100, 5, 6, 7, 8]  # positions 1..4 predict the 4 targets
+    tally.add([False, True, False, False, True, False], labels)  # first and last target: 0 and 1
+    tally.add([True, True, True, False, False, False], labels)  # a prompt token, targets 0 and 1/3
+    tally.add([True, False], [-100, 9])  # position 0 predicts the lone target: the middle
+    s = tally.summary()
+    assert (s["examples"], s["tokens_kept"], s["kept_targets"], s["target_positions"]) == (3, 6, 5, 9)
+    assert s["kept_target_answer_position"] == pytest.approx((0 + 1 + 0 + 1 / 3 + 0.5) / 5)
+    assert s["examples_without_kept_target"] == 0
+    empty = SelectionTally()
+    empty.add([True, False], [-100, -100])
+    assert empty.summary()["kept_target_answer_position"] is None and empty.summary()["examples_without_kept_target"] == 1

@@ -183,6 +183,7 @@ def selection_stats(cell: Cell, data: dict, scores: Path | None, summary: dict |
         "kept_positions_with_target": tally["kept_targets"],
         "target_positions": tally["target_positions"],
         "target_fraction_trained": tally["kept_target_share"],
+        "kept_target_answer_position": tally["kept_target_answer_position"],
         "examples_without_kept_target": tally["examples_without_kept_target"],
         "examples": tally["examples"],
     }

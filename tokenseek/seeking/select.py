@@ -248,6 +248,15 @@ def _ranking_score(strategy: str, context, gradient, alpha: float, beta: float, 
     return combined_score(context, gradient, *SCORE_WEIGHTS.get(strategy, (alpha, beta)))
 
 
+def answer_positions(keep: np.ndarray, has_target: np.ndarray) -> np.ndarray:
+    """Where in its answer each kept target sits: the i-th of T targets at i / (T - 1), so 0 is
+    the position that predicts the answer's first token and 1 its last (a lone target: 0.5).
+    Keeping every target, or a uniform choice, averages 0.5."""
+    kept = np.flatnonzero(np.asarray(keep, dtype=bool)[has_target])
+    total = int(np.count_nonzero(has_target))
+    return kept / (total - 1) if total > 1 else np.full(len(kept), 0.5)
+
+
 class SelectionTally:
     """What a selection trains on: kept positions, kept *targets*, and examples left without one.
 
@@ -257,6 +266,7 @@ class SelectionTally:
 
     def __init__(self) -> None:
         self.examples = self.kept = self.tokens = self.kept_targets = self.targets = self.without_target = 0
+        self.answer_position_sum = 0.0  # of the kept targets; see summary()
 
     def add(self, keep, labels) -> None:
         """One example: its bool keep mask and labels over its real tokens (numpy or lists)."""
@@ -269,6 +279,7 @@ class SelectionTally:
         self.kept_targets += kept_targets
         self.targets += int(has_target.sum())
         self.without_target += kept_targets == 0
+        self.answer_position_sum += float(answer_positions(keep, has_target).sum())
 
     def summary(self) -> dict:
         return {
@@ -278,6 +289,9 @@ class SelectionTally:
             "kept_targets": self.kept_targets,
             "target_positions": self.targets,
             "kept_target_share": self.kept_targets / max(self.targets, 1),
+            # 0 = the first target of each answer, 1 = the last; keeping all (or a uniform
+            # choice) gives 0.5, a selection that favours answer starts less.
+            "kept_target_answer_position": self.answer_position_sum / self.kept_targets if self.kept_targets else None,
             "examples_without_kept_target": self.without_target,
             "examples": self.examples,
         }

@@ -380,6 +380,8 @@ def _log_selection(tally) -> None:
         s["tokens_kept"], s["tokens_total"], 100 * s["kept_fraction"], s["kept_targets"], s["target_positions"],
         100 * s["kept_target_share"], s["examples_without_kept_target"], s["examples"],
     )
+    if s["kept_target_answer_position"] is not None:
+        logger.info("kept targets sit at %.2f of their answers on average (0 = first answer token, 1 = last; all: 0.50)", s["kept_target_answer_position"])
     if tally.warning():
         logger.warning(tally.warning())
 

@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tokenseek.constants import IGNORE_INDEX
 from tokenseek.errors import TokenSeekError
 from tokenseek.models import DEFAULT_MODEL_NAME
-from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM
+from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM, answer_positions, target_positions
 from tokenseek.visualize.example import keep_masks, token_texts
 
 NAMES = ("context", "gradient", "combined")
@@ -62,13 +61,10 @@ class _Tally:
             if n > p:
                 self.response_kept_fraction[name].append(float(mask[p:].mean()))
             self.counters[name].update(ids[positions].tolist())
-        # Where in the answer a kept target sits: 0 = the position that predicts the first
-        # target token, 1 = the one that predicts the last (what --select-from targets ranks).
-        targets = np.flatnonzero(np.asarray(ex["labels"][1:]) != IGNORE_INDEX)
-        scale = max(len(targets) - 1, 1)
-        self.in_answer["all targets"].append(np.arange(len(targets)) / scale)
+        has_target = target_positions(ex["labels"])
+        self.in_answer["all targets"].append(answer_positions(has_target, has_target))
         for name in NAMES:
-            self.in_answer[name].append(np.flatnonzero(masks[name][targets]) / scale)
+            self.in_answer[name].append(answer_positions(masks[name], has_target))
         for key, (a, b) in PAIRS.items():
             self.jaccards[key].append(_jaccard(masks[a], masks[b]))
             self.pooled[key][0] += int((masks[a] & masks[b]).sum())
