@@ -73,7 +73,7 @@ class _Tally:
     def positions(self, name: str) -> np.ndarray:
         return np.concatenate(self.relative[name]) if self.relative[name] else np.zeros(0)
 
-    def answer_positions(self, name: str) -> np.ndarray:
+    def kept_in_answer(self, name: str) -> np.ndarray:
         return np.concatenate(self.in_answer[name]) if self.in_answer[name] else np.zeros(0)
 
 
@@ -181,7 +181,7 @@ def _answer_histograms(tally: _Tally, bins: int = 5) -> dict:
     edges = np.linspace(0.0, 1.0, bins + 1)
     out = {"bin_edges": edges.tolist(), "counts": {}, "mean": {}}
     for name in (*NAMES, "all targets"):
-        positions = tally.answer_positions(name)
+        positions = tally.kept_in_answer(name)
         out["counts"][name] = np.histogram(positions, bins=edges)[0].tolist()
         out["mean"][name] = float(positions.mean()) if positions.size else None
     return out
