@@ -12,13 +12,15 @@ def _pct(x) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
-def _table(table_rows: list[dict], per_row: list[dict], fmt, first_rows: list[list[str]] = ()) -> list[str]:
-    """Markdown lines: one column per task, one line per row with a measurement."""
+def _table(table_rows: list[dict], per_row: list[dict], fmt, top_line=None) -> list[str]:
+    """Markdown lines: one column per task, one line per row with a measurement; ``top_line``
+    (the task names -> that line's cells) adds a line above the rows."""
     measured = [(row, values) for row, values in zip(table_rows, per_row) if values]
     tasks = sorted({task for _, values in measured for task in values})
     head = ["setting", "runs"] + [f"`{t}`" for t in tasks]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(cells(tasks)) + " |" for cells in first_rows]
+    if top_line is not None:
+        lines.append("| " + " | ".join(top_line(tasks)) + " |")
     for row, values in measured:
         runs = max(n for _, n in values.values())
         lines.append("| " + " | ".join([row["label"], str(runs)] + [fmt(values[t][0]) if t in values else "—" for t in tasks]) + " |")
@@ -102,8 +104,11 @@ def heldout_task_table(table_rows: list[dict], tasks: list[str] | None) -> str |
         return None
     counts = _answer_tokens(table_rows, tasks)
     total = sum(counts.values()) or 1
-    share = lambda names: ["share of answer tokens", ""] + [_pct(counts.get(t, 0) / total) + " %" for t in names]  # noqa: E731
-    lines = _table(table_rows, per_row, lambda x: "—" if x is None else f"{x:.3f}", [share])
+
+    def share(names: list[str]) -> list[str]:
+        return ["share of answer tokens", ""] + [_pct(counts.get(t, 0) / total) + " %" for t in names]
+
+    lines = _table(table_rows, per_row, lambda x: "—" if x is None else f"{x:.3f}", share)
     return "\n".join(lines) + (
         "\n\nHeld-out loss per task of the test set (token-weighted within a seed, then the mean over the row's finished "
         "seeds); the first line is each task's share of the answer tokens the total loss averages over."
