@@ -25,6 +25,7 @@ from tokenseek.experiment.stats import (
     compare,
     heldout_values,
     mean_of,
+    percent,
     metric_values,
     sd_of,
     variance_ratio_test,
@@ -76,10 +77,6 @@ def _pm(value, noise, digits=4, kind=None):
     if noise is None:
         return _f(value, digits)
     return f"{_f(value, digits)} ± {_f(noise, digits)}" + (f" ({kind})" if kind else "")
-
-
-def _pct(x) -> str:
-    return "—" if x is None else f"{100 * x:.1f}"
 
 
 def _task_names(table_rows: list[dict]) -> list[str]:
@@ -217,7 +214,7 @@ def _heldout_cells(row: dict, ref: dict | None) -> list[str]:
 def _exact_match_cells(row: dict, ref: dict | None) -> list[str]:
     """exact match in % (± seed sd) and, with a reference row, Δ and its 2 SE in points."""
     acc = metric_values(row, "exact_match")
-    cells = [_pm(100 * mean_of(acc), 100 * sd_of(acc), 1, f"sd, n={len(acc)}") if len(acc) >= 2 else _pct(mean_of(acc))]
+    cells = [_pm(100 * mean_of(acc), 100 * sd_of(acc), 1, f"sd, n={len(acc)}") if len(acc) >= 2 else percent(mean_of(acc))]
     if ref is None:
         return cells
     c = None if row is ref or not row["done"] else compare(row, ref, "exact_match")
@@ -278,7 +275,7 @@ def cell_table(study: Study, results: dict[str, dict]) -> str:
             f"{_eval_seconds(w):.0f}" if r else "—",
         ]
         if em:
-            row.insert(-2, _pct(((r or {}).get("exact_match") or {}).get("accuracy")))
+            row.insert(-2, percent(((r or {}).get("exact_match") or {}).get("accuracy")))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -12,6 +12,11 @@ import statistics
 from tokenseek.experiment.config import effective
 
 
+def percent(x) -> str:
+    """A share as a percentage with one decimal (no % sign; "—" when missing), as the tables print it."""
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
 def mean_of(values):
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None

@@ -5,11 +5,7 @@ match and held-out loss per task, so a total can be traced to the kind of answer
 from __future__ import annotations
 
 from tokenseek.experiment.config import Study
-from tokenseek.experiment.stats import mean_of
-
-
-def _pct(x) -> str:
-    return "—" if x is None else f"{100 * x:.1f}"
+from tokenseek.experiment.stats import mean_of, percent
 
 
 def _table(table_rows: list[dict], per_row: list[dict], fmt, top_line=None) -> list[str]:
@@ -42,7 +38,7 @@ def task_table(table_rows: list[dict]) -> str | None:
     per_row = [task_accuracies(row) for row in table_rows]
     if not any(per_row):
         return None
-    lines = _table(table_rows, per_row, _pct)
+    lines = _table(table_rows, per_row, percent)
     return "\n".join(lines) + "\n\nExact match in % per task of the test set (mean over the row's finished seeds)."
 
 
@@ -106,7 +102,7 @@ def heldout_task_table(table_rows: list[dict], tasks: list[str] | None) -> str |
     total = sum(counts.values()) or 1
 
     def share(names: list[str]) -> list[str]:
-        return ["share of answer tokens", ""] + [_pct(counts.get(t, 0) / total) + " %" for t in names]
+        return ["share of answer tokens", ""] + [percent(counts.get(t, 0) / total) + " %" for t in names]
 
     lines = _table(table_rows, per_row, lambda x: "—" if x is None else f"{x:.3f}", share)
     return "\n".join(lines) + (

@@ -232,6 +232,16 @@ def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
+def _share_rows(counts: dict, edges: list, digits: int) -> list[str]:
+    """Table rows, one per bin: each selection's share of its own kept tokens in that bin."""
+    totals = {name: max(sum(c), 1) for name, c in counts.items()}
+    rows = []
+    for b in range(len(edges) - 1):
+        cells = " | ".join(f"{100 * c[b] / totals[name]:.1f} %" for name, c in counts.items())
+        rows.append(f"| {edges[b]:.{digits}f}-{edges[b + 1]:.{digits}f} | {cells} |")
+    return rows
+
+
 def summary_markdown(summary: dict) -> str:
     sel = summary["selection"]
     tokens = summary["tokens"]
@@ -270,10 +280,7 @@ def summary_markdown(summary: dict) -> str:
     names = list(summary["positions"]["counts"].keys())
     lines.append("| bin | " + " | ".join(names) + " |")
     lines.append("|---|" + "---:|" * len(names))
-    totals = {name: max(sum(summary["positions"]["counts"][name]), 1) for name in names}
-    for b in range(len(edges) - 1):
-        cells = " | ".join(f"{100 * summary['positions']['counts'][name][b] / totals[name]:.1f} %" for name in names)
-        lines.append(f"| {edges[b]:.2f}-{edges[b + 1]:.2f} | {cells} |")
+    lines += _share_rows(summary["positions"]["counts"], edges, 2)
     answer = summary["answer_positions"]
     names = list(answer["counts"].keys())
     lines += [
@@ -287,10 +294,7 @@ def summary_markdown(summary: dict) -> str:
         "|---|" + "---:|" * len(names),
     ]
     edges = answer["bin_edges"]
-    totals = {name: max(sum(answer["counts"][name]), 1) for name in names}
-    for b in range(len(edges) - 1):
-        cells = " | ".join(f"{100 * answer['counts'][name][b] / totals[name]:.1f} %" for name in names)
-        lines.append(f"| {edges[b]:.1f}-{edges[b + 1]:.1f} | {cells} |")
+    lines += _share_rows(answer["counts"], edges, 1)
     lines.append("| mean | " + " | ".join("-" if answer["mean"][n] is None else f"{answer['mean'][n]:.3f}" for n in names) + " |")
     lines += ["", "## Overlap (Jaccard index of the kept sets)", "", "| pair | mean per example | median | pooled |", "|---|---:|---:|---:|"]
     for key, row in summary["overlap"].items():
