@@ -663,3 +663,27 @@ def test_experiment_options_are_checked_where_they_are_built(tmp_path, tiny_mode
     assert not (tmp_path / "results").exists() and not (tmp_path / "RESULTS.md").exists()
     with pytest.raises(SystemExit):
         main(["experiment", path, "--no-dry-run"])  # a plain switch: no negated form
+
+
+def test_selection_stats_of_runs_trained_before_the_answer_position_was_counted(tmp_path, tiny_model_dir, data_file):
+    """A run whose training summary predates a tally field: the offline selection is recomputed
+    (and agrees with the summary's counts); an online one, which cannot be recomputed, reports None."""
+    from tokenseek.experiment import load_study
+    from tokenseek.experiment.runner import sample_data, selection_stats
+
+    config = _study(tmp_path, tiny_model_dir, data_file)
+    config["cells"] = [
+        {"name": "rand", "selection": "random", "ratio": 0.5, "select_from": "targets", "seed": 0},
+        {"name": "online", "selection": "tokenseek", "seeking": "online", "ratio": 0.5, "seed": 0},
+    ]
+    config["report"] = {"path": str(tmp_path / "RESULTS.md")}
+    study = load_study(_write(tmp_path, config))
+    data = sample_data(study)
+    fresh = selection_stats(study.cell("rand"), data, None, None)
+    assert 0 <= fresh["kept_target_answer_position"] <= 1 and fresh["kept_positions_with_target"] > 0
+    old = {"tokens_kept": fresh["kept_positions"], "kept_targets": fresh["kept_positions_with_target"],
+           "target_positions": fresh["target_positions"], "kept_target_share": fresh["target_fraction_trained"],
+           "examples_without_kept_target": fresh["examples_without_kept_target"], "examples": fresh["examples"]}
+    assert selection_stats(study.cell("rand"), data, None, old) == fresh
+    online = selection_stats(study.cell("online"), data, None, {**old, "kept_targets": 7})
+    assert online["kept_target_answer_position"] is None and online["kept_positions_with_target"] == 7

@@ -163,17 +163,19 @@ def selection_stats(cell: Cell, data: dict, scores: Path | None, summary: dict |
     only): a selection that keeps mostly prompt tokens trains on little.
 
     Runs trained since the training summary reports this carry it there (online seeking
-    can only be counted during training); for older ones the selection is recomputed.
+    can only be counted during training); for older ones the offline selection is recomputed.
+    Online runs trained before the answer position was counted report it as None.
     """
-    if summary and "kept_targets" in summary:
-        tally = summary
+    from tokenseek.experiment.config import effective
+
+    p = effective(cell.params)
+    if summary and "kept_targets" in summary and ("kept_target_answer_position" in summary or p["seeking"] == "online"):
+        tally = {"kept_target_answer_position": None, **summary}
     else:
-        from tokenseek.experiment.config import effective
         from tokenseek.models import load_tokenizer
         from tokenseek.seeking.store import ScoreStore
         from tokenseek.train.recipe import attach_keep
 
-        p = effective(cell.params)
         tokenizer = load_tokenizer(p["model"])
         tokenized = _training_data(data, p, tokenizer)
         store = ScoreStore.open(scores, data=tokenized) if scores else None
