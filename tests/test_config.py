@@ -294,7 +294,7 @@ def test_every_entry_point_defaults_to_the_cli_selection():
         ({"selection": "tokenseek", "alpha": 3.0, "ratio": 0.2, "lora_r": 4}, set()),  # all read
         ({"selection": "random", "alpha": 3.0, "beta": 0.5, "ratio": 0.2}, {"--alpha", "--beta"}),
         ({"selection": "context", "beta": 2.0}, {"--beta"}),
-        ({"selection": "full", "ratio": 0.3, "select_from": "all", "alpha": 1.0}, {"--ratio", "--select-from"}),  # alpha at its default
+        ({"selection": "full", "ratio": 0.3, "select_from": "all", "alpha": None}, {"--ratio", "--select-from"}),  # alpha at its default (unset)
         ({"selection": "full", "ratio": 1.0}, set()),  # says the same as full
         ({"memory_budget": "6GiB", "ratio": 0.2}, {"--ratio"}),
         ({"memory_budget": "6GiB"}, set()),

@@ -130,6 +130,29 @@ def test_selection_semantics():
     assert not np.array_equal(select_keep(50, 0.2, "random", seed=0, index=0), select_keep(50, 0.2, "random", seed=1, index=0))
 
 
+def test_default_score_weights_depend_on_where_the_kept_tokens_come_from():
+    """Unset alpha/beta: the context score alone among the targets (what the alpha_beta_targets
+    study found best there), the paper's (1, 1) over every position; a weight given is kept."""
+    from tokenseek.seeking.online import OnlineSeeker
+    from tokenseek.seeking.select import candidate_positions, score_weights
+
+    assert score_weights("targets") == score_weights("targets-first") == (1.0, 0.0)
+    assert score_weights("all") == (1.0, 1.0)
+    assert score_weights("targets", beta=0.5) == (1.0, 0.5) and score_weights("all", alpha=0.0) == (0.0, 1.0)
+    assert (OnlineSeeker().alpha, OnlineSeeker().beta) == (1.0, 0.0) and OnlineSeeker(select_from="all").beta == 1.0
+    rng = np.random.default_rng(5)
+    context, gradient = rng.random(40) + 1e-3, rng.random(40)
+    labels = np.array([-100] * 10 + list(range(30)))  # positions 9..38 predict a target
+    top4 = lambda score, pool: sorted(sorted(pool, key=lambda i: -score[i])[:4])  # noqa: E731
+    eq5 = np.log(context) + (gradient - gradient.min()) / (gradient.max() - gradient.min())  # (1, 1), written out
+    among_targets = top4(context, range(9, 39))
+    assert among_targets != top4(eq5, range(9, 39))  # the data tells the two weightings apart
+    keep = select_keep(40, 0.1, "tokenseek", context=context, gradient=gradient, **candidate_positions(labels, "targets"))
+    assert np.flatnonzero(keep).tolist() == among_targets
+    keep = select_keep(40, 0.1, "tokenseek", context=context, gradient=gradient, **candidate_positions(labels, "all"))
+    assert np.flatnonzero(keep).tolist() == top4(eq5, range(40))
+
+
 def test_mixed_and_probe_pick_what_they_promise():
     from tokenseek.seeking.select import combined_score
 
@@ -142,14 +165,14 @@ def test_mixed_and_probe_pick_what_they_promise():
     # ... among candidates only: every kept position is a candidate, the best 4 candidates among them.
     candidates = np.zeros(40, dtype=bool)
     candidates[::3] = True
-    kept = set(np.flatnonzero(select_keep(40, 0.2, "mixed", context=context, gradient=gradient, candidates=candidates, seed=0, index=1)))
+    kept = set(np.flatnonzero(select_keep(40, 0.2, "mixed", context=context, gradient=gradient, alpha=1, beta=1, candidates=candidates, seed=0, index=1)))
     best_candidates = [i for i in ranked if candidates[i]]
     assert len(kept) == 8 and kept <= set(np.flatnonzero(candidates)) and set(best_candidates[:4]) <= kept
     # probe: the top 10 % (4 of 40) plus ranks 16..19 (the 40-50 % band), whatever the ratio.
     probe = set(np.flatnonzero(select_keep(40, 0.5, "probe", context=context, gradient=gradient)))
     assert probe == set(ranked[:4]) | set(ranked[16:20])
     # ... among 14 candidates: the top 4 candidates plus candidate ranks 5..6 (floor(0.4·14), floor(0.5·14)).
-    probe = set(np.flatnonzero(select_keep(40, 0.1, "probe", context=context, gradient=gradient, candidates=candidates)))
+    probe = set(np.flatnonzero(select_keep(40, 0.1, "probe", context=context, gradient=gradient, alpha=1, beta=1, candidates=candidates)))
     assert probe == set(best_candidates[:4]) | set(best_candidates[5:7])
 
 
@@ -179,7 +202,7 @@ def test_targets_first_keeps_every_target_then_fills_the_budget():
         keep = select_keep(40, 0.3, strategy, context=context, gradient=gradient, seed=1, index=2, **pool)
         assert keep.sum() == keep_count(40, 0.3) == 12 and keep[targets].all(), strategy
     # The 8 others are the highest-scoring non-targets, by an independent sort.
-    keep = select_keep(40, 0.3, "tokenseek", context=context, gradient=gradient, **pool)
+    keep = select_keep(40, 0.3, "tokenseek", context=context, gradient=gradient, alpha=1, beta=1, **pool)
     score = combined_score(context, gradient, 1.0, 1.0)
     others = sorted((i for i in range(40) if not targets[i]), key=lambda i: -score[i])[:8]
     assert sorted(np.flatnonzero(keep & ~targets).tolist()) == sorted(others)

@@ -140,6 +140,7 @@ def test_train_cli_writes_a_run_and_refuses_another(tmp_path, capsys, tiny_model
     assert main(base + ["--selection", "tokenseek", "--ratio", "0.3", "--peft", "lora", "--select-from", "all"]) == 0
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 3 and summary["selection"] == "tokenseek"
+    assert (summary["alpha"], summary["beta"]) == (1.0, 1.0)  # unset: the paper's weights when ranking every position
     assert 0.25 < summary["kept_fraction"] < 0.45
     # Scoring (into OUTPUT_DIR/scores) and the training loop are timed apart, inside the run's wall time.
     assert 0 < summary["scoring_wall_time_s"] and 0 < summary["train_runtime_s"]
@@ -164,6 +165,8 @@ def test_targets_first_trains_every_target_and_spends_the_whole_budget(tmp_path,
         summaries[select_from] = json.loads((out / "train_summary.json").read_text())
     targets, first, every = summaries["targets"], summaries["targets-first"], summaries["all"]
     assert first["select_from"] == "targets-first"
+    # Unset weights are recorded as used: context alone when ranking targets, the paper's (1, 1) over every position.
+    assert [(s["alpha"], s["beta"]) for s in (targets, first, every)] == [(1.0, 0.0), (1.0, 0.0), (1.0, 1.0)]
     assert targets["kept_target_share"] == first["kept_target_share"] == 1.0  # the answers are 2 tokens: the budget covers them
     assert first["tokens_kept"] == every["tokens_kept"] > targets["tokens_kept"]  # ceil(0.3 n) per example, like the paper's rule
     assert every["kept_target_share"] < 1.0

@@ -99,7 +99,11 @@ def train_defaults() -> dict:
 
 def effective(params: dict) -> dict:
     """A cell's parameters with TrainConfig's defaults filled in (for display, not identity)."""
-    return {**train_defaults(), **params}
+    from tokenseek.seeking.select import score_weights
+
+    p = {**train_defaults(), **params}
+    p["alpha"], p["beta"] = score_weights(p["select_from"], p["alpha"], p["beta"])
+    return p
 
 
 def train_fields() -> set[str]:
@@ -456,19 +460,25 @@ def _expand(path: Path, group: int, entry, base: dict, allowed: set[str]) -> lis
 
 
 def _normalise(params: dict) -> dict:
-    """``alpha: 1`` and ``alpha: 1.0`` are one setting: ints become floats where TrainConfig's default is a float."""
-    defaults = train_defaults()
-    return {
-        k: float(v) if isinstance(defaults.get(k), float) and isinstance(v, int) and not isinstance(v, bool) else v
-        for k, v in params.items()
-    }
+    """``alpha: 1`` and ``alpha: 1.0`` are one setting: ints become floats where TrainConfig's field is a float."""
+    import dataclasses
+
+    from tokenseek.train.config import TrainConfig
+
+    floats = {f.name for f in dataclasses.fields(TrainConfig) if str(f.type).split(" | ")[0] == "float"}
+    return {k: float(v) if k in floats and isinstance(v, int) and not isinstance(v, bool) else v for k, v in params.items()}
 
 
 def _format_values(params: dict) -> dict:
     out = dict(params)
     ratio = params.get("ratio")
     out["pct"] = f"{100 * ratio:g}" if isinstance(ratio, (int, float)) else ratio
-    out["ab"] = f"{params.get('alpha', 1):g},{params.get('beta', 1):g}" if "alpha" in params else ""
+    if "alpha" in params or "beta" in params:
+        from tokenseek.seeking.select import DEFAULT_SELECT_FROM, score_weights
+
+        out["ab"] = "{:g},{:g}".format(*score_weights(params.get("select_from", DEFAULT_SELECT_FROM), params.get("alpha"), params.get("beta")))
+    else:
+        out["ab"] = ""
     return out
 
 

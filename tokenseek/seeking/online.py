@@ -29,7 +29,7 @@ from tokenseek.errors import TokenSeekError, UnsupportedModelError
 from tokenseek.models.introspect import capture_final_hidden, decoder, decoder_layers, eval_mode
 from tokenseek.seeking.context import capture_context_scores
 from tokenseek.seeking.gradient import per_example_loss_grad, reduce_gradient
-from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM, SCORE_WEIGHTS, candidate_positions, check_selection, ranking_needed, select_keep
+from tokenseek.seeking.select import DEFAULT_RATIO, DEFAULT_SELECT_FROM, SCORE_WEIGHTS, candidate_positions, check_selection, ranking_needed, score_weights, select_keep
 
 # Every name a decoder layer has taken its cache under (``cache`` from transformers 5.24).
 _CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")
@@ -153,14 +153,15 @@ class OnlineSeeker:
 
     ratio: float = DEFAULT_RATIO
     strategy: str = "tokenseek"
-    alpha: float = DEFAULT_ALPHA
-    beta: float = DEFAULT_BETA
+    alpha: float | None = None  # None: the default for select_from (select.DEFAULT_WEIGHTS)
+    beta: float | None = None
     select_from: str = DEFAULT_SELECT_FROM
     layers_back: int = 1
     grad_mode: str = "abs"
     seed: int = 0
 
     def __post_init__(self):
+        self.alpha, self.beta = score_weights(self.select_from, self.alpha, self.beta)
         check_selection(self.strategy, self.ratio, self.alpha, self.beta, self.select_from)
         if self.strategy in ("full", "probe"):
             raise TokenSeekError(f"--seeking online selects a ratio of tokens; --selection {self.strategy} has nothing to seek online")

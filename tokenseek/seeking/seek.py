@@ -10,7 +10,7 @@ from tokenseek.constants import IGNORE_INDEX
 from tokenseek.seeking.context import capture_context_scores
 from tokenseek.models.introspect import capture_final_hidden, eval_mode
 from tokenseek.seeking.gradient import frozen, leaf_at_layer, per_example_loss_grad, reduce_gradient
-from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM, combined_score, candidate_positions, select_keep
+from tokenseek.seeking.select import DEFAULT_RATIO, DEFAULT_SELECT_FROM, candidate_positions, combined_score, score_weights, select_keep
 
 
 @dataclass
@@ -57,8 +57,8 @@ def seek(
     input_ids: torch.Tensor,
     labels: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
-    alpha: float = DEFAULT_ALPHA,
-    beta: float = DEFAULT_BETA,
+    alpha: float | None = None,
+    beta: float | None = None,
     ratio: float = DEFAULT_RATIO,
     strategy: str = "tokenseek",
     *,
@@ -72,7 +72,9 @@ def seek(
     Padding may be on either side: real tokens are found through ``attention_mask``.
     ``select_from="targets"`` keeps only positions whose next token has a label;
     ``"targets-first"`` keeps those first and fills the rest of the budget from the others.
+    ``alpha``/``beta`` left None take the default for ``select_from``.
     """
+    alpha, beta = score_weights(select_from, alpha, beta)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     with eval_mode(model):  # scoring is a measurement: no dropout

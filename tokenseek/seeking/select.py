@@ -15,16 +15,36 @@ from tokenseek.errors import TokenSeekError
 STRATEGIES = ("full", "random", "first", "tokenseek", "context", "gradient", "mixed", "probe")
 # (α, β) of the strategies that fix them; the others use the user's --alpha / --beta.
 SCORE_WEIGHTS = {"random": (0.0, 0.0), "context": (1.0, 0.0), "gradient": (0.0, 1.0)}
-# The defaults of every entry point (CLI, TRL trainer, seek(), online seeking, stores, views):
-# the share of each example's tokens kept, and Eq. 5's weights (only α:β matters; (1, 1) is
-# the paper's [5, 5]).
-DEFAULT_RATIO, DEFAULT_ALPHA, DEFAULT_BETA = 0.1, 1.0, 1.0
+# The default share of each example's tokens kept, for every entry point (CLI, TRL trainer,
+# seek(), online seeking, stores, views).
+DEFAULT_RATIO = 0.1
 # Where the kept tokens may come from: every real token (the paper's and TokenTune's rule);
 # only positions whose next token is a training target (the loss exists nowhere else), the
 # budget capped at their number; or those first and the rest of the budget from the other
 # positions (targets-first: every loss term, plus gradients through the context they read).
 SELECT_FROM = ("targets", "all", "targets-first")
 DEFAULT_SELECT_FROM = "targets"
+# Eq. 5's weights (α, β) where none are given, by where the kept tokens come from; only α:β
+# matters. Ranking every position: the paper's (1, 1), its [5, 5]. Ranking the targets, the
+# context term alone did best and the gradient term hurt, since among targets it picks the
+# hardest tokens (experiments/alpha_beta_targets.yaml, docs/TRAINING.md "Which selection
+# settings to use").
+DEFAULT_WEIGHTS = {"targets": (1.0, 0.0), "targets-first": (1.0, 0.0), "all": (1.0, 1.0)}
+
+
+def score_weights(select_from: str, alpha: float | None = None, beta: float | None = None) -> tuple[float, float]:
+    """``(alpha, beta)``, each that is None replaced by the default for ``select_from``."""
+    if select_from not in DEFAULT_WEIGHTS:
+        raise TokenSeekError(f"unknown --select-from {select_from!r}: choose one of {', '.join(SELECT_FROM)}")
+    default_alpha, default_beta = DEFAULT_WEIGHTS[select_from]
+    return (default_alpha if alpha is None else alpha, default_beta if beta is None else beta)
+
+
+def select_from_of(candidates, fill: bool) -> str:
+    """The ``--select-from`` that :func:`candidate_positions` turns into ``candidates`` and ``fill``."""
+    if candidates is None:
+        return "all"
+    return "targets-first" if fill else "targets"
 # When the scores are made: once before training (a store) or inside each step.
 SEEKING = ("offline", "online")
 # Strategies that need stored context/gradient scores.
@@ -35,9 +55,8 @@ def keep_count(length: int, ratio: float) -> int:
     return max(1, min(length, math.ceil(ratio * length - 1e-9)))
 
 
-def check_selection(strategy: str, ratio: float, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA, select_from: str = "all") -> None:
-    if select_from not in SELECT_FROM:
-        raise TokenSeekError(f"unknown --select-from {select_from!r}: choose one of {', '.join(SELECT_FROM)}")
+def check_selection(strategy: str, ratio: float, alpha: float | None = None, beta: float | None = None, select_from: str = "all") -> None:
+    alpha, beta = score_weights(select_from, alpha, beta)
     if strategy not in STRATEGIES:
         raise TokenSeekError(f"unknown --selection {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     if not (isinstance(ratio, (int, float)) and 0 < ratio <= 1) or math.isnan(ratio):
@@ -72,7 +91,7 @@ def minmax(values: np.ndarray) -> np.ndarray:
     return (values - lo) / (hi - lo)
 
 
-def combined_score(context: np.ndarray, gradient: np.ndarray, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA) -> np.ndarray:
+def combined_score(context: np.ndarray, gradient: np.ndarray, alpha: float, beta: float) -> np.ndarray:
     """Eq. 5: ``alpha * log(context) + beta * minmax(gradient)``.
 
     Only the ratio alpha:beta matters for which tokens win *within* an example up to the
@@ -133,8 +152,8 @@ def select_keep(
     *,
     context: np.ndarray | None = None,
     gradient: np.ndarray | None = None,
-    alpha: float = DEFAULT_ALPHA,
-    beta: float = DEFAULT_BETA,
+    alpha: float | None = None,
+    beta: float | None = None,
     seed: int = 0,
     index: int = 0,
     explore: float = 0.5,
@@ -159,8 +178,10 @@ def select_keep(
     the number of candidates. ``None`` ranks every position (``--select-from all``).
     ``fill`` (``--select-from targets-first``): a budget larger than the candidates keeps all of
     them and spends the rest on the other positions, chosen by the same strategy (at random, or
-    the highest scores); ``probe`` ignores it.
+    the highest scores); ``probe`` ignores it. ``alpha``/``beta`` left None take the default
+    for the ``--select-from`` these two stand for (:data:`DEFAULT_WEIGHTS`).
     """
+    alpha, beta = score_weights(select_from_of(candidates, fill), alpha, beta)
     check_selection(strategy, ratio, alpha, beta)
     keep = np.zeros(length, dtype=bool)
     if strategy == "full":
@@ -335,8 +356,8 @@ def keep_for_labels(
     *,
     select_from: str = DEFAULT_SELECT_FROM,
     stored: dict | None = None,
-    alpha: float = DEFAULT_ALPHA,
-    beta: float = DEFAULT_BETA,
+    alpha: float | None = None,
+    beta: float | None = None,
     seed: int = 0,
     index: int = 0,
 ) -> np.ndarray:

@@ -26,7 +26,7 @@ import torch
 
 from tokenseek.errors import TokenSeekError
 from tokenseek.seeking.config import ScoreConfig
-from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO
+from tokenseek.seeking.select import DEFAULT_RATIO, score_weights
 from tokenseek.utils.io import atomic_file, write_json
 
 STORE_VERSION = 1
@@ -257,8 +257,8 @@ def score_dataset(
     layers_back: int = ScoreConfig.grad_layer,
     grad_mode: str = ScoreConfig.grad_mode,
     ratio: float = DEFAULT_RATIO,
-    alpha: float = DEFAULT_ALPHA,
-    beta: float = DEFAULT_BETA,
+    alpha: float | None = None,
+    beta: float | None = None,
     seed: int = ScoreConfig.seed,
     rank: int = 0,
     world_size: int = 1,
@@ -271,6 +271,7 @@ def score_dataset(
     ``world_size``-th batch; rank 0 merges once all shards exist.
     """
     out = Path(out)
+    alpha, beta = score_weights("all", alpha, beta)  # the stored reference keep ranks every position
     meta = {
         "version": STORE_VERSION,
         "model": model_fingerprint(model, model_id),

@@ -22,8 +22,6 @@ from tokenseek.models.adapters import (
 )
 from tokenseek.models.placement import DTYPE_CHOICES
 from tokenseek.seeking.select import (
-    DEFAULT_ALPHA,
-    DEFAULT_BETA,
     DEFAULT_RATIO,
     DEFAULT_SELECT_FROM,
     SEEKING,
@@ -67,10 +65,14 @@ class TrainConfig:
     heldout: float = option(0.0, "hold out this fraction (<1) or count (>=1) of records for evaluation", minimum=0)
     selection: str = option("tokenseek", "which tokens to back-propagate", choices=STRATEGIES)
     ratio: float = option(DEFAULT_RATIO, "fraction of each example's tokens to keep")
-    alpha: float = option(
-        DEFAULT_ALPHA, "token score = alpha * log(context score) + beta * minmax(gradient score): alpha weighs the attention a token receives"
+    alpha: float | None = option(
+        None, "token score = alpha * log(context score) + beta * minmax(gradient score): alpha weighs the attention a token receives",
+        shown="1",
     )
-    beta: float = option(DEFAULT_BETA, "beta weighs the size of the loss gradient at the token (see --alpha)")
+    beta: float | None = option(
+        None, "beta weighs the size of the loss gradient at the token (see --alpha)",
+        shown="0 ranking targets (--select-from targets, targets-first), 1 ranking every position (all: the paper's)",
+    )
     select_from: str = option(
         DEFAULT_SELECT_FROM,
         "where kept tokens come from: positions with a training target only, the budget capped at their number (targets); "
@@ -177,11 +179,13 @@ class TrainConfig:
         behaviour those runs had (``LEGACY_BEHAVIOUR``), so a run recorded before stays resumable.
         """
         from tokenseek.models.placement import dtype_name, resolve_dtype
+        from tokenseek.seeking.select import score_weights
 
         ignore = {f.name for f in options(TrainConfig) if f.metadata["bookkeeping"]}
-        # The precision that runs here ("auto" is fp32 on a CPU): the same whether the config
-        # was resolved by run_train already or not.
-        values = {**dataclasses.asdict(self), "dtype": dtype_name(resolve_dtype(self.dtype))}
+        # The precision that runs here ("auto" is fp32 on a CPU) and the score weights the
+        # selection uses: the same whether the config was resolved by run_train already or not.
+        alpha, beta = score_weights(self.select_from, self.alpha, self.beta)
+        values = {**dataclasses.asdict(self), "dtype": dtype_name(resolve_dtype(self.dtype)), "alpha": alpha, "beta": beta}
         return {k: v for k, v in values.items() if k not in ignore and not (k in LEGACY_BEHAVIOUR and LEGACY_BEHAVIOUR[k] == v)}
 
 

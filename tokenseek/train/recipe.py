@@ -181,6 +181,7 @@ def run_train(cfg: TrainConfig) -> dict:
     from tokenseek.models import load_model
     from tokenseek.models.loading import resolve_model
     from tokenseek.models.placement import dtype_name, resolve_dtype, storage_dtype
+    from tokenseek.seeking.select import score_weights
 
     cfg = with_peft_file(cfg)
     validate(cfg)
@@ -188,9 +189,11 @@ def run_train(cfg: TrainConfig) -> dict:
         logger.warning(line)
     state = _distributed_state()
     # The run records the precision it ran in: "auto" is fp32 on a CPU (what every run
-    # before --dtype did, so their identity is unchanged) and bf16 on a capable GPU.
+    # before --dtype did, so their identity is unchanged) and bf16 on a capable GPU; and the
+    # score weights it selects with (unset: the default for --select-from).
     compute = resolve_dtype(cfg.dtype, state.device)
-    cfg = dataclasses.replace(cfg, dtype=dtype_name(compute))
+    alpha, beta = score_weights(cfg.select_from, cfg.alpha, cfg.beta)
+    cfg = dataclasses.replace(cfg, dtype=dtype_name(compute), alpha=alpha, beta=beta)
     out, resuming = _prepare_output_dir(cfg, state if state.num_processes > 1 else None)
     # Recorded before --memory-budget resolves the ratio, so a rerun of the same command matches it.
     identity = cfg.identity()

@@ -24,8 +24,6 @@ from tokenseek.ditching.loss import LOSS_NORMS
 from tokenseek.errors import TokenSeekError
 from tokenseek.utils.options import ignored
 from tokenseek.seeking.select import (
-    DEFAULT_ALPHA,
-    DEFAULT_BETA,
     DEFAULT_RATIO,
     DEFAULT_SELECT_FROM,
     SCORED,
@@ -55,8 +53,8 @@ class SelectionOptions:
     ratio: float = DEFAULT_RATIO
     selection: str = "random"
     select_from: str = DEFAULT_SELECT_FROM
-    alpha: float = DEFAULT_ALPHA
-    beta: float = DEFAULT_BETA
+    alpha: float | None = None  # None: the default for select_from (seeking.select.DEFAULT_WEIGHTS)
+    beta: float | None = None
     scores: str | Path | None = None
     seeking: str = "offline"
     loss_norm: str = "token"

@@ -14,7 +14,7 @@ from tokenseek.data.tokenize import DEFAULT_MAX_LENGTH
 from tokenseek.errors import TokenSeekError
 from tokenseek.seeking.config import GRAD_LAYERS
 from tokenseek.seeking.gradient import GRAD_MODES
-from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM, check_selection
+from tokenseek.seeking.select import DEFAULT_RATIO, DEFAULT_SELECT_FROM, check_selection
 from tokenseek.utils.options import check_options, option
 
 
@@ -47,8 +47,8 @@ class VisualizeConfig:
     max_length: int = DEFAULT_MAX_LENGTH
     train_on_prompt: bool = False
     ratio: float = DEFAULT_RATIO
-    alpha: float = DEFAULT_ALPHA
-    beta: float = DEFAULT_BETA
+    alpha: float | None = None  # None: the default for select_from (select.DEFAULT_WEIGHTS)
+    beta: float | None = None
     select_from: str = DEFAULT_SELECT_FROM
 
     def __post_init__(self) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from tokenseek.errors import TokenSeekError
-from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM
+from tokenseek.seeking.select import DEFAULT_RATIO, DEFAULT_SELECT_FROM, score_weights
 
 # Names of the three selections shown side by side, with the strategy that makes each.
 SELECTIONS = {"context": "context", "gradient": "gradient", "combined": "tokenseek"}
@@ -113,8 +113,8 @@ def compute_example(
     *,
     position: int,
     ratio: float = DEFAULT_RATIO,
-    alpha: float = DEFAULT_ALPHA,
-    beta: float = DEFAULT_BETA,
+    alpha: float | None = None,
+    beta: float | None = None,
     select_from: str = DEFAULT_SELECT_FROM,
     stored: dict | None = None,
     score_source: str = "recomputed",
@@ -126,10 +126,12 @@ def compute_example(
     """Score one example (or take its ``stored`` scores) and compute its maps.
 
     ``stored`` is a score-store row (``{"context", "gradient"}``); the highlights then use
-    those scores, while the attention and gradient maps are always recomputed.
+    those scores, while the attention and gradient maps are always recomputed. ``alpha``/``beta``
+    left None take the default for ``select_from``.
     """
     from tokenseek.models.introspect import text_config
 
+    alpha, beta = score_weights(select_from, alpha, beta)
     device = next(model.parameters()).device
     ids = torch.tensor([example["input_ids"]], dtype=torch.long, device=device)
     labels = torch.tensor([example["labels"]], dtype=torch.long, device=device)

@@ -9,7 +9,7 @@ import numpy as np
 
 from tokenseek.errors import TokenSeekError
 from tokenseek.models import DEFAULT_MODEL_NAME
-from tokenseek.seeking.select import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_RATIO, DEFAULT_SELECT_FROM, answer_positions, target_positions
+from tokenseek.seeking.select import DEFAULT_RATIO, DEFAULT_SELECT_FROM, answer_positions, score_weights, target_positions
 from tokenseek.visualize.example import keep_masks, token_texts
 
 NAMES = ("context", "gradient", "combined")
@@ -91,14 +91,16 @@ def compute_summary(
     tokenizer,
     *,
     ratio: float = DEFAULT_RATIO,
-    alpha: float = DEFAULT_ALPHA,
-    beta: float = DEFAULT_BETA,
+    alpha: float | None = None,
+    beta: float | None = None,
     select_from: str = DEFAULT_SELECT_FROM,
     bins: int = 20,
     top: int = 20,
 ) -> dict:
     """Statistics over every example of ``data`` with the selections recomputed from the stored
-    scores, from the positions ``select_from`` allows (as training chooses them)."""
+    scores, from the positions ``select_from`` allows (as training chooses them); ``alpha``/``beta``
+    left None take the default for ``select_from``."""
+    alpha, beta = score_weights(select_from, alpha, beta)
     tally = _Tally()
     for ex in data.examples:
         row = store.get(ex["index"])
