@@ -8,7 +8,7 @@
 #   bash experiments/launch.sh        # the queues of experiments/queues.txt, one line per process
 #
 # A queue given as - leaves that process alone (bash experiments/launch.sh - "B.yaml" restarts
-# only process 2). Before it moves a work tree to this commit it copies the cell JSONs finished there back into
+# only process 2). Before it moves a work tree to this commit it copies the cell JSONs finished there (new, untracked files) back into
 # this checkout's experiments/results/ (cp -n: nothing here is overwritten); run
 #   bash experiments/launch.sh --collect
 # to do only that (before committing results). Logs: ../tokenseek-runs/study<N>.log. Runs,
@@ -17,14 +17,16 @@
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 
-collect() {  # finished cells of every work tree -> this checkout
-  local tree dir
+collect() {  # cells finished in every work tree -> this checkout
+  local tree file
   for tree in ../study[0-9]*; do
-    for dir in "$tree"/experiments/results/*/; do
-      [[ -d $dir ]] || continue
-      mkdir -p "experiments/results/$(basename "$dir")"
-      find "$dir" -maxdepth 1 -name '*.json' -exec cp -n {} "experiments/results/$(basename "$dir")/" \;
-    done
+    [[ -d $tree ]] || continue
+    # Only the tree's new (untracked) result files: the ones its commit carries came from a
+    # checkout, and one deleted there since must not come back.
+    while IFS= read -r file; do
+      mkdir -p "$(dirname "$file")"
+      cp -n "$tree/$file" "$file"
+    done < <(git -C "$tree" ls-files --others --exclude-standard -- 'experiments/results/*/*.json')
   done
 }
 
