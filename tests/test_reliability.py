@@ -92,6 +92,10 @@ def test_options_without_effect_are_warned_about(tmp_path, caplog, tiny_model_di
 def test_alpha_beta_zero_refused(tmp_path, capsys, tiny_model_dir, data_file):
     assert main(_train_argv(tiny_model_dir, data_file, tmp_path / "run", "--alpha", "0", "--beta", "0")) == 2
     assert "both 0" in _err(capsys)
+    # Ranking targets, an unset --beta is 0: the error says so.
+    assert main(_train_argv(tiny_model_dir, data_file, tmp_path / "run", "--alpha", "0")) == 2
+    assert "both 0 (--beta unset: 0 by default with --select-from targets)" in _err(capsys)
+    assert not (tmp_path / "run").exists()
 
 
 def test_score_store_with_nan_is_refused(tmp_path, capsys, tiny_model_dir, data_file):

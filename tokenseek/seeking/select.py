@@ -56,13 +56,15 @@ def keep_count(length: int, ratio: float) -> int:
 
 
 def check_selection(strategy: str, ratio: float, alpha: float | None = None, beta: float | None = None, select_from: str = "all") -> None:
+    unset = [f"--{name}" for name, value in (("alpha", alpha), ("beta", beta)) if value is None]
     alpha, beta = score_weights(select_from, alpha, beta)
     if strategy not in STRATEGIES:
         raise TokenSeekError(f"unknown --selection {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     if not (isinstance(ratio, (int, float)) and 0 < ratio <= 1) or math.isnan(ratio):
         raise TokenSeekError(f"--ratio must be in (0, 1], got {ratio}")
     if strategy == "tokenseek" and alpha == 0 and beta == 0:
-        raise TokenSeekError("--alpha and --beta are both 0, so every token scores the same: make one of them positive")
+        why = f" ({' and '.join(unset)} unset: 0 by default with --select-from {select_from})" if unset else ""
+        raise TokenSeekError(f"--alpha and --beta are both 0{why}, so every token scores the same: make one of them positive")
     if alpha < 0 or beta < 0:
         raise TokenSeekError(f"--alpha and --beta must be >= 0, got {alpha} and {beta}")
 
