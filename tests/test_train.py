@@ -133,7 +133,7 @@ def test_train_bad_records(tmp_path, capsys, tiny_model_dir):
         assert not out.exists()
 
 
-def test_train_cli_writes_a_run_and_refuses_another(tmp_path, capsys, tiny_model_dir, data_file):
+def test_train_cli_writes_a_run_and_refuses_another(tmp_path, capsys, caplog, tiny_model_dir, data_file):
     out = tmp_path / "run"
     base = ["train", "--model", str(tiny_model_dir), "--data", str(data_file), "--output-dir", str(out), "--max-steps", "3",
             "--grad-accum", "2", "--max-length", "64", "--save-steps", "2"]
@@ -141,6 +141,7 @@ def test_train_cli_writes_a_run_and_refuses_another(tmp_path, capsys, tiny_model
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 3 and summary["selection"] == "tokenseek"
     assert (summary["alpha"], summary["beta"]) == (1.0, 1.0)  # unset: the paper's weights when ranking every position
+    assert "score weights α,β = 1,1 (--alpha and --beta: the default with --select-from all)" in caplog.text
     assert 0.25 < summary["kept_fraction"] < 0.45
     # Scoring (into OUTPUT_DIR/scores) and the training loop are timed apart, inside the run's wall time.
     assert 0 < summary["scoring_wall_time_s"] and 0 < summary["train_runtime_s"]

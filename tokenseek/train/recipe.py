@@ -181,7 +181,6 @@ def run_train(cfg: TrainConfig) -> dict:
     from tokenseek.models import load_model
     from tokenseek.models.loading import resolve_model
     from tokenseek.models.placement import dtype_name, resolve_dtype, storage_dtype
-    from tokenseek.seeking.select import score_weights
 
     cfg = with_peft_file(cfg)
     validate(cfg)
@@ -189,11 +188,9 @@ def run_train(cfg: TrainConfig) -> dict:
         logger.warning(line)
     state = _distributed_state()
     # The run records the precision it ran in: "auto" is fp32 on a CPU (what every run
-    # before --dtype did, so their identity is unchanged) and bf16 on a capable GPU; and the
-    # score weights it selects with (unset: the default for --select-from).
+    # before --dtype did, so their identity is unchanged) and bf16 on a capable GPU.
     compute = resolve_dtype(cfg.dtype, state.device)
-    alpha, beta = score_weights(cfg.select_from, cfg.alpha, cfg.beta)
-    cfg = dataclasses.replace(cfg, dtype=dtype_name(compute), alpha=alpha, beta=beta)
+    cfg = _with_score_weights(dataclasses.replace(cfg, dtype=dtype_name(compute)))
     out, resuming = _prepare_output_dir(cfg, state if state.num_processes > 1 else None)
     # Recorded before --memory-budget resolves the ratio, so a rerun of the same command matches it.
     identity = cfg.identity()
@@ -248,6 +245,18 @@ def run_train(cfg: TrainConfig) -> dict:
     write_json(out / "train_summary.json", summary)
     _log_selection(selected)
     return summary
+
+
+def _with_score_weights(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the α,β it selects with; an unset one takes the default for its --select-from,
+    which the log names, since that default changes with --select-from."""
+    from tokenseek.seeking.select import score_weights
+
+    alpha, beta = score_weights(cfg.select_from, cfg.alpha, cfg.beta)
+    unset = " and ".join(f"--{name}" for name in ("alpha", "beta") if getattr(cfg, name) is None)
+    if cfg.selection in ("tokenseek", "mixed", "probe"):
+        logger.info("score weights α,β = %g,%g%s", alpha, beta, f" ({unset}: the default with --select-from {cfg.select_from})" if unset else "")
+    return dataclasses.replace(cfg, alpha=alpha, beta=beta)
 
 
 def _setup_data(cfg: TrainConfig, records: list[dict], tokenizer):
