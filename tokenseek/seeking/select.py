@@ -30,6 +30,10 @@ DEFAULT_SELECT_FROM = "targets"
 # hardest tokens (experiments/alpha_beta_targets.yaml, docs/TRAINING.md "Which selection
 # settings to use").
 DEFAULT_WEIGHTS = {"targets": (1.0, 0.0), "targets-first": (1.0, 0.0), "all": (1.0, 1.0)}
+# When the scores are made: once before training (a store) or inside each step.
+SEEKING = ("offline", "online")
+# Strategies that need stored context/gradient scores.
+SCORED = ("tokenseek", "context", "gradient", "mixed", "probe")
 
 
 def score_weights(select_from: str, alpha: float | None = None, beta: float | None = None) -> tuple[float, float]:
@@ -45,10 +49,6 @@ def select_from_of(candidates, fill: bool) -> str:
     if candidates is None:
         return "all"
     return "targets-first" if fill else "targets"
-# When the scores are made: once before training (a store) or inside each step.
-SEEKING = ("offline", "online")
-# Strategies that need stored context/gradient scores.
-SCORED = ("tokenseek", "context", "gradient", "mixed", "probe")
 
 
 def keep_count(length: int, ratio: float) -> int:
