@@ -68,11 +68,12 @@ def main() -> None:
         raise SystemExit(f"answer_position_loss.py: no trained run on this machine for {', '.join(missing)} (under {study.runs_dir}): pick cells trained here")
     params = effective(cells[0].params if cells else {})
     records = load_records(sample_data(study)["heldout_file"], limit=study.eval["heldout_limit"])
-    rows = {}
+    rows, examples = {}, None
     for name, cell in [("base", None)] * args.base + [(c.name, c) for c in cells]:
         started = time.time()
         model, tokenizer, _ = load_for_eval(params["model"] if cell is None else str(train_dir(study, cell)))
-        examples = tokenize_records(records, tokenizer, template=params["template"], max_length=params["max_length"]).examples
+        if examples is None:  # every model here shares the base model's tokenizer
+            examples = tokenize_records(records, tokenizer, template=params["template"], max_length=params["max_length"]).examples
         row = loss_by_part(model, examples)
         row["loss"] = sum(row["loss_sum"]) / sum(row["tokens"])
         if cell is not None:  # the same tokens and model as the study's held-out loss

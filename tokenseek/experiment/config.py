@@ -461,12 +461,14 @@ def _expand(path: Path, group: int, entry, base: dict, allowed: set[str]) -> lis
 
 def _normalise(params: dict) -> dict:
     """``alpha: 1`` and ``alpha: 1.0`` are one setting: ints become floats where TrainConfig's field is a float."""
-    import dataclasses
-
     from tokenseek.train.config import TrainConfig
+    from tokenseek.utils.options import value_type
 
-    floats = {f.name for f in dataclasses.fields(TrainConfig) if str(f.type).split(" | ")[0] == "float"}
-    return {k: float(v) if k in floats and isinstance(v, int) and not isinstance(v, bool) else v for k, v in params.items()}
+    fields = TrainConfig.field_names()
+    return {
+        k: float(v) if k in fields and value_type(TrainConfig, k) is float and isinstance(v, int) and not isinstance(v, bool) else v
+        for k, v in params.items()
+    }
 
 
 def _format_values(params: dict) -> dict:
