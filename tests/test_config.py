@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -384,3 +385,15 @@ def test_trainer_selection_keywords_name_what_they_never_read(caplog):
     for settings in ({"selection": "random", "scores": "s"}, {"selection": "tokenseek", "seeking": "online", "scores": "s"}):
         with pytest.raises(TokenSeekError, match="scores= is read by offline scored selections only"):
             SelectionOptions(**settings)
+
+
+def test_a_run_matches_its_record_on_the_settings_its_selection_reads():
+    """A first/random run recorded while the default score weights were (1, 1) is the same run
+    under today's defaults (it never reads them); a TokenSeek run whose weights changed is not."""
+    recorded = json.loads(json.dumps({**TrainConfig(selection="first").identity(), "alpha": 1.0, "beta": 1.0}))
+    assert "beta" not in TrainConfig(selection="first").identity()
+    assert TrainConfig(selection="first").changes_from(recorded) == []
+    assert TrainConfig(selection="first", seed=7).changes_from(recorded) == ["seed"]
+    scored = json.loads(json.dumps(TrainConfig(selection="tokenseek", alpha=1.0, beta=1.0).identity()))
+    assert TrainConfig(selection="tokenseek").changes_from(scored) == ["beta"]  # the default with targets is (1, 0)
+    assert TrainConfig(selection="tokenseek", beta=1.0).changes_from(scored) == []

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import platform
 import subprocess
@@ -148,7 +147,8 @@ def train_cell(study: Study, cell: Cell, data: dict, scores: Path | None, progre
     cfg = train_config(study, cell, data, scores)
     folder = train_dir(study, cell)
     summary = read_json(folder / "train_summary.json")
-    same_run = read_json(folder / "run_config.json") == json.loads(json.dumps(cfg.identity()))
+    recorded = read_json(folder / "run_config.json")
+    same_run = isinstance(recorded, dict) and not cfg.changes_from(recorded)
     if summary and same_run and (folder / "model").is_dir():
         return summary
     progress(f"  training {cell.name} -> {folder}")

@@ -5,6 +5,7 @@ checks a config must pass before any work (:func:`validate`)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from typing import ClassVar
@@ -27,6 +28,7 @@ from tokenseek.seeking.select import (
     SEEKING,
     SELECT_FROM,
     STRATEGIES,
+    unread_settings,
 )
 from tokenseek.utils.options import (
     check_options,
@@ -177,6 +179,8 @@ class TrainConfig:
 
         Options added after runs were first recorded appear only when they differ from the
         behaviour those runs had (``LEGACY_BEHAVIOUR``), so a run recorded before stays resumable.
+        Settings the selection never reads (α and β of a random run) are left out: a change of
+        their defaults does not make a new run.
         """
         from tokenseek.models.placement import dtype_name, resolve_dtype
         from tokenseek.seeking.select import score_weights
@@ -186,7 +190,17 @@ class TrainConfig:
         # selection uses: the same whether the config was resolved by run_train already or not.
         alpha, beta = score_weights(self.select_from, self.alpha, self.beta)
         values = {**dataclasses.asdict(self), "dtype": dtype_name(resolve_dtype(self.dtype)), "alpha": alpha, "beta": beta}
+        ignore |= set(unread_settings(self.selection, self.ratio))
         return {k: v for k, v in values.items() if k not in ignore and not (k in LEGACY_BEHAVIOUR and LEGACY_BEHAVIOUR[k] == v)}
+
+    def changes_from(self, recorded: dict) -> list[str]:
+        """The identity keys in which the run recorded as ``recorded`` (its run_config.json)
+        differs from this one; none: the same run, which may resume. Runs recorded before
+        ``identity`` left out unread settings still match on the settings they read."""
+        current = json.loads(json.dumps(self.identity()))
+        unread = unread_settings(self.selection, self.ratio)
+        recorded = {k: v for k, v in recorded.items() if k not in unread}
+        return sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
 
 
 # What runs recorded before an option existed did; see TrainConfig.identity.

@@ -109,9 +109,8 @@ def _prepare_output_dir(cfg: TrainConfig, state=None) -> tuple[Path, bool]:
         elif not marker.is_file():
             raise TokenSeekError(f"--output-dir {out} is not empty and holds no tokenseek run: choose another directory or pass --overwrite")
         else:
-            previous = json.loads(marker.read_text())
-            if previous != json.loads(json.dumps(cfg.identity())):
-                changed = sorted(k for k in set(previous) | set(cfg.identity()) if previous.get(k) != cfg.identity().get(k))
+            changed = cfg.changes_from(json.loads(marker.read_text()))
+            if changed:
                 raise TokenSeekError(
                     f"--output-dir {out} holds a different run (differs in {', '.join(changed)}): "
                     "use another directory, or --overwrite to replace it"
