@@ -61,7 +61,11 @@ def test_bench_writes_json_table_and_charts(bench_dir):
         # A step frees everything it allocates: the replayed level returns to where it started.
         assert r["memory"]["end_bytes"] == r["memory"]["baseline_bytes"]
         assert 0 < r["memory"]["optimizer_peak_bytes"] <= r["memory"]["peak_bytes"]
-        assert r["memory"]["peak_bytes"] == max(r["memory"]["forward_backward_peak_bytes"], r["memory"]["optimizer_peak_bytes"])
+        windows = max(r["memory"]["forward_backward_peak_bytes"], r["memory"]["optimizer_peak_bytes"])
+        if r["environment"]["device"] == "cuda":  # the allocator's counter, which rounds each block up to 512 bytes
+            assert windows <= r["memory"]["peak_bytes"] <= 1.01 * windows
+        else:
+            assert r["memory"]["peak_bytes"] == windows
         assert r["activations"]["saved_bytes"] > 0
         assert {"median", "min", "max"} <= set(r["time"]["step_s"])
         assert r["rss"]["peak_bytes"] > 0

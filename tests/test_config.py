@@ -208,8 +208,11 @@ def test_yaml_errors(tmp_path):
         _config(tmp_path, "lr: 0.1\nlearning_rate: 0.2\n")
 
 
-def test_new_options_leave_recorded_identities_alone():
+def test_new_options_leave_recorded_identities_alone(monkeypatch):
     """A run recorded before these options existed must stay resumable (a study depends on it)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # those runs were on CPUs, where "auto" is fp32
     recorded = {"model", "data", "fields", "limit", "template", "max_length", "train_on_prompt", "heldout", "selection", "ratio",
                 "alpha", "beta", "scores", "peft", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "epochs", "max_steps",
                 "batch_size", "grad_accum", "lr", "optim", "max_grad_norm", "scheduler", "warmup_ratio", "weight_decay", "seed",

@@ -213,12 +213,37 @@ def test_chunked_context_pass_equals_reference(arch, monkeypatch):
         real = attention_mask.bool()[:, None, :, None]  # padding rows are never read
         assert torch.allclose(a.keys * real, b.keys * real, atol=1e-5)
         assert torch.allclose(a.values * real, b.values * real, atol=1e-5)
-    monkeypatch.setattr(forward, "CONTEXT_CHUNK", 5)
+    monkeypatch.setitem(forward.CONTEXT_CHUNK, "cpu", 5)
     keep = random_keep(attention_mask, 0.3, seed=4)
     loss, g = _ditched_grads(model, input_ids, attention_mask, labels, keep)
     ref_loss, ref_g = _reference_grads(model, input_ids, attention_mask, labels, keep)
     assert torch.allclose(loss, ref_loss, rtol=1e-5)
     assert max_relative_error(g, ref_g) <= 1e-4
+
+
+def test_context_chunk_sets_the_calls_of_the_context_pass(monkeypatch):
+    """``context_chunk`` reaches the context pass from the training loss; unset, the device's
+    default applies (256 tokens on a CPU, where small pieces cost no time)."""
+    from tokenseek.ditching import forward
+    from tokenseek.ditching.loss import kept_targets, step_loss_sums
+    from tokenseek.models.introspect import decoder
+
+    model = tiny_model("llama").eval()
+    input_ids, attention_mask, labels = padded_batch(seed=3, lengths=(31, 12, 20))
+    keep = random_keep(attention_mask, 0.3, seed=4)
+    calls = []
+    decoder(model).register_forward_pre_hook(lambda *_: calls.append(1))
+
+    def decoder_calls(**kwargs) -> int:
+        calls.clear()
+        step_loss_sums(model, input_ids, attention_mask, kept_targets(labels, keep), keep, **kwargs)
+        return len(calls)
+
+    assert decoder_calls(context_chunk=5) == 7 + 1  # ceil(31 / 5) pieces, then the kept pass
+    assert decoder_calls(context_chunk=0) == 1 + 1
+    assert forward.context_chunk("cpu") == 256 and decoder_calls() == 1 + 1
+    monkeypatch.setitem(forward.CONTEXT_CHUNK, "cpu", 10)
+    assert decoder_calls() == 4 + 1
 
 
 class _TakesCache(torch.nn.Module):

@@ -149,3 +149,28 @@ def test_checkpointing_saves_less_than_without():
     enable_checkpointing(model, use_reentrant=False)
     with_checkpointing = saved_bytes()
     assert with_checkpointing < 0.6 * without
+
+
+def test_checkpointed_step_walks_the_model_for_attention_configs_once(monkeypatch):
+    """Finding the attention configs walks every module (~9 ms for SmolLM2 with LoRA): a
+    checkpointed kept pass must not repeat it in each layer's forward and recompute, which
+    made the step several times slower on a GPU (docs/BENCHMARKS.md "On a GPU")."""
+    from tokenseek.ditching import attention, forward
+    from tokenseek.models import apply_peft
+    from tokenseek.models.introspect import attention_configs
+
+    walks = []
+
+    def counted(model):
+        walks.append(1)
+        return attention_configs(model)
+
+    monkeypatch.setattr(attention, "attention_configs", counted)
+    monkeypatch.setattr(forward, "attention_configs", counted)
+    model = apply_peft(tiny_model("llama"), "lora", r=4, alpha=8, dropout=0.0)
+    enable_checkpointing(model, use_reentrant=False)
+    model.train()
+    ids, mask, labels = padded_batch(seed=6, lengths=(28, 21))
+    keep = random_keep(mask, 0.25, seed=4)
+    _ditched_grads(model, ids, mask, labels, keep, chunk=8)
+    assert len(decoder_layers(model)) >= 2 and len(walks) <= 2

@@ -64,6 +64,7 @@ class KnobsConfig:
     dtypes: list[str] = field(default_factory=lambda: ["fp32"])
     ratio: float = 0.1
     target_share: float = 1.0
+    context_chunk: int | None = None  # tokens per context-pass call; None: the device's default
     steps: int = 3
     warmup: int = 1
     seed: int = 0
@@ -88,7 +89,8 @@ def run_knobs(cfg: KnobsConfig, progress=print) -> dict:
                 spec = {
                     "model": model, "peft": cfg.peft, "lora": cfg.lora, "seq_len": seq_len, "batch_size": 1,
                     "mode": "train", "steps": cfg.steps, "warmup": cfg.warmup, "seed": cfg.seed,
-                    "threads": cfg.threads, "dtype": dtype, "target_share": cfg.target_share, **knobs,
+                    "threads": cfg.threads, "dtype": dtype, "target_share": cfg.target_share,
+                    "context_chunk": cfg.context_chunk, **knobs,
                 }
                 result = run_worker(spec, cfg.timeout)
                 progress(f"  {dtype} seq {seq_len} {name}: {short(result)}")
@@ -134,6 +136,19 @@ def peak_phase(result: dict) -> str:
     return PHASES.get(top, top)
 
 
+def chunk_note(config: dict, env: dict) -> str:
+    """How the ditched rows ran their context pass (files before the option existed: the CPU's 256)."""
+    from tokenseek.ditching.forward import context_chunk
+
+    if "context_chunk" not in config:
+        chunk = 256  # files before the option: every device ran 256-token pieces
+    elif config["context_chunk"] is None:
+        chunk = context_chunk(env.get("device") or "cpu")
+    else:
+        chunk = config["context_chunk"]
+    return ", context pass in one call" if chunk == 0 else f", context pass in pieces of {chunk} tokens"
+
+
 def markdown(doc: dict) -> str:
     from tokenseek.bench.run import _get
 
@@ -148,7 +163,7 @@ def markdown(doc: dict) -> str:
         env = next((r["result"].get("environment") for r in g["rows"] if "environment" in r["result"]), {}) or {}
         parts.append(
             f"### {doc['config']['peft']}, {g['dtype']}, seq {g['seq_len']}, "
-            f"labels on {100 * doc['config'].get('target_share', 1.0):g} % of positions "
+            f"labels on {100 * doc['config'].get('target_share', 1.0):g} % of positions{chunk_note(doc['config'], env)} "
             f"({env.get('device', '?')}, {env.get('threads', '?')} thread(s)); ratios against **{g['baseline']}**\n"
         )
         parts.append(

@@ -67,6 +67,13 @@ class BenchConfig:
         maximum=1,
     )
 
+    context_chunk: int | None = option(
+        None,
+        "tokens per call of the ditched step's no-grad context pass (0: the whole sequence in one call)",
+        shown="256 on a CPU, 2048 on a GPU",
+        minimum=0,
+    )
+
     def __post_init__(self) -> None:
         check_options(self)
 
@@ -124,6 +131,7 @@ def worker_specs(cfg: BenchConfig, model: str) -> list[dict]:
                 "score_ratio": cfg.score_ratio,
                 "threads": cfg.threads,
                 "dtype": cfg.dtype,
+                "context_chunk": cfg.context_chunk,
             }
             specs += [{**base, "mode": "train", "ratio": r} for r in ratios]
             if cfg.score:

@@ -61,6 +61,7 @@ def default_spec() -> dict:
         "threads": None,  # intra-op threads; None = torch's default (one per core)
         "checkpointing": False,  # gradient checkpointing (non-reentrant), as TrainingArguments turns it on
         "loss_chunk": DEFAULT_LOSS_CHUNK,  # LM head + loss on this many positions at a time; 0 = all at once
+        "context_chunk": None,  # tokens per call of the context pass; None = the device's default, 0 = all at once
         "online": False,  # select inside the step with the current weights (online seeking)
         "beta": 1.0,  # online seeking's gradient-score weight (0: the gradient score is not computed)
         "dtype": "fp32",  # weights and compute: fp32, bf16 or fp16 (PEFT adapters stay fp32)
@@ -144,7 +145,8 @@ def training_loss(model, batch: dict, spec: dict | None = None) -> torch.Tensor:
         keep, cache, _ = OnlineSeeker(ratio=spec["ratio"], beta=spec["beta"])(model, batch["input_ids"], batch["labels"], batch["attention_mask"])
         shift_labels = kept_targets(batch["labels"], keep)
     sums = step_loss_sums(
-        model, batch["input_ids"], batch["attention_mask"], shift_labels, keep, cache=cache, loss_chunk=spec["loss_chunk"]
+        model, batch["input_ids"], batch["attention_mask"], shift_labels, keep, cache=cache, loss_chunk=spec["loss_chunk"],
+        context_chunk=spec["context_chunk"],
     )
     return sums.token_mean()
 

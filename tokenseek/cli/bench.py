@@ -55,6 +55,7 @@ def run_knobs_cli(bench) -> int:
         preset=bench.knobs, model=bench.model, peft=bench.pefts[0], seq_lens=bench.seq_lens, dtypes=[bench.dtype],
         ratio=min(ratios, key=lambda r: abs(r - 0.1)), steps=bench.steps, warmup=bench.warmup, seed=bench.seed,
         threads=bench.threads, timeout=bench.timeout, lora=bench.lora, target_share=bench.target_share,
+        context_chunk=bench.context_chunk,
         output=bench.output if bench.output != "bench" else "bench-knobs",
     )
     run_knobs(cfg, progress=lambda message: print(message, file=sys.stderr, flush=True))

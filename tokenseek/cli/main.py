@@ -22,6 +22,10 @@ def _version_text() -> str:
     from tokenseek import __version__
 
     def installed(name: str) -> str:
+        if name == "torch":  # with its build (+cu130, +cpu), which the package metadata may leave out
+            import torch
+
+            return torch.__version__
         try:
             return version(name)
         except PackageNotFoundError:

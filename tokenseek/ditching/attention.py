@@ -60,16 +60,18 @@ def _is_flash_attention(impl: str) -> bool:
 
 
 @contextlib.contextmanager
-def kept_pass_attention(model: torch.nn.Module) -> Iterator[None]:
+def kept_pass_attention(model: torch.nn.Module, configs: list | None = None) -> Iterator[None]:
     """Run SDPA models with :func:`gqa_sdpa_attention`; eager models stay as they are.
 
     Flash attention takes no custom mask (only padding / causal), so a model loaded with
     it runs the context pass with flash attention and falls back to SDPA for the kept
     pass: the cache it reads is the same whichever kernel filled it.
+    ``configs``: the model's :func:`attention_configs`, when the caller has them already
+    (finding them walks every module, which is slow to repeat for each layer).
     """
     register_attention()
     switched = []
-    for config in attention_configs(model):
+    for config in attention_configs(model) if configs is None else configs:
         impl = config._attn_implementation
         if impl == "sdpa" or (impl is not None and _is_flash_attention(impl)):
             switched.append((config, impl))

@@ -35,7 +35,7 @@ from tokenseek.ditching.attention import (
     kept_pass_attention,
     kept_pass_mask,
 )
-from tokenseek.models.introspect import capture_final_hidden, decoder_layers, eval_mode, unwrap, with_cache
+from tokenseek.models.introspect import attention_configs, capture_final_hidden, decoder_layers, eval_mode, unwrap, with_cache
 
 
 class ContextCache(DynamicCache):
@@ -86,11 +86,20 @@ def no_logits_kwargs(model, device) -> dict:
     return {}
 
 
-# Tokens per call of the context pass. Running the context in pieces against the growing
-# cache (chunked prefill) gives the same keys/values but bounds the pass's temporaries
-# (attention scores, MLP activations) by the chunk instead of the sequence: at seq 1024
-# on SmolLM2 the whole-sequence pass's peak sat 33 MiB above its 45 MiB cache.
-CONTEXT_CHUNK = 256
+# Tokens per call of the context pass, by device type. Running the context in pieces against
+# the growing cache (chunked prefill) gives the same keys/values but bounds the pass's
+# temporaries (attention scores, MLP activations) by the chunk instead of the sequence: at
+# seq 1024 on SmolLM2 (CPU) the whole-sequence pass's peak sat 33 MiB above its 45 MiB cache.
+# On a GPU every call also pays a fixed launch overhead that small pieces do not amortise
+# (H100, LoRA, eager: ~40 ms per call of a 16-layer 1B model whatever its length), so pieces
+# there are larger (docs/BENCHMARKS.md "On a GPU").
+CONTEXT_CHUNK = {"cpu": 256, "cuda": 2048}
+
+
+def context_chunk(device: torch.device | str) -> int:
+    """The default tokens per context-pass call on ``device`` (other accelerators: the GPU's)."""
+    kind = torch.device(device).type
+    return CONTEXT_CHUNK.get(kind, CONTEXT_CHUNK["cuda"])
 
 
 def context_pass(
@@ -103,7 +112,8 @@ def context_pass(
 ) -> ContextCache:
     """Run every token once without grad (eval mode, no logits) and return the frozen cache.
 
-    ``chunk``: tokens per model call (default :data:`CONTEXT_CHUNK`; 0: the whole sequence at once).
+    ``chunk``: tokens per model call (default: :func:`context_chunk` of the input's device; 0:
+    the whole sequence at once).
     ``observe`` is entered around the pass: online seeking uses it to read the last layer's
     attention and inputs while the context is computed anyway; it needs the whole sequence
     in one call, so ``chunk`` is ignored then.
@@ -111,7 +121,7 @@ def context_pass(
     check_supports_ditching(model)
     batch, length = input_ids.shape
     position_ids = torch.arange(length, device=input_ids.device).expand(batch, length)
-    chunk = CONTEXT_CHUNK if chunk is None else chunk
+    chunk = context_chunk(input_ids.device) if chunk is None else chunk
     step = length if observe is not None or chunk <= 0 else chunk
     cache = ContextCache()
     # The named range shows the pass in a profiler trace (and lets `tokenseek bench` find its peak).
@@ -144,13 +154,16 @@ def checkpointing_for_kept_pass(model: torch.nn.Module) -> Iterator[None]:
     """
     layers = [layer for layer in decoder_layers(model) if getattr(layer, "gradient_checkpointing", False)]
     originals = [layer.__dict__.get("_gradient_checkpointing_func") for layer in layers]
+    # Found once: walking every module for them again in each layer's forward and recompute
+    # cost ~14 ms a layer on an H100 (LoRA on SmolLM2; docs/BENCHMARKS.md "On a GPU").
+    configs = attention_configs(model) if layers else []
     for layer, original in zip(layers, originals):
         layer._can_checkpoint_with_cache = True
         checkpoint_fn = original or layer._gradient_checkpointing_func
 
         def run_checkpointed(function, *args, _checkpoint=checkpoint_fn, **kwargs):
             def under_kept_attention(*inner, **inner_kwargs):
-                with kept_pass_attention(model):
+                with kept_pass_attention(model, configs):
                     return function(*inner, **inner_kwargs)
 
             return _checkpoint(under_kept_attention, *args, **kwargs)
@@ -217,14 +230,16 @@ def ditched_forward(
     *,
     cache: ContextCache | None = None,
     return_hidden: bool = False,
+    context_chunk: int | None = None,
 ) -> DitchedOutput:
     """Logits (or final hidden states) at the kept positions, differentiable only through the kept tokens.
 
-    ``cache``: a context pass already run on this batch (online seeking runs it itself).
+    ``cache``: a context pass already run on this batch (online seeking runs it itself);
+    ``context_chunk``: tokens per call of the context pass (see :func:`context_pass`).
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     keep = keep.bool() & attention_mask.bool()
     if cache is None:
-        cache = context_pass(model, input_ids, attention_mask)
+        cache = context_pass(model, input_ids, attention_mask, chunk=context_chunk)
     return kept_pass(model, input_ids, keep, attention_mask, cache, return_hidden=return_hidden)

@@ -90,13 +90,15 @@ def ditched_loss_sums(
     *,
     cache: ContextCache | None = None,
     loss_chunk: int = DEFAULT_LOSS_CHUNK,
+    context_chunk: int | None = None,
 ) -> LossSums:
     """Per-example cross-entropy over kept targets; only kept tokens are back-propagated.
 
     ``loss_chunk=0`` lets the model apply its own LM head inside its forward (what sharded
-    setups such as FSDP expect); otherwise the head runs here, in chunks.
+    setups such as FSDP expect); otherwise the head runs here, in chunks. ``context_chunk``:
+    tokens per call of the context pass (None: the device's default).
     """
-    out = ditched_forward(model, input_ids, keep, attention_mask, cache=cache, return_hidden=loss_chunk > 0)
+    out = ditched_forward(model, input_ids, keep, attention_mask, cache=cache, return_hidden=loss_chunk > 0, context_chunk=context_chunk)
     targets = torch.gather(shift_labels, 1, out.positions).masked_fill(~out.slot_valid, IGNORE_INDEX)
     if loss_chunk <= 0:
         return logits_loss_sums(out.logits, targets)
@@ -128,6 +130,7 @@ def step_loss_sums(
     *,
     cache: ContextCache | None = None,
     loss_chunk: int = DEFAULT_LOSS_CHUNK,
+    context_chunk: int | None = None,
 ) -> LossSums:
     """The training step's loss, as the trainer and the benchmark run it.
 
@@ -136,7 +139,9 @@ def step_loss_sums(
     """
     if cache is None and bool((keep.bool() == attention_mask.bool()).all()):
         return full_loss_sums(model, input_ids, attention_mask, shift_labels, loss_chunk=loss_chunk)
-    return ditched_loss_sums(model, input_ids, shift_labels, keep, attention_mask, cache=cache, loss_chunk=loss_chunk)
+    return ditched_loss_sums(
+        model, input_ids, shift_labels, keep, attention_mask, cache=cache, loss_chunk=loss_chunk, context_chunk=context_chunk
+    )
 
 
 def ditched_loss(
