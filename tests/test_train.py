@@ -248,6 +248,26 @@ def test_train_cli_gradient_checkpointing_reaches_the_kept_pass(tmp_path, tiny_m
     assert seen and all(n > 0 for n in seen)
 
 
+def test_train_cli_context_chunk_reaches_the_context_pass(tmp_path, tiny_model_dir, data_file, monkeypatch):
+    """--context-chunk sets the pieces of the ditched step's context pass (unset: the device's default)."""
+    import tokenseek.ditching.forward as forward
+
+    chunks, original = [], forward.context_pass
+
+    def spy(*args, chunk=None, **kwargs):
+        chunks.append(chunk)
+        return original(*args, chunk=chunk, **kwargs)
+
+    monkeypatch.setattr(forward, "context_pass", spy)
+    argv = ["train", "--model", str(tiny_model_dir), "--data", str(data_file), "--max-steps", "1", "--grad-accum", "1",
+            "--max-length", "48", "--selection", "random", "--ratio", "0.5"]
+    assert main([*argv, "--output-dir", str(tmp_path / "a"), "--context-chunk", "7"]) == 0
+    assert chunks and set(chunks) == {7}
+    chunks.clear()
+    assert main([*argv, "--output-dir", str(tmp_path / "b")]) == 0
+    assert chunks and set(chunks) == {None}  # context_pass then takes forward.context_chunk(device)
+
+
 def test_yaml_config(tmp_path, tiny_model_dir, data_file):
     config = tmp_path / "train.yaml"
     config.write_text(f"model: {tiny_model_dir}\ndata: {data_file}\nmax_steps: 1\ngrad_accum: 1\nselection: random\nratio: 0.5\nmax_length: 48\n")

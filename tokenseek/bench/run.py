@@ -34,6 +34,7 @@ class BenchConfig:
     model: str | None = None
     lora: dict = field(default_factory=dict)  # apply_peft keyword arguments (tokenseek.models.adapters.adapter_kwargs)
     dtype: str = "auto"  # --dtype; each worker resolves it on its device (tokenseek.models.placement)
+    context_chunk: int | None = None  # --context-chunk; None: each worker's device default
     pefts: list[str] = option(default_factory=lambda: ["lora"], help="adapter methods to measure", choices=PEFT_METHODS, comma=True, flag="peft")
     seq_lens: list[int] = option(default_factory=lambda: [1024], help="tokens per example; several run one after another", comma=True, flag="seq_len", minimum=2)
     batch_size: int = option(1, "examples per step", minimum=1)
@@ -65,13 +66,6 @@ class BenchConfig:
         "(1.0: labels on every token; Alpaca-style data is about 0.5)",
         above=0,
         maximum=1,
-    )
-
-    context_chunk: int | None = option(
-        None,
-        "tokens per call of the ditched step's no-grad context pass (0: the whole sequence in one call)",
-        shown="256 on a CPU, 2048 on a GPU",
-        minimum=0,
     )
 
     def __post_init__(self) -> None:

@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from tokenseek.cli.common import add_adapter_args, add_dtype_arg, add_model_args, adapter_from_args
+from tokenseek.cli.common import add_adapter_args, add_dtype_arg, add_model_args, add_step_args, adapter_from_args
 
 
 def register(sub) -> None:
@@ -27,6 +27,7 @@ def register(sub) -> None:
     add_options(p, BenchConfig, suppress=False)
     add_adapter_args(p)
     add_dtype_arg(p)
+    add_step_args(p)
     p.set_defaults(func=run)
 
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from tokenseek.bench.run import BenchConfig, run_bench
     from tokenseek.cli.config import from_args
 
-    cfg = from_args(BenchConfig, args, model=args.model, dtype=args.dtype)
+    cfg = from_args(BenchConfig, args, model=args.model, dtype=args.dtype, context_chunk=args.context_chunk)
     pefts, adapter = adapter_from_args(args, cfg.pefts)
     cfg = dataclasses.replace(cfg, pefts=pefts, lora=adapter)
     if cfg.knobs:

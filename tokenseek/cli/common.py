@@ -15,8 +15,9 @@ MODEL_OPTIONS = ("model",)
 DATA_OPTIONS = ("data", "format", "split", "subset", "fields", "limit", "template", "max_length", "train_on_prompt")
 SELECTION_OPTIONS = ("ratio", "alpha", "beta", "select_from")
 PRECISION_OPTIONS = ("dtype",)
+STEP_OPTIONS = ("context_chunk",)  # how the ditched step runs, for bench
 ADAPTER_FLAGS = ("peft_config",) + ADAPTER_OPTIONS  # what add_adapter_args adds
-SHARED_OPTIONS = MODEL_OPTIONS + DATA_OPTIONS + SELECTION_OPTIONS + PRECISION_OPTIONS + ADAPTER_OPTIONS
+SHARED_OPTIONS = MODEL_OPTIONS + DATA_OPTIONS + SELECTION_OPTIONS + PRECISION_OPTIONS + STEP_OPTIONS + ADAPTER_OPTIONS
 
 
 def _add(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
@@ -39,6 +40,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_dtype_arg(p: argparse.ArgumentParser) -> None:
     _add(p, PRECISION_OPTIONS)
+
+
+def add_step_args(p: argparse.ArgumentParser) -> None:
+    _add(p, STEP_OPTIONS)
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:

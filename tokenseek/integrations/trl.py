@@ -36,7 +36,8 @@ class TokenSeekSFTTrainer(SelectingMixin, SFTTrainer):
     budget from the others), ``alpha``/``beta`` (Eq. 5), ``scores`` (score
     store directory for offline scored selections), ``seeking`` (``offline`` or ``online``:
     score inside each step, no store), ``loss_norm`` (``token`` or ``example``),
-    ``loss_chunk`` (LM-head rows at a time).
+    ``loss_chunk`` (LM-head rows at a time), ``context_chunk`` (tokens per call of the
+    no-grad context pass).
     """
 
     def __init__(self, *args, **kwargs):

@@ -94,6 +94,14 @@ class TrainConfig:
         choices=LOSS_NORMS,
     )
     loss_chunk: int = option(DEFAULT_LOSS_CHUNK, "apply the LM head and loss to this many positions at a time (0: all at once)", bookkeeping=True, minimum=0)
+    context_chunk: int | None = option(
+        None,
+        "run the ditched step's no-grad context pass on this many tokens per call (0: the whole sequence at once): "
+        "smaller pieces hold less at once, but on a GPU each call costs launch time; online seeking runs it whole",
+        shown="256 on a CPU, 2048 on a GPU",
+        bookkeeping=True,
+        minimum=0,
+    )
     gradient_checkpointing: bool = option(
         False, "recompute the kept pass's layers in backward (less memory, more time)", aliases=("activation_checkpointing",), bookkeeping=True
     )
@@ -163,7 +171,7 @@ class TrainConfig:
             "epochs", "max_steps", "batch_size", "grad_accum", "lr", "optim", "max_grad_norm", "scheduler", "warmup_ratio",
             "weight_decay", "seed", "loss_norm", "trainer_args",
         ),
-        "memory": ("loss_chunk", "gradient_checkpointing", "memory_budget"),
+        "memory": ("loss_chunk", "context_chunk", "gradient_checkpointing", "memory_budget"),
         "output, logging and evaluation": (
             "output_dir", "overwrite", "logging_steps", "save_steps", "save_total_limit", "report_to", "eval_steps", "eval_split",
             "load_best_model_at_end",
@@ -262,6 +270,10 @@ def ignored_options(cfg: TrainConfig) -> list[str]:
     why = unread_settings(cfg.selection, cfg.ratio)
     if cfg.memory_budget and cfg.selection != "full":
         why["ratio"] = "--memory-budget chooses the ratio"
+    if cfg.seeking == "online":
+        why["context_chunk"] = "online seeking reads the last layer's attention over the whole sequence, so its context pass runs whole"
+    elif cfg.selection == "full":
+        why["context_chunk"] = why.get("alpha", "full selection has no context pass")
     if cfg.peft == "none":
         why.update(dict.fromkeys(("lora_r", "lora_alpha", "lora_dropout", "target_modules"), "--peft none trains every parameter, no adapter"))
     elif cfg.peft == "ia3":

@@ -162,7 +162,7 @@ def step_options(cfg: TrainConfig):
         online = OnlineSeeker(
             ratio=cfg.ratio, strategy=cfg.selection, alpha=cfg.alpha, beta=cfg.beta, select_from=cfg.select_from, seed=cfg.seed
         )
-    return StepOptions(loss_norm=cfg.loss_norm, loss_chunk=cfg.loss_chunk, online=online)
+    return StepOptions(loss_norm=cfg.loss_norm, loss_chunk=cfg.loss_chunk, context_chunk=cfg.context_chunk, online=online)
 
 
 def peak_memory_bytes(device: torch.device | None = None) -> int:

@@ -48,6 +48,7 @@ class SelectionOptions:
     selections (scored there on first use, reused while model and data match). ``seeking``:
     ``offline`` or ``online`` (score inside each step with the current weights, no store).
     ``loss_norm``: ``token`` or ``example``. ``loss_chunk``: LM-head rows at a time.
+    ``context_chunk``: tokens per call of the no-grad context pass (None: the device's default).
     """
 
     ratio: float = DEFAULT_RATIO
@@ -59,6 +60,7 @@ class SelectionOptions:
     seeking: str = "offline"
     loss_norm: str = "token"
     loss_chunk: int | None = None
+    context_chunk: int | None = None
 
     def __post_init__(self) -> None:
         check_selection(self.selection, self.ratio, self.alpha, self.beta, self.select_from)

@@ -40,6 +40,7 @@ class StepOptions:
 
     loss_norm: str = "token"
     loss_chunk: int = DEFAULT_LOSS_CHUNK
+    context_chunk: int | None = None  # tokens per context-pass call; None: the device's default
     online: OnlineSeeker | None = None  # set: select inside each step with the current weights
 
 
@@ -81,7 +82,8 @@ class DitchedLossMixin:
             shift_labels = kept_targets(inputs["labels"], keep)
             self._tally(keep, inputs)
         sums = step_loss_sums(
-            model, inputs["input_ids"], inputs["attention_mask"], shift_labels, keep, cache=cache, loss_chunk=options.loss_chunk
+            model, inputs["input_ids"], inputs["attention_mask"], shift_labels, keep, cache=cache,
+            loss_chunk=options.loss_chunk, context_chunk=options.context_chunk,
         )
         loss = self._normalised(sums, num_items_in_batch if model.training else None)
         return (loss, {"loss": loss}) if return_outputs else loss
@@ -139,7 +141,7 @@ class SelectingMixin(DitchedLossMixin):
     added to each collated training batch, or chosen inside each step (online seeking)."""
 
     def _init_selection(self, options: SelectionOptions, *, max_length: int | None, source: str) -> None:
-        step = StepOptions(loss_norm=options.loss_norm)
+        step = StepOptions(loss_norm=options.loss_norm, context_chunk=options.context_chunk)
         if options.loss_chunk is not None:
             step.loss_chunk = options.loss_chunk
         online = options.seeking == "online"
