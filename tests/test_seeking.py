@@ -72,6 +72,20 @@ def test_gradient_score_matches_full_autograd(arch, layers_back):
     assert (gradient - expected).abs().max() / scale <= 1e-5
 
 
+def test_context_only_scoring_gives_the_context_score_without_a_backward():
+    """with_gradient=False (what a selection that never reads the gradient score needs): the
+    same context score as the independent eager-attention reference, zero gradient score, and
+    no autograd graph at all."""
+    model = tiny_model("llama").eval()
+    input_ids, attention_mask, labels = padded_batch(seed=2, lengths=(26, 14, 7))
+    graphs = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: graphs.append(1) or t, lambda t: t):
+        context, gradient = score_batch(model, input_ids, labels, attention_mask, with_gradient=False)
+    assert not graphs and not context.requires_grad
+    assert torch.allclose(context, brute_force_context(model, input_ids, attention_mask), atol=1e-5)
+    assert torch.all(gradient == 0)
+
+
 def test_scoring_leaves_parameters_untouched():
     model = tiny_model("llama")
     model.train()
@@ -267,6 +281,38 @@ def test_store_resume_equals_uninterrupted(tmp_path, tiny_model_dir, data_file, 
     whole = pq.read_table(tmp_path / "whole" / "scores.parquet").to_pydict()
     part = pq.read_table(tmp_path / "part" / "scores.parquet").to_pydict()
     assert whole == part and len(whole["index"]) == 24
+
+
+def test_train_scores_no_gradient_when_its_weights_leave_it_out(tmp_path, tiny_model_dir, data_file, capsys):
+    """The default (α,β = 1,0 among the targets) never reads the gradient score, so `train`'s own
+    store holds context scores only; it keeps what a full store keeps, and a run that reads the
+    gradient score (or visualize) refuses it in one line."""
+    from tokenseek.seeking.store import ScoreStore
+
+    argv = ["train", "--model", str(tiny_model_dir), "--data", str(data_file), "--max-length", "64", "--max-steps", "1", "--grad-accum", "1",
+            "--ratio", "0.02"]  # fewer kept positions than targets: the targets are ranked
+    own = tmp_path / "own"
+    assert main([*argv, "--output-dir", str(own)]) == 0
+    store = ScoreStore.open(own / "scores")
+    assert not store.has_gradient and all(not row["gradient"].any() for row in store.rows.values())
+    full = tmp_path / "full-scores"
+    assert main(_score_argv(tiny_model_dir, data_file, full)) == 0
+    reference = ScoreStore.open(full)
+    assert reference.has_gradient and set(reference.rows) == set(store.rows)
+    for index, row in reference.rows.items():
+        assert np.allclose(store.get(index)["context"], row["context"], atol=1e-5)
+    assert main([*argv, "--output-dir", str(tmp_path / "with-full"), "--scores", str(full)]) == 0
+    summaries = [json.loads((run / "train_summary.json").read_text()) for run in (own, tmp_path / "with-full")]
+    assert summaries[0]["tokens_kept"] == summaries[1]["tokens_kept"] and summaries[0]["kept_targets"] == summaries[1]["kept_targets"]
+    capsys.readouterr()
+    code = main([*argv, "--output-dir", str(tmp_path / "beta"), "--scores", str(own / "scores"), "--beta", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds context scores only" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "beta" / "model").exists()
+    code = main(["visualize", "--summary", "--model", str(tiny_model_dir), "--data", str(data_file), "--max-length", "64",
+                 "--scores", str(own / "scores"), "--output", str(tmp_path / "viz")])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds context scores only" in err
 
 
 def test_store_refuses_other_data(tmp_path, tiny_model_dir, data_file, capsys):

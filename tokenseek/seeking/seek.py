@@ -30,10 +30,16 @@ def score_batch(
     layers_back: int = 1,
     grad_mode: str = "abs",
     return_grad_map: bool = False,
+    with_gradient: bool = True,
 ):
-    """Context and gradient scores for a padded batch: ``(context [B,n], gradient [B,n][, grad map [B,n,d]])``."""
+    """Context and gradient scores for a padded batch: ``(context [B,n], gradient [B,n][, grad map [B,n,d]])``.
+
+    ``with_gradient=False``: only the forward pass, no partial backward; the gradient score is 0.
+    """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
+    if not with_gradient:
+        return _context_scores(model, input_ids, attention_mask)
     labels = labels.masked_fill(attention_mask == 0, IGNORE_INDEX)
     with frozen(model), capture_context_scores(model, attention_mask) as ctx, leaf_at_layer(model, layers_back) as leaf, capture_final_hidden(model) as final:
         with torch.enable_grad():
@@ -50,6 +56,16 @@ def score_batch(
     if return_grad_map:
         return context, gradient, grad.masked_fill(~real[..., None], 0.0)
     return context, gradient
+
+
+def _context_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """``(context, zeros)``: the attention each token receives, from one forward without grad."""
+    with torch.no_grad(), capture_context_scores(model, attention_mask) as ctx:
+        kwargs = {"logits_to_keep": torch.zeros(0, dtype=torch.long, device=input_ids.device)}
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **kwargs)
+    context = ctx.scores.masked_fill(~attention_mask.bool(), 0.0)
+    return context, torch.zeros_like(context)
 
 
 def seek(

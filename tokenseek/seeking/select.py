@@ -36,6 +36,14 @@ SEEKING = ("offline", "online")
 SCORED = ("tokenseek", "context", "gradient", "mixed", "probe")
 
 
+def reads_gradient(strategy: str, alpha: float, beta: float) -> bool:
+    """Whether ``strategy`` with these (resolved) weights ranks by the gradient score at all; if
+    not, scoring can skip its partial backward (a store of context scores serves it)."""
+    if strategy in ("tokenseek", "context"):
+        return SCORE_WEIGHTS.get(strategy, (alpha, beta))[1] > 0
+    return strategy in SCORED
+
+
 def score_weights(select_from: str, alpha: float | None = None, beta: float | None = None) -> tuple[float, float]:
     """``(alpha, beta)``, each that is None replaced by the default for ``select_from``."""
     if select_from not in DEFAULT_WEIGHTS:

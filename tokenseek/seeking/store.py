@@ -205,6 +205,19 @@ class ScoreStore:
             logger.warning("the score store %s was scored in %s; the model is now %s", self.path, scored.get("dtype"), now["dtype"])
 
     @property
+    def has_gradient(self) -> bool:
+        """False for a store of context scores only (its gradient column is zeros)."""
+        return self.meta.get("scoring", {}).get("gradient", True)
+
+    def require_gradient(self, reader: str) -> None:
+        """Refuse a context-only store to a ``reader`` that reads the gradient score."""
+        if not self.has_gradient:
+            raise TokenSeekError(
+                f"the score store {self.path} holds context scores only (it was made for a selection that never reads the "
+                f"gradient score), but {reader} reads it: re-score with `tokenseek score --out NEW_DIR` and pass --scores NEW_DIR"
+            )
+
+    @property
     def precision(self) -> dict:
         """The dtype (and quantization) the scores were computed in."""
         return self.meta.get("precision", LEGACY_PRECISION)
@@ -263,21 +276,27 @@ def score_dataset(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    with_gradient: bool = True,
 ) -> ScoreStore:
     """Score every example of ``data`` into the store at ``out``, resuming a partial store.
 
     Batches are fixed slices of the example list, so a resumed run scores exactly the
     batches that have no shard yet. With ``world_size > 1`` each rank scores every
-    ``world_size``-th batch; rank 0 merges once all shards exist.
+    ``world_size``-th batch; rank 0 merges once all shards exist. ``with_gradient=False``
+    stores context scores only (no partial backward): enough for selections that never read
+    the gradient score (:func:`tokenseek.seeking.select.reads_gradient`), refused by the others.
     """
     out = Path(out)
     alpha, beta = score_weights("all", alpha, beta)  # the stored reference keep ranks every position
+    if not with_gradient:
+        beta = 0.0
     meta = {
         "version": STORE_VERSION,
         "model": model_fingerprint(model, model_id),
         "precision": model_precision(model),
         "data": {"fingerprint": data.fingerprint(), "examples": len(data), "settings": data.settings},
-        "scoring": {"layers_back": layers_back, "grad_mode": grad_mode, "batch_size": batch_size},
+        # "gradient" only when False: stores from before the option compare equal and resume.
+        "scoring": {"layers_back": layers_back, "grad_mode": grad_mode, "batch_size": batch_size, **({} if with_gradient else {"gradient": False})},
         "selection": {"ratio": ratio, "alpha": alpha, "beta": beta, "seed": seed},
         "complete": False,
     }
@@ -357,6 +376,7 @@ def _score_shards(model, tokenizer, data, out: Path, meta: dict, *, rank: int, w
                 batch["attention_mask"].to(device),
                 layers_back=scoring["layers_back"],
                 grad_mode=scoring["grad_mode"],
+                with_gradient=scoring.get("gradient", True),
             )
             rows = []
             for j, ex in enumerate(batches[b]):

@@ -333,23 +333,32 @@ def _summary(cfg: TrainConfig, trainer, curve: list, evals: list) -> dict:
 
 
 def _scores(cfg: TrainConfig, model, tokenizer, data, out: Path, state):
-    """The score store the scored selections read (made under the run dir unless --scores), else None."""
-    from tokenseek.seeking.select import NOTHING_TO_RANK, SCORED, scores_needed
+    """The score store the scored selections read (made under the run dir unless --scores), else None.
+
+    The run's own store holds what its selection reads: no gradient scores (and no partial
+    backward) when the weights leave the gradient score out, as the default α,β = 1,0 does.
+    """
+    from tokenseek.seeking.select import NOTHING_TO_RANK, SCORED, reads_gradient, scores_needed
     from tokenseek.seeking.store import ScoreStore, score_dataset
 
     if cfg.selection not in SCORED:
         return None
+    gradient = reads_gradient(cfg.selection, cfg.alpha, cfg.beta)
     if cfg.scores:  # opened (and checked against this model and data) even if nothing needs ranking
-        return ScoreStore.open(cfg.scores, data=data, model=model, model_id=cfg.model)
-    if not scores_needed((ex["labels"] for ex in data.examples), cfg.ratio, cfg.selection, cfg.select_from):
+        store = ScoreStore.open(cfg.scores, data=data, model=model, model_id=cfg.model)
+    elif not scores_needed((ex["labels"] for ex in data.examples), cfg.ratio, cfg.selection, cfg.select_from):
         logger.info(NOTHING_TO_RANK)
         return None
-    # Under torchrun each rank scores its share of the batches; score_dataset waits for
-    # all shards, rank 0 merges, and every rank then opens the one complete store.
-    return score_dataset(
-        model, tokenizer, data, out / "scores", model_id=cfg.model,
-        rank=state.process_index, world_size=state.num_processes, progress=state.is_main_process,
-    )
+    else:
+        # Under torchrun each rank scores its share of the batches; score_dataset waits for
+        # all shards, rank 0 merges, and every rank then opens the one complete store.
+        store = score_dataset(
+            model, tokenizer, data, out / "scores", model_id=cfg.model, with_gradient=gradient,
+            rank=state.process_index, world_size=state.num_processes, progress=state.is_main_process,
+        )
+    if gradient:
+        store.require_gradient(f"--selection {cfg.selection} with --alpha {cfg.alpha:g} --beta {cfg.beta:g}")
+    return store
 
 
 def _budget_ratio(cfg: TrainConfig, out: Path, train_examples: list, resuming: bool) -> float:

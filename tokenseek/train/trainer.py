@@ -28,7 +28,16 @@ from tokenseek.data.collate import DitchingCollator
 from tokenseek.ditching.loss import DEFAULT_LOSS_CHUNK, LOSS_NORMS, kept_targets, step_loss_sums
 from tokenseek.errors import TokenSeekError
 from tokenseek.seeking.online import OnlineSeeker
-from tokenseek.seeking.select import NOTHING_TO_RANK, SCORED, KeptSetDrift, SelectionTally, keep_count, scores_needed
+from tokenseek.seeking.select import (
+    NOTHING_TO_RANK,
+    SCORED,
+    KeptSetDrift,
+    SelectionTally,
+    keep_count,
+    reads_gradient,
+    score_weights,
+    scores_needed,
+)
 from tokenseek.train.selection import KeepingCollator, OfflineKeep, SelectionOptions, example_key, tokenized_examples
 
 logger = logging.getLogger(__name__)
@@ -184,11 +193,14 @@ class SelectingMixin(DitchedLossMixin):
         if not scores_needed((ex["labels"] for ex in data.examples), options.ratio, options.selection, options.select_from):
             logger.info(NOTHING_TO_RANK)
             return None, {}
+        # A store named here may serve other weights later: it keeps the gradient scores too.
         store = score_dataset(
             self.model, tokenizer, data, options.scores, batch_size=self.args.per_device_train_batch_size,
             # Under torchrun/accelerate each process scores its share; rank 0 merges the store.
             rank=self.args.process_index, world_size=self.args.world_size,
         )
+        if reads_gradient(options.selection, *score_weights(options.select_from, options.alpha, options.beta)):
+            store.require_gradient(f"selection={options.selection!r} with beta={options.beta}")
         return store, {example_key(ex["input_ids"], ex["labels"]): ex["index"] for ex in data.examples}
 
 

@@ -51,6 +51,8 @@ def _show_example(cfg: VisualizeConfig) -> dict:
         )
     example = data.examples[cfg.index]
     store = ScoreStore.open(cfg.scores, data=data) if cfg.scores else None
+    if store is not None:
+        store.require_gradient("visualize (it shows the gradient score)")
     layers_back, grad_mode = _gradient_setting(cfg, store)
 
     model, tokenizer = load_model(cfg.model)
@@ -91,6 +93,7 @@ def _show_summary(cfg: VisualizeConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model)
     data = _tokenized(cfg, tokenizer)
     store = ScoreStore.open(cfg.scores, data=data)
+    store.require_gradient("visualize (it shows the gradient score)")
     summary = compute_summary(data, store, tokenizer, ratio=cfg.ratio, alpha=cfg.alpha, beta=cfg.beta, select_from=cfg.select_from)
     with staged_dir(cfg.output, SUMMARY_FILES) as tmp:
         written = render_summary(summary, tmp)
