@@ -152,7 +152,7 @@ def test_checkpointing_saves_less_than_without():
 
 
 def test_checkpointed_step_walks_the_model_for_attention_configs_once(monkeypatch):
-    """Finding the attention configs walks every module (~9 ms for SmolLM2 with LoRA): a
+    """Finding the attention configs walks every module (9–11 ms for SmolLM2 with LoRA): a
     checkpointed kept pass must not repeat it in each layer's forward and recompute, which
     made the step several times slower on a GPU (docs/BENCHMARKS.md "On a GPU")."""
     from tokenseek.ditching import attention, forward
