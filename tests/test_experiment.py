@@ -687,3 +687,14 @@ def test_selection_stats_of_runs_trained_before_the_answer_position_was_counted(
     assert selection_stats(study.cell("rand"), data, None, old) == fresh
     online = selection_stats(study.cell("online"), data, None, {**old, "kept_targets": 7})
     assert online["kept_target_answer_position"] is None and online["kept_positions_with_target"] == 7
+
+
+def test_train_loss_column_covers_the_whole_run_after_a_resume():
+    """HF's training_loss of a resumed run averages only the steps since the resume; the table
+    takes the mean of the run's logged per-step losses instead (the same for a run in one go)."""
+    from tokenseek.experiment.report import run_train_loss
+
+    curve = [{"step": s, "loss": loss} for s, loss in enumerate([3.0, 2.0, 1.0, 0.5, 0.5], start=1)]
+    resumed = {"train": {"train_loss": 0.6666, "resumed_from": "checkpoint-2"}, "loss_curve": curve}
+    assert run_train_loss(resumed) == pytest.approx(7.0 / 5)
+    assert run_train_loss({"train": {"train_loss": 0.9}, "loss_curve": None}) == 0.9  # files without a curve

@@ -196,8 +196,17 @@ def _training_cells(row: dict) -> list[str]:
         f"{len(done)}/{len(row['cells'])}",
         "—" if kept is None else f"{100 * kept:.1f}%",
         "—" if targets is None else f"{100 * targets:.1f}%",
-        _f(mean_of([t.get("train_loss") for t in trained])),
+        _f(mean_of([run_train_loss(r) for _, r in done if r.get("train")])),
     ]
+
+
+def run_train_loss(result: dict) -> float | None:
+    """The mean of the run's logged per-step training losses. HF's ``training_loss`` equals it for
+    a run trained in one go, but after a resume it averages only the steps run since then."""
+    curve = result.get("loss_curve") or []
+    if curve:
+        return sum(point["loss"] for point in curve) / len(curve)
+    return (result.get("train") or {}).get("train_loss")
 
 
 def _heldout_cells(row: dict, ref: dict | None) -> list[str]:
@@ -225,7 +234,7 @@ def _main_table_notes(reference: bool, exact_match: bool, benchmarks: bool) -> l
     notes = [
         "`runs`: finished cells / cells of the row (seeds). `tokens kept`: share of training tokens back-propagated. "
         "`targets trained`: share of the response-token targets that sit at a kept position — the loss is taken there only. "
-        "`train loss`: mean training loss over the run (HF `training_loss`, on the kept tokens). "
+        "`train loss`: mean of the logged per-step training losses over the run (on the kept tokens; HF's `training_loss` after a resume covers only the steps since). "
         "`held-out loss`: mean over the row's seeds (± seed sd when several)."
     ]
     if reference:
