@@ -103,6 +103,27 @@ def test_ratio_for_budget_end_to_end(tiny_model):
     assert ratio_for_budget(cfg, 64) == 1.0
 
 
+def test_memory_budget_measures_the_step_the_run_will_train(monkeypatch):
+    """The plan behind --memory-budget measures the run's own precision, checkpointing and
+    chunking (a bf16 run with checkpointing needs far less than the fp32 default step)."""
+    from tokenseek.bench import planner, run
+    from tokenseek.train.config import TrainConfig
+
+    specs = []
+
+    def fake_worker(spec, timeout=None):
+        specs.append(spec)
+        return {"memory": {"peak_bytes": int((100 + 1000 * spec["ratio"]) * 2**20)}}
+
+    monkeypatch.setattr(run, "resolve", lambda model: "model-dir")
+    monkeypatch.setattr(run, "run_worker", fake_worker)
+    cfg = TrainConfig(peft="lora", memory_budget="650MiB", dtype="bf16", gradient_checkpointing=True, loss_chunk=16, context_chunk=64)
+    assert 0.54 <= planner.ratio_for_budget(cfg, 512) <= 0.55
+    assert len(specs) == 2
+    for spec in specs:
+        assert (spec["dtype"], spec["checkpointing"], spec["loss_chunk"], spec["context_chunk"]) == ("bf16", True, 16, 64)
+
+
 def test_ratio_for_budget_names_smallest_peak(monkeypatch):
     from tokenseek.bench import planner
     from tokenseek.train.config import TrainConfig

@@ -165,8 +165,13 @@ def point(result: dict) -> dict:
     return {"peak": m["peak_bytes"], "forward_backward": m.get("forward_backward_peak_bytes"), "optimizer": m.get("optimizer_peak_bytes")}
 
 
-def measure_peaks(model, peft: str, seq_len: int, batch_size: int, ratios, lora: dict | None = None, progress=None) -> dict[float, dict]:
-    """Peaks per ratio (see :func:`point`), each from one fresh worker (1 warm-up + 1 profiled step, no timing)."""
+def measure_peaks(
+    model, peft: str, seq_len: int, batch_size: int, ratios, lora: dict | None = None, progress=None, step: dict | None = None
+) -> dict[float, dict]:
+    """Peaks per ratio (see :func:`point`), each from one fresh worker (1 warm-up + 1 profiled step, no timing).
+
+    ``step``: how the step runs, in the worker's spec keys (``dtype``, ``checkpointing``,
+    ``loss_chunk``, ``context_chunk``); left out, the worker's defaults."""
     from tokenseek.bench.run import resolve, run_worker
 
     resolved = resolve(model)
@@ -182,6 +187,7 @@ def measure_peaks(model, peft: str, seq_len: int, batch_size: int, ratios, lora:
             "ratio": ratio,
             "steps": 0,
             "warmup": 1,
+            **(step or {}),
         }
         result = run_worker(spec)
         if "error" in result:
@@ -211,7 +217,9 @@ def ratio_for_budget(cfg, max_seq_len: int) -> float:
     naming the smallest predicted peak when no ratio fits.
     """
     budget = parse_budget(cfg.memory_budget)
-    peaks = measure_peaks(cfg.model, cfg.peft, max_seq_len, cfg.batch_size, FIT_RATIOS, adapter_kwargs(cfg), progress=logger.info)
+    # Measured the way this run will train: its precision, checkpointing and chunking.
+    step = {"dtype": cfg.dtype, "checkpointing": cfg.gradient_checkpointing, "loss_chunk": cfg.loss_chunk, "context_chunk": cfg.context_chunk}
+    peaks = measure_peaks(cfg.model, cfg.peft, max_seq_len, cfg.batch_size, FIT_RATIOS, adapter_kwargs(cfg), progress=logger.info, step=step)
     plan = make_plan(peaks, budget, context=f"{cfg.peft}, {max_seq_len} tokens, batch {cfg.batch_size}")
     logger.info("memory plan:\n%s", plan.report())
     best = plan.best_ratio()
