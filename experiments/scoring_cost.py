@@ -3,7 +3,9 @@
 `train` skips the gradient score (the partial backward) when its selection's weights do not
 read it, as the default α,β = 1,0 among targets does. This times one scoring batch both ways,
 alternating, on the default model (SmolLM2-135M-Instruct), 4 examples of 256 tokens, the second
-half of each labelled (an answer), one torch thread; the first round is a warm-up.
+half of each labelled (an answer), one torch thread; the first round is a warm-up. Then the
+peak live tensor bytes above the weights of one batch each way (profiler replay, as
+`tokenseek bench` measures a step).
 
     PYTHONPATH=. python3 experiments/scoring_cost.py
 """
@@ -12,6 +14,7 @@ import time
 
 import torch
 
+from tokenseek.bench.memory import measure_step_memory
 from tokenseek.models import load_model
 from tokenseek.seeking.seek import score_batch
 
@@ -35,6 +38,12 @@ def main() -> None:
     for with_gradient, seconds in times.items():
         kept = sorted(seconds[1:])
         print(f"with_gradient={with_gradient}: median {kept[len(kept) // 2]:.2f} s, min {kept[0]:.2f}, max {kept[-1]:.2f} per batch")
+    for with_gradient in times:
+        with measure_step_memory(torch.device("cpu")) as holder:
+            score_batch(model, ids, labels, mask, with_gradient=with_gradient)
+        memory = holder["memory"]
+        above = (memory.peak_bytes - memory.baseline_bytes) / 2**20
+        print(f"with_gradient={with_gradient}: peak {above:.1f} MiB above the {memory.baseline_bytes / 2**20:.0f} MiB live before")
 
 
 if __name__ == "__main__":
