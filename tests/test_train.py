@@ -349,6 +349,23 @@ def test_trainer_drop_in_random_selection_trains_with_the_ditched_loss(tmp_path,
             torch.testing.assert_close(w["loss"] * w["num_items"], w["reference"] * count, rtol=1e-5, atol=1e-5)
 
 
+def test_trainer_drop_in_context_chunk_reaches_the_context_pass(tmp_path, tiny_model_dir, monkeypatch):
+    """context_chunk= among the trainer's selection keywords sets the context pass's pieces."""
+    import tokenseek.ditching.forward as forward
+
+    chunks, original = [], forward.context_pass
+
+    def spy(*args, chunk=None, **kwargs):
+        chunks.append(chunk)
+        return original(*args, chunk=chunk, **kwargs)
+
+    monkeypatch.setattr(forward, "context_pass", spy)
+    trainer = _user_trainer(tmp_path, tiny_model_dir, ratio=0.3, context_chunk=5)
+    assert trainer.step_options.context_chunk == 5
+    trainer.train()
+    assert chunks and set(chunks) == {5}
+
+
 def test_trainer_drop_in_scored_and_online_selection(tmp_path, tiny_model_dir):
     from trainer_checks import check_stored_keep
 
