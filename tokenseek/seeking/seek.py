@@ -43,10 +43,7 @@ def score_batch(
     labels = labels.masked_fill(attention_mask == 0, IGNORE_INDEX)
     with frozen(model), capture_context_scores(model, attention_mask) as ctx, leaf_at_layer(model, layers_back) as leaf, capture_final_hidden(model) as final:
         with torch.enable_grad():
-            kwargs = {"logits_to_keep": torch.zeros(0, dtype=torch.long, device=input_ids.device)}
-            # Positions count real tokens only, so left- and right-padded batches score alike.
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **kwargs)
+            _forward_without_logits(model, input_ids, attention_mask)
             grad_final = per_example_loss_grad(model, final["hidden"], labels)
             (grad,) = torch.autograd.grad(final["hidden"], leaf["hidden"], grad_outputs=grad_final)
     real = attention_mask.bool()
@@ -58,12 +55,18 @@ def score_batch(
     return context, gradient
 
 
+def _forward_without_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    """The scoring forward: hooks read what they need; the LM head computes no logits."""
+    kwargs = {"logits_to_keep": torch.zeros(0, dtype=torch.long, device=input_ids.device)}
+    # Positions count real tokens only, so left- and right-padded batches score alike.
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **kwargs)
+
+
 def _context_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
     """``(context, zeros)``: the attention each token receives, from one forward without grad."""
     with torch.no_grad(), capture_context_scores(model, attention_mask) as ctx:
-        kwargs = {"logits_to_keep": torch.zeros(0, dtype=torch.long, device=input_ids.device)}
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **kwargs)
+        _forward_without_logits(model, input_ids, attention_mask)
     context = ctx.scores.masked_fill(~attention_mask.bool(), 0.0)
     return context, torch.zeros_like(context)
 

@@ -273,7 +273,7 @@ def ignored_options(cfg: TrainConfig) -> list[str]:
     if cfg.seeking == "online":
         why["context_chunk"] = "online seeking reads the last layer's attention over the whole sequence, so its context pass runs whole"
     elif cfg.selection == "full":
-        why["context_chunk"] = why.get("alpha", "full selection has no context pass")
+        why["context_chunk"] = "full selection has no context pass"
     if cfg.peft == "none":
         why.update(dict.fromkeys(("lora_r", "lora_alpha", "lora_dropout", "target_modules"), "--peft none trains every parameter, no adapter"))
     elif cfg.peft == "ia3":
