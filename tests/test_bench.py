@@ -76,12 +76,25 @@ def test_bench_writes_json_table_and_charts(bench_dir):
     assert rows[0.1]["activations"]["saved_bytes"] < rows[1.0]["activations"]["saved_bytes"]
     assert rows[0.1]["relative"]["activation_bytes"] < 1.0
     score = g["score"]
-    assert score is not None and ("memory" in score or "skipped" in score), score.get("error")
+    assert score is not None and "memory" in score, score.get("error")
+    # The default scoring stage is train's default: the context score alone, no graph kept.
+    assert score["spec"]["score_gradient"] is False and score["activations"]["saved_bytes"] == 0
 
     table = (bench_dir / "bench.md").read_text()
+    assert "| scoring (context only, 10%) |" in table
     assert "| Ratio | Ave. Mem. | Max. Mem." in table and "| 10% |" in table and "100% (full token)" in table
     for png in ("bench.png", "breakdown.png"):
         assert (bench_dir / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_scoring_stage_with_the_gradient_keeps_the_partial_backward_graph(tiny_model):
+    from tokenseek.bench.worker import run
+
+    spec = {"model": tiny_model, "mode": "score", "seq_len": 32, "steps": 0, "warmup": 1}
+    with_gradient = run({**spec, "score_gradient": True})
+    context_only = run(spec)
+    assert with_gradient["activations"]["saved_bytes"] > 0 == context_only["activations"]["saved_bytes"]
+    assert with_gradient["memory"]["peak_bytes"] > context_only["memory"]["peak_bytes"]
 
 
 def test_plan_from_bench_picks_a_ratio(bench_dir, capsys):

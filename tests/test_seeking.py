@@ -86,6 +86,22 @@ def test_context_only_scoring_gives_the_context_score_without_a_backward():
     assert torch.all(gradient == 0)
 
 
+
+def test_seek_without_the_gradient_keeps_what_the_context_score_chooses():
+    """seek(with_gradient=False) under weights that ignore the gradient (α,β = 1,0) keeps the same
+    tokens as full scoring, and refuses weights that read the gradient it would not compute."""
+    model = tiny_model("llama")
+    input_ids, attention_mask, labels = padded_batch(seed=4, lengths=(28, 19, 9))
+    full = seek(model, input_ids, labels, attention_mask, ratio=0.3, alpha=1, beta=0, select_from="all")
+    light = seek(model, input_ids, labels, attention_mask, ratio=0.3, alpha=1, beta=0, select_from="all", with_gradient=False)
+    assert full.gradient.abs().sum() > 0 and torch.all(light.gradient == 0)
+    assert torch.equal(light.keep, full.keep) and torch.allclose(light.context, full.context, atol=1e-6)
+    # Selections without scores need none: random keeps the same tokens either way.
+    random = [seek(model, input_ids, labels, attention_mask, ratio=0.3, strategy="random", with_gradient=g).keep for g in (True, False)]
+    assert random[0].any() and torch.equal(*random)
+    with pytest.raises(TokenSeekError, match="with_gradient=True"):
+        seek(model, input_ids, labels, attention_mask, alpha=1, beta=1, with_gradient=False)
+
 def test_scoring_leaves_parameters_untouched():
     model = tiny_model("llama")
     model.train()

@@ -46,6 +46,12 @@ def breakdown(r: dict) -> dict | None:
     return {"parameters": params["param_bytes"], "gradients + AdamW": grads_opt, "activations": act or 0, "other at peak": other}
 
 
+def _scoring_label(spec: dict) -> str:
+    # Results written before the context-only scoring stage have no "score_gradient": they ran both.
+    scores = "context + gradient" if spec.get("score_gradient", True) else "context only"
+    return f"scoring ({scores}, {100 * spec['score_ratio']:g}%)"
+
+
 def group_table(g: dict, timing: bool = True) -> str:
     """Tab. 2 layout: one row per ratio (+ the scoring stage); ``timing=False`` drops the time columns."""
     cols = ["Ratio", "Ave. Mem.", "Max. Mem.", "Ave. Mem. (MiB)", "Max. Mem. (MiB)", "Peak RSS (MiB)", "Activations (MiB)", "Activations"]
@@ -54,7 +60,7 @@ def group_table(g: dict, timing: bool = True) -> str:
     head = "| " + " | ".join(cols) + " |\n|---" + "|---:" * (len(cols) - 1) + "|\n"
     lines = []
     for r in g["rows"] + ([g["score"]] if g["score"] else []):
-        label = f"scoring (seek, {100 * r['spec']['score_ratio']:g}%)" if r["spec"]["mode"] == "score" else _ratio_label(r)
+        label = _scoring_label(r["spec"]) if r["spec"]["mode"] == "score" else _ratio_label(r)
         if "error" in r or "skipped" in r:
             lines.append(f"| {label} | {r.get('error') or r.get('skipped')} " + "|" * (len(cols) - 1))
             continue

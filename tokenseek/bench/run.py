@@ -46,6 +46,12 @@ class BenchConfig:
     seed: int = option(0, "seed of the synthetic input and the adapters", minimum=0)
     score: bool = option(True, "also measure the scoring stage (tokenseek.seeking.seek)")
     score_ratio: float = option(0.1, "ratio passed to seek in the scoring stage", above=0, maximum=1)
+    score_gradient: bool = option(
+        False,
+        "the scoring stage also runs the partial backward for the gradient score, which selections that read it "
+        "need (the paper's alpha,beta = 1,1 over all positions)",
+        shown="context only, as train scores with its default selection",
+    )
     jobs: int = option(1, "workers at a time; timings are only meaningful with 1", minimum=1)
     threads: int | None = option(
         None, "intra-op threads per worker; 1 is steadier on a busy machine", shown="torch's, one per core", minimum=1
@@ -107,8 +113,6 @@ def run_worker(spec: dict, timeout: float | None = None) -> dict:
 
 
 def worker_specs(cfg: BenchConfig, model: str) -> list[dict]:
-    from tokenseek.bench.worker import load_seek
-
     ratios = sorted(set(cfg.ratios) | {1.0}, reverse=True)  # full-token is the reference: always measured
     specs = []
     for method in cfg.pefts:
@@ -123,13 +127,14 @@ def worker_specs(cfg: BenchConfig, model: str) -> list[dict]:
                 "warmup": cfg.warmup,
                 "seed": cfg.seed,
                 "score_ratio": cfg.score_ratio,
+                "score_gradient": cfg.score_gradient,
                 "threads": cfg.threads,
                 "dtype": cfg.dtype,
                 "context_chunk": cfg.context_chunk,
             }
             specs += [{**base, "mode": "train", "ratio": r} for r in ratios]
             if cfg.score:
-                specs.append({**base, "mode": "score", "ratio": cfg.score_ratio, "available": load_seek() is not None})
+                specs.append({**base, "mode": "score", "ratio": cfg.score_ratio})
     return specs
 
 
@@ -142,8 +147,6 @@ def run_bench(cfg: BenchConfig, progress=print) -> dict:
     specs = worker_specs(cfg, model)
 
     def measure(spec: dict) -> dict:
-        if spec.pop("available", True) is False:
-            return {"spec": spec, "skipped": "tokenseek.seeking.seek is not available in this tree yet"}
         result = run_worker(spec, cfg.timeout)
         progress(f"  {describe(spec)}: {short(result)}")
         return result

@@ -58,6 +58,7 @@ def default_spec() -> dict:
         "warmup": 1,
         "seed": 0,
         "score_ratio": 0.1,
+        "score_gradient": False,  # the scoring stage also runs the partial backward for the gradient score
         "threads": None,  # intra-op threads; None = torch's default (one per core)
         "checkpointing": False,  # gradient checkpointing (non-reentrant), as TrainingArguments turns it on
         "loss_chunk": DEFAULT_LOSS_CHUNK,  # LM head + loss on this many positions at a time; 0 = all at once
@@ -151,19 +152,6 @@ def training_loss(model, batch: dict, spec: dict | None = None) -> torch.Tensor:
     return sums.token_mean()
 
 
-def load_seek() -> Callable | None:
-    """The scoring stage (``tokenseek.seeking.seek``), or None while it does not exist."""
-    try:
-        import tokenseek.seeking as seeking
-        from tokenseek.seeking import seek  # noqa: F401  (function, or a module holding it)
-    except ImportError:
-        return None
-    fn = getattr(seeking, "seek", None)
-    if fn is not None and not callable(fn):  # the name is a module: tokenseek/seeking/seek.py
-        fn = getattr(fn, "seek", None)
-    return fn if callable(fn) else None
-
-
 def _load(spec: dict, device: torch.device):
     from tokenseek.models import apply_peft, load_model
 
@@ -210,11 +198,18 @@ def _step_fn(spec: dict, model, batch: dict, optimizer) -> Callable[[dict], None
     """One step; ``phases`` receives the wall time of each part."""
     device = batch["input_ids"].device
     if spec["mode"] == "score":
-        seek = load_seek()
+        from tokenseek.seeking import seek
+
+        # Context + gradient is what the paper's weights over all positions need; context
+        # alone is what `tokenseek train` scores with its default selection among targets.
+        weights = {"select_from": "all", "alpha": 1.0, "beta": 1.0} if spec["score_gradient"] else {"select_from": "targets"}
 
         def score(phases: dict) -> None:
             t0 = time.perf_counter()
-            seek(model, batch["input_ids"], batch["labels"], attention_mask=batch["attention_mask"], ratio=spec["score_ratio"])
+            seek(
+                model, batch["input_ids"], batch["labels"], attention_mask=batch["attention_mask"], ratio=spec["score_ratio"],
+                with_gradient=spec["score_gradient"], **weights,
+            )
             model.zero_grad(set_to_none=True)  # the partial backward leaves head/last-block grads
             _sync(device)
             phases["score"] = time.perf_counter() - t0
@@ -264,10 +259,6 @@ def run(spec: dict) -> dict:
     torch.manual_seed(spec["seed"])
     # Other processes on the machine skew timings (never memory): record the load around the run.
     result = {"spec": spec, "environment": environment(device), "loadavg": {"start": os.getloadavg()[0]}}
-    if spec["mode"] == "score" and load_seek() is None:
-        result["skipped"] = "tokenseek.seeking.seek is not available in this tree yet"
-        return result
-
     model, batch, optimizer = _setup(spec, device)
     result["tokens"] = {"total": int(batch["keep"].numel()), "kept": int(batch["keep"].sum())}
     step = _step_fn(spec, model, batch, optimizer)

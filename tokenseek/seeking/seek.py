@@ -7,10 +7,19 @@ from dataclasses import dataclass
 import torch
 
 from tokenseek.constants import IGNORE_INDEX
+from tokenseek.errors import TokenSeekError
 from tokenseek.seeking.context import capture_context_scores
 from tokenseek.models.introspect import capture_final_hidden, eval_mode
 from tokenseek.seeking.gradient import frozen, leaf_at_layer, per_example_loss_grad, reduce_gradient
-from tokenseek.seeking.select import DEFAULT_RATIO, DEFAULT_SELECT_FROM, candidate_positions, combined_score, score_weights, select_keep
+from tokenseek.seeking.select import (
+    DEFAULT_RATIO,
+    DEFAULT_SELECT_FROM,
+    candidate_positions,
+    combined_score,
+    reads_gradient,
+    score_weights,
+    select_keep,
+)
 
 
 @dataclass
@@ -85,6 +94,7 @@ def seek(
     grad_mode: str = "abs",
     seed: int = 0,
     select_from: str = DEFAULT_SELECT_FROM,
+    with_gradient: bool = True,
 ) -> SeekResult:
     """Score every token and choose the kept ones (keep mask feeds :func:`tokenseek.ditched_loss`).
 
@@ -92,12 +102,21 @@ def seek(
     ``select_from="targets"`` keeps only positions whose next token has a label;
     ``"targets-first"`` keeps those first and fills the rest of the budget from the others.
     ``alpha``/``beta`` left None take the default for ``select_from``.
+    ``with_gradient=False`` skips the partial backward (``gradient`` is 0), as ``tokenseek train``
+    scores when its selection never reads the gradient score.
     """
     alpha, beta = score_weights(select_from, alpha, beta)
+    if not with_gradient and reads_gradient(strategy, alpha, beta):
+        raise TokenSeekError(
+            f"selection {strategy!r} with alpha,beta = {alpha:g},{beta:g} ranks by the gradient score: "
+            "call seek with with_gradient=True (or beta=0)"
+        )
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     with eval_mode(model):  # scoring is a measurement: no dropout
-        context, gradient = score_batch(model, input_ids, labels, attention_mask, layers_back=layers_back, grad_mode=grad_mode)
+        context, gradient = score_batch(
+            model, input_ids, labels, attention_mask, layers_back=layers_back, grad_mode=grad_mode, with_gradient=with_gradient
+        )
     keep = torch.zeros_like(attention_mask, dtype=torch.bool)
     combined = torch.full(context.shape, float("-inf"))
     for b in range(input_ids.shape[0]):
