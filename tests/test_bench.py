@@ -87,6 +87,19 @@ def test_bench_writes_json_table_and_charts(bench_dir):
         assert (bench_dir / png).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_synthetic_batch_with_a_masked_prompt_keeps_every_position_at_ratio_one():
+    """--target-share < 1: ditched rows keep only positions that predict a label, but the
+    full-token reference trains through the prompt too (it once kept only the targets, which is
+    a ditched step with the prompt as context, not full-token training)."""
+    from tokenseek.bench.worker import synthetic_batch
+
+    full = synthetic_batch(512, 64, 2, 1.0, 0, "cpu", target_share=0.5)
+    assert (full["labels"][:, :32] == -100).all() and (full["labels"][:, 32:] != -100).all()
+    assert torch.equal(full["keep"], full["attention_mask"].bool())
+    part = synthetic_batch(512, 64, 2, 0.1, 0, "cpu", target_share=0.5)
+    assert part["keep"].sum(1).tolist() == [7, 7] and not part["keep"][:, :31].any()
+
+
 def test_scoring_stage_with_the_gradient_keeps_the_partial_backward_graph(tiny_model):
     from tokenseek.bench.worker import run
 

@@ -108,7 +108,9 @@ def synthetic_batch(
     every token: among all positions, as the tables before ``target_share`` existed).
 
     The keep mask is built exactly like training builds it (``select_keep``); scored
-    selections keep the same number of tokens, so they cost the same in training.
+    selections keep the same number of tokens, so they cost the same in training. At ratio 1
+    every position is kept, whatever ``target_share``: full-token training back-propagates
+    through the prompt too.
     """
     from tokenseek.constants import IGNORE_INDEX
     from tokenseek.ditching.loss import kept_targets
@@ -119,6 +121,8 @@ def synthetic_batch(
     labels = input_ids.clone()
     labels[:, : seq_len - max(1, round(target_share * seq_len))] = IGNORE_INDEX
     candidates = target_positions(labels[0].numpy()) if target_share < 1 else None
+    if ratio >= 1:  # the full-token reference: every position, prompt included, one ordinary pass
+        candidates = None
     keep = torch.stack(
         [
             torch.from_numpy(select_keep(seq_len, ratio, "random", seed=seed, index=i, candidates=candidates))
