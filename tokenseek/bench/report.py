@@ -61,8 +61,8 @@ def group_table(g: dict, timing: bool = True) -> str:
     lines = []
     for r in g["rows"] + ([g["score"]] if g["score"] else []):
         label = _scoring_label(r["spec"]) if r["spec"]["mode"] == "score" else _ratio_label(r)
-        if "error" in r or "skipped" in r:
-            lines.append(f"| {label} | {r.get('error') or r.get('skipped')} " + "|" * (len(cols) - 1))
+        if "error" in r:
+            lines.append(f"| {label} | {r['error']} " + "|" * (len(cols) - 1))
             continue
         rel, t = r["relative"], _g(r, "time", "step_s")
         rss = _g(r, "rss", "peak_bytes")

@@ -177,8 +177,6 @@ def describe(spec: dict) -> str:
 def short(result: dict) -> str:
     if "error" in result:
         return f"FAILED ({result['error']})"
-    if "skipped" in result:
-        return f"skipped ({result['skipped']})"
     mib = result["memory"]["peak_bytes"] / 2**20
     t = result.get("time", {}).get("step_s", {}).get("median")
     return f"peak {mib:,.0f} MiB" + (f", {t:.2f} s/step" if t is not None else "")
