@@ -61,3 +61,15 @@ def test_attention_configs_finds_every_config_a_module_holds():
     model.get_base_model().model.layers[0].self_attn.config = extra
     found = attention_configs(model)
     assert len(found) == 2 and {id(c) for c in found} == {id(c) for c in reference(model)}
+
+
+def test_eval_mode_lets_a_model_using_hub_kernels_switch_them():
+    """transformers re-selects hub kernels in train() when a model uses them: eval_mode must go
+    through train() then, not write the flags past it."""
+    model = tiny_model("llama").train()
+    switched = []
+    model._use_kernels = True
+    model.set_use_kernels = lambda value, *args, **kwargs: switched.append(model.training)
+    with eval_mode(model):
+        assert not model.training and not any(m.training for m in model.modules())
+    assert switched == [False, True] and model.training
