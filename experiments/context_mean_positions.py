@@ -3,8 +3,9 @@ study's stored scores (no model run, no training). The context score sums the at
 token receives over the queries; under the causal mask the token at position i of n is seen by
 only the n - i queries from i on, so the sum favours early tokens. "context per query" divides
 by n - i (the mean attention from the queries that can see the token) to ask whether that
-removes the tilt; random and first are the two reference points. A question about the score,
-not an option of tokenseek: it ranks with the `context` selection on the divided scores.
+removes the tilt (it overshoots: see docs/VISUALIZE.md); "context, position fitted out" is
+`--selection context-residual`, which fits the trend per example instead. Random and first are the
+two reference points.
 
     PYTHONPATH=. python3 experiments/context_mean_positions.py \
         --data ../tokenseek-runs/experiments/data/778d642a4f/train.json --max-length 384 \
@@ -33,6 +34,7 @@ SELECTIONS = {
     "first": ("first", None),
     "context": ("context", None),
     "context per query": ("context", lambda context: np.asarray(context, np.float64) / np.arange(len(context), 0, -1)),
+    "context, position fitted out": ("context-residual", None),  # tokenseek.seeking.select.position_residual
 }
 
 

@@ -27,7 +27,7 @@ ONLINE_ARCHS = ["llama", "qwen3", "gemma3_text", "gpt_neox", "mistral"]
 def test_all_mode_reproduces_the_masks_of_the_version_before_it():
     """Keep masks written by select.py before --select-from existed (tests/data, commit b787c10)."""
     cases = json.loads((Path(__file__).parent / "data" / "keep_masks_v0.json").read_text())["cases"]
-    assert {c["s"] for c in cases} == set(STRATEGIES) - {"first"}  # "first" came later
+    assert {c["s"] for c in cases} == set(STRATEGIES) - {"first", "context-residual"}  # these came later
     for c in cases:
         keep = select_keep(
             c["n"], c["r"], c["s"], context=np.array(c["c"]), gradient=np.array(c["g"]), alpha=c["a"], beta=c["b"], seed=c["seed"], index=c["i"]
@@ -35,7 +35,7 @@ def test_all_mode_reproduces_the_masks_of_the_version_before_it():
         assert np.flatnonzero(keep).tolist() == c["keep"], c["s"]
 
 
-@pytest.mark.parametrize("strategy", ["random", "first", "tokenseek", "context", "gradient", "mixed", "probe"])
+@pytest.mark.parametrize("strategy", ["random", "first", "tokenseek", "context", "context-residual", "gradient", "mixed", "probe"])
 def test_targets_mode_keeps_only_target_positions(strategy):
     rng = np.random.default_rng(0)
     for length in (9, 40, 120):
@@ -245,7 +245,10 @@ def test_kept_set_drift():
     assert drift.summary() == {"examples_revisited": 2, "mean_jaccard_first_last": pytest.approx((1 / 3 + 1) / 2)}
 
 
-@pytest.mark.parametrize("strategy,alpha,beta,skipped", [("tokenseek", 1, 0, "gradient"), ("context", 1, 1, "gradient"), ("gradient", 1, 1, "context")])
+@pytest.mark.parametrize(
+    "strategy,alpha,beta,skipped",
+    [("tokenseek", 1, 0, "gradient"), ("context", 1, 1, "gradient"), ("context-residual", 1, 1, "gradient"), ("gradient", 1, 1, "context")],
+)
 def test_online_skips_the_score_the_selection_does_not_weigh(monkeypatch, strategy, alpha, beta, skipped):
     """α,β = 1,0 selects exactly as offline seeking does, without running the LM head for the
     gradient score (and β-only selection without the context score)."""
@@ -267,7 +270,7 @@ def test_online_skips_the_score_the_selection_does_not_weigh(monkeypatch, strate
 
 
 # ----------------------------------------------------------------------------- a budget that covers every candidate
-@pytest.mark.parametrize("strategy", ["random", "tokenseek", "context", "gradient", "mixed"])
+@pytest.mark.parametrize("strategy", ["random", "tokenseek", "context", "context-residual", "gradient", "mixed"])
 def test_a_budget_covering_every_candidate_keeps_them_all_without_scores(strategy):
     labels = np.array([-100] * 30 + [7, 8, 9])  # positions 29, 30, 31 predict a target
     assert not ranking_needed(labels, 0.1, "targets")  # budget ceil(3.3) = 4 >= 3 targets

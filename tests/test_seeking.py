@@ -102,6 +102,42 @@ def test_seek_without_the_gradient_keeps_what_the_context_score_chooses():
     with pytest.raises(TokenSeekError, match="with_gradient=True"):
         seek(model, input_ids, labels, attention_mask, alpha=1, beta=1, with_gradient=False)
 
+def test_context_residual_keeps_what_a_least_squares_reference_keeps():
+    """``context-residual`` against an independent reference: the context score from eager
+    attention maps (column sums over the real queries, head-averaged), log of it fitted on
+    [1, log(n - i)] by torch's least squares, the top-k targets by residual."""
+    model = tiny_model("llama").eval()
+    input_ids, attention_mask, labels = padded_batch(seed=6, lengths=(40, 31, 22), prompt=6)
+    reference_context = brute_force_context(model, input_ids, attention_mask).double()
+    result = seek(model, input_ids, labels, attention_mask, ratio=0.2, strategy="context-residual", with_gradient=False)
+    plain = seek(model, input_ids, labels, attention_mask, ratio=0.2, strategy="context", with_gradient=False)
+    for b in range(input_ids.shape[0]):
+        n = int(attention_mask[b].sum())
+        y = reference_context[b, :n].log()
+        x = torch.stack([torch.ones(n, dtype=torch.float64), torch.arange(n, 0, -1, dtype=torch.float64).log()], dim=1)
+        residual = y - x @ torch.linalg.lstsq(x, y[:, None]).solution[:, 0]
+        targets = (labels[b, 1:n] != -100).nonzero(as_tuple=True)[0]
+        k = min(keep_count(n, 0.2), len(targets))
+        expected = targets[residual[targets].argsort(descending=True, stable=True)[:k]]
+        assert sorted(result.keep[b].nonzero(as_tuple=True)[0].tolist()) == sorted(expected.tolist())
+    assert not torch.equal(result.keep, plain.keep)
+
+
+@pytest.mark.parametrize("power", [-2.0, 0.5, 3.0])
+def test_context_residual_ignores_any_power_law_trend_over_position(power):
+    """Multiplying the context score by (n - i)^power (a pure position trend, as the causal mask
+    gives the summed score) changes what ``context`` keeps but not what ``context-residual`` keeps."""
+    rng = np.random.default_rng(1)
+    n = 60
+    context = rng.lognormal(size=n)
+    tilted = context * np.arange(n, 0, -1, dtype=np.float64) ** power
+    straight = select_keep(n, 0.2, "context-residual", context=context, gradient=np.zeros(n))
+    bent = select_keep(n, 0.2, "context-residual", context=tilted, gradient=np.zeros(n))
+    assert np.array_equal(straight, bent)
+    assert not np.array_equal(select_keep(n, 0.2, "context", context=context, gradient=np.zeros(n)),
+                              select_keep(n, 0.2, "context", context=tilted, gradient=np.zeros(n)))
+
+
 def test_scoring_leaves_parameters_untouched():
     model = tiny_model("llama")
     model.train()

@@ -12,9 +12,9 @@ import numpy as np
 
 from tokenseek.errors import TokenSeekError
 
-STRATEGIES = ("full", "random", "first", "tokenseek", "context", "gradient", "mixed", "probe")
+STRATEGIES = ("full", "random", "first", "tokenseek", "context", "context-residual", "gradient", "mixed", "probe")
 # (α, β) of the strategies that fix them; the others use the user's --alpha / --beta.
-SCORE_WEIGHTS = {"random": (0.0, 0.0), "context": (1.0, 0.0), "gradient": (0.0, 1.0)}
+SCORE_WEIGHTS = {"random": (0.0, 0.0), "context": (1.0, 0.0), "context-residual": (1.0, 0.0), "gradient": (0.0, 1.0)}
 # The default share of each example's tokens kept, for every entry point (CLI, TRL trainer,
 # seek(), online seeking, stores, views).
 DEFAULT_RATIO = 0.1
@@ -33,13 +33,15 @@ DEFAULT_WEIGHTS = {"targets": (1.0, 0.0), "targets-first": (1.0, 0.0), "all": (1
 # When the scores are made: once before training (a store) or inside each step.
 SEEKING = ("offline", "online")
 # Strategies that need stored context/gradient scores.
-SCORED = ("tokenseek", "context", "gradient", "mixed", "probe")
+SCORED = ("tokenseek", "context", "context-residual", "gradient", "mixed", "probe")
+# Those online seeking can run inside the step (the probe ranks against a band of the whole run).
+ONLINE_STRATEGIES = ("tokenseek", "context", "context-residual", "gradient", "mixed")
 
 
 def reads_gradient(strategy: str, alpha: float, beta: float) -> bool:
     """Whether ``strategy`` with these (resolved) weights ranks by the gradient score at all; if
     not, scoring can skip its partial backward (a store of context scores serves it)."""
-    if strategy in ("tokenseek", "context"):
+    if strategy in SCORE_WEIGHTS or strategy == "tokenseek":
         return SCORE_WEIGHTS.get(strategy, (alpha, beta))[1] > 0
     return strategy in SCORED
 
@@ -178,6 +180,8 @@ def select_keep(
     - ``first``: the k earliest positions — a positional control for the context score,
       which favours early tokens (with ``--select-from targets``: the start of the answer).
     - ``context`` / ``gradient`` / ``tokenseek``: top-k by context score, gradient score, or Eq. 5.
+    - ``context-residual``: top-k by the context score with its trend over position taken out
+      (:func:`position_residual`): which tokens get more attention than their position explains.
     - ``mixed``: top (1-explore)·k by Eq. 5 plus a random explore·k of the rest (paper S7 future work).
     - ``probe``: the misestimation probe of Tab. S11 — the top 10 % by Eq. 5 plus the tokens
       ranked in the ``band`` (default 40–50 %) quantile, ignoring ``ratio``.
@@ -276,7 +280,27 @@ def _ranking_score(strategy: str, context, gradient, alpha: float, beta: float, 
         raise TokenSeekError(f"--selection {strategy} needs token scores: run `tokenseek score` and pass --scores")
     if len(context) != length or len(gradient) != length:
         raise TokenSeekError(f"example {index}: scores cover {len(context)} tokens but the example has {length}; re-score this data")
+    if strategy == "context-residual":
+        context = position_residual(context)
     return combined_score(context, gradient, *SCORE_WEIGHTS.get(strategy, (alpha, beta)))
+
+
+def position_residual(context) -> np.ndarray:
+    """The context score relative to what a token at its position gets (as a ratio, > 0).
+
+    Under the causal mask the token at position i of n is attended only by the n - i queries from
+    i on, so the summed attention it receives falls with position whatever the token says, and
+    ranking by it keeps the start of each answer (docs/VISUALIZE.md). Per example, log(context)
+    is fitted by least squares as a + b·log(n - i) over all its tokens, and the ratio of each
+    token's score to the fit is returned: the positional trend is gone, the rest is kept.
+    """
+    log_context = np.log(np.maximum(np.asarray(context, dtype=np.float64), 1e-12))
+    n = len(log_context)
+    if n < 3:  # no trend to fit
+        return np.exp(log_context)
+    queries = np.log(np.arange(n, 0, -1, dtype=np.float64))
+    slope, intercept = np.polyfit(queries, log_context, 1)
+    return np.exp(log_context - (intercept + slope * queries))
 
 
 def answer_positions(keep: np.ndarray, has_target: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from tokenseek.models.placement import DTYPE_CHOICES
 from tokenseek.seeking.select import (
     DEFAULT_RATIO,
     DEFAULT_SELECT_FROM,
+    ONLINE_STRATEGIES,
     SEEKING,
     SELECT_FROM,
     STRATEGIES,
@@ -230,8 +231,11 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.scores and cfg.selection not in SCORED:
         raise TokenSeekError(f"--scores is only used by the scored selections ({', '.join(SCORED)}), not {cfg.selection!r}")
     if cfg.seeking == "online":
-        if cfg.selection not in ("tokenseek", "context", "gradient", "mixed"):
-            raise TokenSeekError(f"--seeking online scores tokens inside the step: use --selection tokenseek, context, gradient or mixed, not {cfg.selection!r}")
+        if cfg.selection not in ONLINE_STRATEGIES:
+            raise TokenSeekError(
+                f"--seeking online scores tokens inside the step: use --selection {', '.join(ONLINE_STRATEGIES[:-1])} or "
+                f"{ONLINE_STRATEGIES[-1]}, not {cfg.selection!r}"
+            )
         if cfg.scores:
             raise TokenSeekError("--seeking online scores with the current weights and needs no --scores: drop one of them")
     _check_evaluation(cfg)
