@@ -34,7 +34,7 @@ DEFAULT_WEIGHTS = {"targets": (1.0, 0.0), "targets-first": (1.0, 0.0), "all": (1
 SEEKING = ("offline", "online")
 # Strategies that need stored context/gradient scores.
 SCORED = ("tokenseek", "context", "context-residual", "gradient", "mixed", "probe")
-# Those online seeking can run inside the step (the probe ranks against a band of the whole run).
+# The selections online seeking can make inside the step.
 ONLINE_STRATEGIES = ("tokenseek", "context", "context-residual", "gradient", "mixed")
 
 
